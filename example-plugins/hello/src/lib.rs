@@ -1,0 +1,124 @@
+//! `hello`: the smallest complete plugin.
+//!
+//! * `execute` says what the plugin can do.
+//! * `greet` takes `{"name": "Ada"}` and answers `{"message": "Hello, Ada!"}`. The greeting
+//!   comes from the configuration (`[plugins.hello] config = { greeting = "Hi" }`).
+//! * `fail` returns an error of kind `failed`; `panic` panics. Both exist to show what a
+//!   caller sees when a plugin goes wrong.
+
+use plugin_api::{export_plugin, Callbacks, Context, InitContext, Plugin, PluginError};
+use serde::{Deserialize, Serialize};
+
+/// The plugin: remembers its greeting.
+pub struct Hello {
+    greeting: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_greeting")]
+    greeting: String,
+}
+
+fn default_greeting() -> String {
+    "Hello".to_owned()
+}
+
+/// Input of `greet`.
+#[derive(Deserialize)]
+pub struct GreetInput {
+    name: String,
+}
+
+/// Output of `greet`.
+#[derive(Serialize)]
+pub struct Greeting {
+    message: String,
+}
+
+impl Plugin for Hello {
+    type Input = serde_json::Value;
+    type Output = serde_json::Value;
+
+    fn init(ctx: &InitContext<'_>) -> Result<Self, PluginError> {
+        let config: Config = ctx.config()?;
+        ctx.debug(format_args!("greeting with {:?}", config.greeting));
+        Ok(Hello {
+            greeting: config.greeting,
+        })
+    }
+
+    fn execute(
+        &self,
+        _ctx: &Context<'_>,
+        _input: serde_json::Value,
+    ) -> Result<Self::Output, PluginError> {
+        Ok(serde_json::json!({
+            "plugin": "hello",
+            "about": "Greets people. Call `greet` with {\"name\": \"...\"}.",
+            "callbacks": ["greet", "fail", "panic"],
+        }))
+    }
+
+    fn callbacks(callbacks: &mut Callbacks<Self>) {
+        callbacks
+            .add("greet", Hello::greet)
+            .add("fail", Hello::fail)
+            .add("panic", Hello::panic);
+    }
+}
+
+impl Hello {
+    fn greet(&self, ctx: &Context<'_>, input: GreetInput) -> Result<Greeting, PluginError> {
+        if input.name.trim().is_empty() {
+            return Err(PluginError::invalid_input("name must not be empty"));
+        }
+        ctx.info(format_args!("greeting {}", input.name));
+        Ok(Greeting {
+            message: format!("{}, {}!", self.greeting, input.name),
+        })
+    }
+
+    fn fail(&self, ctx: &Context<'_>, _input: serde_json::Value) -> Result<(), PluginError> {
+        ctx.warn("about to fail on purpose");
+        Err(PluginError::failed("failed on purpose"))
+    }
+
+    fn panic(&self, _ctx: &Context<'_>, _input: serde_json::Value) -> Result<(), PluginError> {
+        panic!("hello panicked on purpose")
+    }
+}
+
+export_plugin!(Hello);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::testing::Harness;
+    use plugin_api::ErrorKind;
+    use serde_json::json;
+
+    #[test]
+    fn greets_with_the_configured_greeting() {
+        let hello = Harness::<Hello>::new("hello", json!({"greeting": "Hi"})).unwrap();
+        let outcome = hello.call("greet", json!({"name": "Ada"}));
+        assert_eq!(outcome.result.unwrap(), json!({"message": "Hi, Ada!"}));
+        assert_eq!(outcome.logs[0].message, "greeting Ada");
+    }
+
+    #[test]
+    fn rejects_an_empty_name_and_unknown_config() {
+        let hello = Harness::<Hello>::new("hello", json!({})).unwrap();
+        let err = hello
+            .call("greet", json!({"name": " "}))
+            .result
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let err = Harness::<Hello>::new("hello", json!({"greting": "typo"}))
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.message().contains("greting"), "{err}");
+    }
+}

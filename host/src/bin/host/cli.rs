@@ -1,0 +1,125 @@
+//! Command-line interface: the clap definitions of every subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Hot-loads native plugins and serves their callbacks.
+#[derive(Debug, Parser)]
+#[command(name = "host", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Call a plugin's callback and print its JSON result.
+    ///
+    /// Talks to the running host (`host serve`) when one answers on the socket, so the
+    /// hot-loaded version serves the call; otherwise loads the plugin from --plugins DIR for
+    /// this one call. The callback name `execute` runs the plugin's entry point.
+    Call(CallArgs),
+    /// List plugins: those of a running host (with generation, load time, calls served and
+    /// the last load error), or every plugin file in --plugins DIR.
+    List(ListArgs),
+    /// Check one plugin file: load it, verify its ABI and metadata, print the metadata.
+    /// Does not run the plugin's init.
+    Check(CheckArgs),
+    /// Create a new plugin crate that builds with a plain `cargo build --release`.
+    New(NewArgs),
+    /// Serve plugins from a directory, reloading them when their files change.
+    Serve(ServeArgs),
+}
+
+/// Where to find plugins: a running host, or a directory.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Directory of plugin files, used when no running host serves it.
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// host.toml with per-plugin settings, for one-shot loads from --plugins.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Load plugin files even if others could have written them.
+    #[arg(long)]
+    pub allow_insecure_permissions: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Plugin name.
+    pub plugin: String,
+    /// Callback name (`execute` for the entry point).
+    pub callback: String,
+    /// Input as JSON text [default: null].
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Read the JSON input from a file (`-` for standard input).
+    #[arg(long, value_name = "PATH")]
+    pub input_file: Option<PathBuf>,
+    /// Print the whole outcome (result or error, follow-ups, logs, timing) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The plugin file.
+    pub file: PathBuf,
+    /// Print the metadata as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// On an ABI error, also print abi_stable's full layout report.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Accept a file others could have written.
+    #[arg(long)]
+    pub allow_insecure_permissions: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// Name of the plugin (and of its crate).
+    pub name: String,
+    /// Directory to create the crate in; the crate goes into DIR/NAME.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub path: PathBuf,
+    /// Path of the plugin-api crate to depend on [default: the one this host was built from].
+    #[arg(long, value_name = "DIR")]
+    pub api_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory of plugin files to load and watch [default: plugins_dir of --config, or ./plugins].
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+    /// Control socket path [default: socket of --config, or $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// host.toml: plugins dir, socket, log format, per-plugin settings. Watched for changes.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where private copies of plugin files are written before loading [default: a new
+    /// directory in the system's temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub copy_dir: Option<PathBuf>,
+    /// Load plugin files even if others could have written them (warn instead).
+    #[arg(long)]
+    pub allow_insecure_permissions: bool,
+}

@@ -1,0 +1,302 @@
+//! The one-shot commands: `call`, `list` and `check`, against a running host or a directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use host::config::{HostConfig, PluginSettings};
+use host::control::{default_socket_path, Client, ClientError};
+use host::{inspect, CallOutcome, FileStatus, Host, HostOptions, LoadOptions};
+
+use crate::cli::{CallArgs, CheckArgs, ListArgs, Target};
+
+/// A connection to the running host that serves `target`, if one answers.
+///
+/// With an explicit `--socket`, that host must answer (unless `--plugins` is also given).
+/// With `--plugins DIR`, the running host is used only if it serves that same directory.
+fn running_host(target: &Target) -> Result<Option<Client>> {
+    let path = target.socket.clone().unwrap_or_else(default_socket_path);
+    let mut client = match Client::connect(&path) {
+        Ok(client) => client,
+        Err(err) if target.socket.is_some() && target.plugins.is_none() => {
+            return Err(err).with_context(|| format!("no host answers on {}", path.display()));
+        }
+        Err(_) => return Ok(None),
+    };
+    let Some(dir) = &target.plugins else {
+        return Ok(Some(client));
+    };
+    let info = client
+        .ping()
+        .with_context(|| format!("talking to the host on {}", path.display()))?;
+    let same_dir = fs::canonicalize(dir).is_ok_and(|dir| dir == info.plugins_dir);
+    Ok(same_dir.then_some(client))
+}
+
+/// The directory for a one-shot load, or an error saying what to pass.
+fn plugins_dir(target: &Target) -> Result<&Path> {
+    match &target.plugins {
+        Some(dir) => Ok(dir),
+        None => bail!(
+            "no running host answers on {} and no --plugins DIR was given",
+            target
+                .socket
+                .clone()
+                .unwrap_or_else(default_socket_path)
+                .display()
+        ),
+    }
+}
+
+fn one_shot_host(target: &Target) -> Result<Host> {
+    let plugins: BTreeMap<String, PluginSettings> = match &target.config {
+        Some(path) => HostConfig::load(path)?.plugins,
+        None => BTreeMap::new(),
+    };
+    Ok(Host::new(HostOptions {
+        load: load_options(target.allow_insecure_permissions),
+        plugins,
+    })?)
+}
+
+fn load_options(allow_insecure_permissions: bool) -> LoadOptions {
+    LoadOptions {
+        allow_insecure_permissions,
+        ..LoadOptions::default()
+    }
+}
+
+pub fn call(args: CallArgs) -> Result<ExitCode> {
+    let input = read_input(&args)?;
+    let outcome = match running_host(&args.target)? {
+        Some(mut client) => match client.call(&args.plugin, &args.callback, &input) {
+            Ok(outcome) => outcome,
+            Err(ClientError::Refused(err)) => bail!("{err}"),
+            Err(err) => return Err(err).context("calling the running host"),
+        },
+        None => {
+            let dir = plugins_dir(&args.target)?;
+            let host = one_shot_host(&args.target)?;
+            let file = find_plugin(dir, &args.plugin, &args.target)?;
+            host.load_file(&file)?;
+            host.call(&args.plugin, &args.callback, &input)?
+        }
+    };
+    print_outcome(&outcome, args.json)
+}
+
+fn read_input(args: &CallArgs) -> Result<String> {
+    let (input, source) = match (&args.input, &args.input_file) {
+        (Some(input), _) => (input.clone(), "--input".to_owned()),
+        (None, Some(path)) if path == Path::new("-") => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading the input from stdin")?;
+            (input, "stdin".to_owned())
+        }
+        (None, Some(path)) => {
+            let input =
+                fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            (input, path.display().to_string())
+        }
+        (None, None) => return Ok("null".to_owned()),
+    };
+    serde_json::from_str::<&serde_json::value::RawValue>(&input)
+        .with_context(|| format!("the input from {source} is not valid JSON"))?;
+    Ok(input)
+}
+
+fn print_outcome(outcome: &CallOutcome, json: bool) -> Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut stdout, outcome)?;
+        writeln!(stdout)?;
+    }
+    match outcome.result() {
+        Ok(result) => {
+            if !json {
+                writeln!(stdout, "{}", result.get())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!(
+                "error: plugin {} (generation {}), `{}`: {} [{}]",
+                outcome.plugin,
+                outcome.generation,
+                outcome.callback,
+                err.message(),
+                err.kind()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Plugin files in `dir`: `*.so`, not hidden, sorted.
+fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("reading the plugins directory {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| host::watch::is_plugin_file(path))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The file in `dir` that declares plugin `name`: `libNAME.so` or `NAME.so` first (checked),
+/// then every other plugin file.
+fn find_plugin(dir: &Path, name: &str, target: &Target) -> Result<PathBuf> {
+    let files = plugin_files(dir)?;
+    let likely = |path: &PathBuf| {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let stem = stem.strip_prefix("lib").unwrap_or(stem);
+        stem.replace('-', "_") == name.replace('-', "_")
+    };
+    let (first, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(likely);
+    let options = load_options(target.allow_insecure_permissions);
+    let mut errors = Vec::new();
+    for file in first.into_iter().chain(rest) {
+        match inspect(&file, &options) {
+            Ok(meta) if meta.name == name => return Ok(file),
+            Ok(_) => {}
+            Err(err) => errors.push(err),
+        }
+    }
+    match errors.iter().find(|e| likely(&e.path().to_owned())) {
+        Some(err) => Err(err.clone().into()),
+        None => bail!("no plugin named {name} in {}", dir.display()),
+    }
+}
+
+pub fn list(args: ListArgs) -> Result<ExitCode> {
+    let client = running_host(&args.target)?;
+    let running = client.is_some();
+    let files: Vec<FileStatus> = match client {
+        Some(mut client) => client
+            .list()
+            .context("listing the running host's plugins")?,
+        None => {
+            let dir = plugins_dir(&args.target)?;
+            let options = load_options(args.target.allow_insecure_permissions);
+            plugin_files(dir)?
+                .into_iter()
+                .map(|path| {
+                    let (metadata, last_error) = match inspect(&path, &options) {
+                        Ok(meta) => (Some(meta), None),
+                        Err(err) => (None, Some(err.message().to_owned())),
+                    };
+                    FileStatus {
+                        path,
+                        metadata,
+                        serving: None,
+                        last_error,
+                    }
+                })
+                .collect()
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &files)?;
+        writeln!(stdout)?;
+    } else {
+        write_table(&mut stdout, &files, running)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Result<()> {
+    let mut rows = vec![[
+        "FILE".to_owned(),
+        "PLUGIN".to_owned(),
+        "VERSION".to_owned(),
+        "GEN".to_owned(),
+        "CALLS".to_owned(),
+        "CALLBACKS / STATUS".to_owned(),
+    ]];
+    for file in files {
+        let name = file.path.file_name().map_or_else(
+            || file.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let dash = || "-".to_owned();
+        let (gen, calls) = match &file.serving {
+            Some(serving) => (serving.generation.to_string(), serving.calls.to_string()),
+            None => (dash(), dash()),
+        };
+        let (plugin, version, mut status) = match &file.metadata {
+            Some(meta) => (
+                meta.name.clone(),
+                meta.version.clone(),
+                std::iter::once("execute")
+                    .chain(meta.callbacks.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            None => (dash(), dash(), String::new()),
+        };
+        if running && file.serving.is_none() && file.last_error.is_none() {
+            status.push_str(" (disabled)");
+        }
+        if let Some(err) = &file.last_error {
+            let sep = if status.is_empty() { "" } else { "; " };
+            status.push_str(&format!("{sep}error: {err}"));
+        }
+        let row = [name, plugin, version, gen, calls, status];
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        for (cell, width) in row.iter().zip(&widths) {
+            write!(out, "{cell:width$}  ")?;
+        }
+        writeln!(out, "{}", row[5])?;
+    }
+    Ok(())
+}
+
+pub fn check(args: CheckArgs) -> Result<ExitCode> {
+    let options = load_options(args.allow_insecure_permissions);
+    let meta = match inspect(&args.file, &options) {
+        Ok(meta) => meta,
+        Err(err) => {
+            if args.verbose {
+                if let Some(detail) = err.detail() {
+                    eprintln!("{detail}");
+                }
+            }
+            return Err(err.into());
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &meta)?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(stdout, "{}: ok", args.file.display())?;
+        writeln!(stdout, "name:        {}", meta.name)?;
+        writeln!(stdout, "version:     {}", meta.version)?;
+        writeln!(stdout, "description: {}", meta.description)?;
+        writeln!(
+            stdout,
+            "callbacks:   execute, {}",
+            meta.callbacks.join(", ")
+        )?;
+        writeln!(
+            stdout,
+            "plugin-api:  {} (ABI {})",
+            meta.api_version, meta.abi_version
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

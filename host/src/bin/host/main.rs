@@ -1,0 +1,59 @@
+//! The `host` binary: parses the command line, sets up logging, runs one subcommand, and
+//! turns its error into one line on stderr and a non-zero exit status.
+
+mod cli;
+mod commands;
+mod new;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use host::config::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Call(args) => {
+            init_logging("warn", LogFormat::Text);
+            commands::call(args)
+        }
+        Command::List(args) => {
+            init_logging("warn", LogFormat::Text);
+            commands::list(args)
+        }
+        Command::Check(args) => {
+            init_logging("warn", LogFormat::Text);
+            commands::check(args)
+        }
+        Command::New(args) => {
+            init_logging("warn", LogFormat::Text);
+            new::run(args)
+        }
+        Command::Serve(args) => serve::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line: the chain of contexts, outermost first.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`).
+pub(crate) fn init_logging(default_level: &str, format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

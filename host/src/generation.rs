@@ -1,0 +1,180 @@
+//! Generations: one loaded version of a plugin, from `init` to unload.
+//!
+//! A [`Generation`] owns a plugin instance and a reference to the library it came from.
+//! Callers clone an `Arc<Generation>` for the length of one call, so a call runs entirely on
+//! one version. When a new version replaces it, the table drops its reference; the calls still
+//! running keep theirs, and when the last one ends the generation *drains*: the plugin value
+//! is dropped (a panic in its `Drop` is caught and reported), the handler is dropped, and when
+//! no generation uses the library any more it is closed and checked to be gone from memory.
+
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use abi_stable::std_types::{RErr, ROk, RStr};
+use plugin_api::abi::{FfiCallContext, HandlerBox};
+use plugin_api::{FollowUp, Level, LogRecord, PluginError};
+use serde_json::value::RawValue;
+
+use crate::call::CallOutcome;
+use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
+
+/// One loaded and initialised version of a plugin.
+pub(crate) struct Generation {
+    number: u64,
+    handler: ManuallyDrop<HandlerBox>,
+    library: Arc<Library>,
+    source: PathBuf,
+    config_json: String,
+    loaded_at: SystemTime,
+    calls: AtomicU64,
+}
+
+impl Generation {
+    /// Runs the plugin's `init` and returns the new generation.
+    pub(crate) fn start(
+        library: Arc<Library>,
+        source: &Path,
+        number: u64,
+        config_json: String,
+    ) -> Result<Generation, LoadError> {
+        let name = library.metadata().name.clone();
+        let (handler, logs) = library.instantiate(&config_json, number);
+        replay_logs(&name, number, &logs);
+        let handler = handler.map_err(|err| {
+            LoadError::new(
+                source,
+                LoadErrorKind::InitFailed,
+                format!("plugin {name}: init failed: {err}"),
+            )
+        })?;
+        Ok(Generation {
+            number,
+            handler: ManuallyDrop::new(handler),
+            library,
+            source: source.to_owned(),
+            config_json,
+            loaded_at: SystemTime::now(),
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    pub(crate) fn metadata(&self) -> &Metadata {
+        self.library.metadata()
+    }
+
+    pub(crate) fn library(&self) -> &Arc<Library> {
+        &self.library
+    }
+
+    pub(crate) fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub(crate) fn config_json(&self) -> &str {
+        &self.config_json
+    }
+
+    pub(crate) fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls `callback` (or the entry point, for `execute`) with JSON `input`.
+    pub(crate) fn call(
+        &self,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
+    ) -> CallOutcome {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let ctx = FfiCallContext {
+            cancelled,
+            deadline_unix_ms: deadline
+                .and_then(|d| d.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis().max(1) as u64),
+        };
+        let started = Instant::now();
+        let ffi = if callback == "execute" {
+            self.handler.execute(RStr::from(input), &ctx)
+        } else {
+            self.handler
+                .callback(RStr::from(callback), RStr::from(input), &ctx)
+        };
+        let elapsed_us = started.elapsed().as_micros() as u64;
+
+        let name = &self.metadata().name;
+        let (result, error) = match &ffi.result {
+            ROk(json) => match RawValue::from_string(json.as_str().to_owned()) {
+                Ok(raw) => (Some(raw), None),
+                Err(err) => (
+                    None,
+                    Some(PluginError::failed(format!(
+                        "plugin {name} returned a result that is not JSON: {err}"
+                    ))),
+                ),
+            },
+            RErr(err) => (None, Some(PluginError::from(err))),
+        };
+        let logs: Vec<LogRecord> = ffi.logs.iter().map(LogRecord::from).collect();
+        replay_logs(name, self.number, &logs);
+        let follow_ups = ffi
+            .follow_ups
+            .iter()
+            .map(|f| FollowUp {
+                plugin: f.plugin.to_string(),
+                callback: f.callback.to_string(),
+                input: serde_json::from_str(f.input_json.as_str())
+                    .unwrap_or(serde_json::Value::Null),
+            })
+            .collect();
+        CallOutcome {
+            plugin: name.clone(),
+            callback: callback.to_owned(),
+            generation: self.number,
+            result,
+            error,
+            follow_ups,
+            logs,
+            elapsed_us,
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        let name = &self.library.metadata().name;
+        if let Some(err) = self.handler.shutdown().into_option() {
+            tracing::warn!(plugin = %name, generation = self.number, "{}", err.message);
+        }
+        // SAFETY: `handler` is not used after this; dropping it here, before the fields are
+        // dropped, guarantees it goes before `library` (which it points into) can be closed.
+        unsafe { ManuallyDrop::drop(&mut self.handler) };
+        tracing::debug!(plugin = %name, generation = self.number, "generation drained");
+    }
+}
+
+/// Sends a plugin's log records to the host's `tracing` output, tagged with the plugin's
+/// name and generation.
+pub(crate) fn replay_logs(plugin: &str, generation: u64, logs: &[LogRecord]) {
+    for record in logs {
+        let message = &record.message;
+        match record.level {
+            Level::Error => tracing::error!(target: "plugin", plugin, generation, "{message}"),
+            Level::Warn => tracing::warn!(target: "plugin", plugin, generation, "{message}"),
+            Level::Info => tracing::info!(target: "plugin", plugin, generation, "{message}"),
+            Level::Debug => tracing::debug!(target: "plugin", plugin, generation, "{message}"),
+            Level::Trace => tracing::trace!(target: "plugin", plugin, generation, "{message}"),
+        }
+    }
+}

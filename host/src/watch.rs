@@ -1,0 +1,291 @@
+//! Watching: turns changes in a plugins directory (and in `host.toml`) into loads, reloads
+//! and unloads on a [`Host`].
+//!
+//! Built on `notify`'s raw events rather than a time-based debouncer, because a debounce
+//! window would be the whole reload latency. Each plugin path waits until its content is
+//! complete, then the host *reconciles* it with the disk: a file present is loaded (the host
+//! compares content hashes, so the same content is never loaded twice), a file gone is
+//! unloaded. When is content complete?
+//!
+//! * a file closed after writing (`cp`, a compiler), or renamed into the directory (an atomic
+//!   `mv`): at once;
+//! * a file created with no write seen yet (a hard link, as cargo makes): after
+//!   [`SETTLE`] without further events;
+//! * a file written but not closed: when it is closed, or after [`WRITE_QUIET`] without
+//!   further writes;
+//! * a file removed or renamed away: at once.
+//!
+//! In every round, loads are handled before removals, so a rename inside the directory
+//! swaps the plugin atomically instead of leaving a gap. Files that are not `*.so`, and hidden
+//! files (editor swap files, `.tmp` work files), are ignored.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
+
+use crate::config::HostConfig;
+use crate::registry::Host;
+
+/// How long a newly created file must stay unchanged before it is loaded, when no write was
+/// seen (hard links, `install`).
+pub const SETTLE: Duration = Duration::from_millis(50);
+/// How long a file written but not yet closed must stay unwritten before it is loaded.
+pub const WRITE_QUIET: Duration = Duration::from_millis(500);
+
+/// Whether `path` names a plugin file: `*.so`, not hidden.
+pub fn is_plugin_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name.len() > 3 && name.ends_with(".so")
+}
+
+enum Message {
+    Event(notify::Result<notify::Event>),
+    Stop,
+}
+
+/// Watches a plugins directory (and optionally a `host.toml`) and keeps a [`Host`] in step
+/// with it, on a thread of its own.
+pub struct Watcher {
+    sender: mpsc::Sender<Message>,
+    thread: Option<JoinHandle<()>>,
+    _watcher: RecommendedWatcher,
+}
+
+impl Watcher {
+    /// Starts watching `dir`, then loads every plugin file already in it. With
+    /// `config_file`, changes to that file are applied with [`Host::apply_settings`].
+    pub fn start(host: Host, dir: &Path, config_file: Option<&Path>) -> notify::Result<Watcher> {
+        // notify names paths as the directory it was given joined with the file name.
+        let dir = &std::fs::canonicalize(dir).map_err(notify::Error::io)?;
+        let (sender, receiver) = mpsc::channel();
+        let events = sender.clone();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = events.send(Message::Event(event));
+        })?;
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        let config_file = match config_file {
+            Some(file) => {
+                let parent = match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(parent) => std::fs::canonicalize(parent),
+                    None => std::env::current_dir(),
+                }
+                .map_err(notify::Error::io)?;
+                let file = parent.join(file.file_name().unwrap_or_default());
+                let parent = parent.as_path();
+                // The directory, not the file: editors replace files by renaming over them.
+                if parent != dir {
+                    watcher.watch(parent, RecursiveMode::NonRecursive)?;
+                }
+                Some(file)
+            }
+            None => None,
+        };
+        let mut state = WatchState {
+            host,
+            dir: dir.to_owned(),
+            config_file,
+            pending: HashMap::new(),
+            config_due: None,
+        };
+        // Everything already there; events from now on are queued and looked at afterwards.
+        state.rescan();
+        let thread = std::thread::Builder::new()
+            .name("plugin-watch".into())
+            .spawn(move || state.run(receiver))
+            .map_err(notify::Error::io)?;
+        Ok(Watcher {
+            sender,
+            thread: Some(thread),
+            _watcher: watcher,
+        })
+    }
+
+    /// Stops watching. Plugins stay loaded.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        let _ = self.sender.send(Message::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+struct WatchState {
+    host: Host,
+    dir: PathBuf,
+    config_file: Option<PathBuf>,
+    /// Plugin paths waiting for their content to be complete, with the moment they will be.
+    pending: HashMap<PathBuf, Instant>,
+    config_due: Option<Instant>,
+}
+
+impl WatchState {
+    fn run(mut self, receiver: mpsc::Receiver<Message>) {
+        loop {
+            let next = self.pending.values().chain(&self.config_due).min().copied();
+            let message = match next {
+                Some(due) => receiver.recv_timeout(due.saturating_duration_since(Instant::now())),
+                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match message {
+                Ok(Message::Event(Ok(event))) => self.note(event),
+                Ok(Message::Event(Err(err))) => {
+                    tracing::warn!(dir = %self.dir.display(), "watch error: {err}")
+                }
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            // Take whatever else is already queued before acting, so a burst is one round.
+            while let Ok(message) = receiver.try_recv() {
+                match message {
+                    Message::Event(Ok(event)) => self.note(event),
+                    Message::Event(Err(err)) => {
+                        tracing::warn!(dir = %self.dir.display(), "watch error: {err}")
+                    }
+                    Message::Stop => return,
+                }
+            }
+            self.act(Instant::now());
+        }
+    }
+
+    /// Records what an event means for the paths it names.
+    fn note(&mut self, event: notify::Event) {
+        if event.need_rescan() {
+            tracing::warn!(dir = %self.dir.display(), "watch events were lost; rescanning");
+            self.rescan();
+            return;
+        }
+        let now = Instant::now();
+        let delay = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Duration::ZERO),
+            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(Duration::ZERO),
+            EventKind::Create(CreateKind::Folder) => Some(Duration::ZERO),
+            EventKind::Create(_) | EventKind::Modify(ModifyKind::Metadata(_)) => Some(SETTLE),
+            EventKind::Modify(_) => Some(WRITE_QUIET),
+            // Opens and reads (our own included) change nothing.
+            _ => None,
+        };
+        let Some(delay) = delay else {
+            return;
+        };
+        for path in &event.paths {
+            if self.config_file.as_deref() == Some(path.as_path()) {
+                self.config_due = Some(now + SETTLE);
+            } else if path.parent() == Some(self.dir.as_path()) && is_plugin_file(path) {
+                let due = now + delay;
+                self.pending
+                    .entry(path.clone())
+                    .and_modify(|d| {
+                        // A close after writes makes the file ready now; more writes push it out.
+                        if delay.is_zero() || *d > now {
+                            *d = due;
+                        }
+                    })
+                    .or_insert(due);
+            }
+        }
+    }
+
+    /// Reconciles every path that is due, loads before removals.
+    fn act(&mut self, now: Instant) {
+        if self.config_due.is_some_and(|due| due <= now) {
+            self.config_due = None;
+            self.reload_config();
+        }
+        let mut due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for path in &due {
+            self.pending.remove(path);
+        }
+        due.sort();
+        let (present, gone): (Vec<_>, Vec<_>) = due.into_iter().partition(|p| p.exists());
+        for path in present {
+            let _ = self.host.load_file(&path);
+        }
+        for path in gone {
+            self.host.remove_file(&path);
+        }
+    }
+
+    /// Loads every plugin file in the directory and forgets files that disappeared.
+    fn rescan(&mut self) {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::error!(dir = %self.dir.display(), "cannot read the plugins directory: {err}");
+                return;
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_plugin_file(p))
+            .collect();
+        files.sort();
+        for path in &files {
+            let _ = self.host.load_file(path);
+        }
+        for status in self.host.status() {
+            if !files.contains(&status.path) {
+                self.host.remove_file(&status.path);
+            }
+        }
+    }
+
+    fn reload_config(&mut self) {
+        let Some(path) = &self.config_file else {
+            return;
+        };
+        match HostConfig::load(path) {
+            Ok(config) => {
+                tracing::info!(file = %path.display(), "configuration changed; applying plugin settings");
+                self.host.apply_settings(config.plugins);
+            }
+            Err(err) => tracing::error!("{err}; keeping the previous configuration"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_visible_so_files_are_plugins() {
+        assert!(is_plugin_file(Path::new("/p/libhello.so")));
+        assert!(is_plugin_file(Path::new("x.so")));
+        for name in [
+            "/p/.libhello.so",
+            "/p/libhello.so.tmp",
+            "/p/libhello.so~",
+            "/p/.so",
+            "/p/notes.txt",
+            "/p/libhello.so.swp",
+        ] {
+            assert!(!is_plugin_file(Path::new(name)), "{name}");
+        }
+    }
+}

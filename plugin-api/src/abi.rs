@@ -1,0 +1,187 @@
+//! The stable ABI between the host and a plugin library.
+//!
+//! Plugin authors never need this module: [`export_plugin!`](crate::export_plugin) generates
+//! everything in it. The host uses it to talk to a loaded library. Every type here is
+//! `#[repr(C)]` and derives [`StableAbi`], so abi_stable can check at load time that the host
+//! and the plugin agree on its layout, whatever compiler built either side.
+//!
+//! # What crosses the boundary
+//!
+//! * The root module [`PluginMod`] (exported under abi_stable's well-known symbol) holds two
+//!   functions: [`PluginMod::metadata`], callable before anything is initialised, and
+//!   [`PluginMod::instantiate`], which runs the author's `init` and returns a [`HandlerBox`].
+//! * The [`Handler`] trait object serves calls. Inputs and results are JSON text; logs,
+//!   follow-up calls and errors come back as plain data in an [`FfiOutcome`].
+//! * Nothing else. A host that deep-copies every `FfiOutcome` into its own types and drops the
+//!   `HandlerBox` owns nothing of the plugin's, so it may close the library afterwards.
+//!
+//! # Versioning
+//!
+//! The ABI has its own version, [`ABI_MAJOR`].[`ABI_MINOR`], independent of the crate version.
+//! It is stored in the library header as the root module's version string. See the crate
+//! documentation, section "ABI evolution rules", for what may change in which kind of release.
+
+// `#[sabi_trait]` expands to impls inside a const block; the lint is about its expansion.
+#![allow(non_local_definitions)]
+
+use std::sync::atomic::AtomicBool;
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RBox, ROption, RResult, RStr, RString, RVec},
+    StableAbi,
+};
+
+/// Major version of the plugin ABI. A plugin with another major never loads.
+pub const ABI_MAJOR: u32 = 1;
+/// Minor version of the plugin ABI. A host loads plugins of any minor of its major.
+pub const ABI_MINOR: u32 = 0;
+/// [`ABI_MAJOR`] and [`ABI_MINOR`] as the version string written into every plugin's header.
+///
+/// Must stay equal to `"{ABI_MAJOR}.{ABI_MINOR}.0"`; a unit test checks it.
+pub const ABI_VERSION: &str = "1.0.0";
+
+/// The root module every plugin library exports.
+///
+/// A prefix type: fields may only ever be appended (after the last one, in a new ABI minor),
+/// and fields past [`PluginMod::instantiate`] must be read through the `Option`-returning
+/// accessors of [`PluginModRef`].
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef, prefix_fields = PluginModPrefix)))]
+#[sabi(missing_field(option))]
+pub struct PluginMod {
+    /// Static facts about the plugin. Runs no author code except the callback registration.
+    pub metadata: extern "C" fn() -> FfiMetadataResult,
+    /// Creates an instance: runs the author's `init` with the given configuration.
+    #[sabi(last_prefix_field)]
+    pub instantiate: extern "C" fn(init: FfiInit) -> FfiInitOutcome,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "plugin";
+    const NAME: &'static str = "plugin";
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new(ABI_VERSION);
+}
+
+/// Metadata as a plugin reports it.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct FfiMetadata {
+    /// The plugin's name: what callers address it by.
+    pub name: RString,
+    /// The plugin's own version (its crate version).
+    pub version: RString,
+    /// One line about what the plugin does.
+    pub description: RString,
+    /// The named callbacks, in registration order (`execute` is implied and not listed).
+    pub callbacks: RVec<RString>,
+    /// The version of the `plugin-api` crate the plugin was built with.
+    pub api_version: RString,
+}
+
+/// [`FfiMetadata`] or why the plugin could not produce it (for example a panic while
+/// registering callbacks).
+pub type FfiMetadataResult = RResult<FfiMetadata, FfiError>;
+
+/// What the host hands to [`PluginMod::instantiate`].
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiInit {
+    /// The plugin's configuration as JSON text (`{}` when it has none).
+    pub config_json: RString,
+    /// The generation number the host gave this load.
+    pub generation: u64,
+}
+
+/// The trait object type the host holds for a plugin instance.
+pub type HandlerBox = Handler_TO<'static, RBox<()>>;
+
+/// The result of [`PluginMod::instantiate`].
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiInitOutcome {
+    /// The new instance, or why `init` failed.
+    pub handler: RResult<HandlerBox, FfiError>,
+    /// Log records written during `init`.
+    pub logs: RVec<FfiLogRecord>,
+}
+
+/// Per-call state the host shares with the plugin for the duration of one call.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiCallContext<'a> {
+    /// Set by the host when the caller has gone away or the call timed out.
+    pub cancelled: &'a AtomicBool,
+    /// Milliseconds since the Unix epoch after which the caller no longer waits; 0 for none.
+    pub deadline_unix_ms: u64,
+}
+
+/// The result of one call into a plugin.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiOutcome {
+    /// The result as JSON text, or the error.
+    pub result: RResult<RString, FfiError>,
+    /// Calls the plugin asks the host to make next.
+    pub follow_ups: RVec<FfiFollowUp>,
+    /// Log records written during the call, in order.
+    pub logs: RVec<FfiLogRecord>,
+}
+
+/// A call the plugin asks the host to make after this one.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct FfiFollowUp {
+    /// Plugin to call.
+    pub plugin: RString,
+    /// Callback to call (`execute` for the entry point).
+    pub callback: RString,
+    /// Input as JSON text.
+    pub input_json: RString,
+}
+
+/// One log record written by a plugin.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct FfiLogRecord {
+    /// [`Level`](crate::Level) as a number (1 error ... 5 trace).
+    pub level: u8,
+    /// The message.
+    pub message: RString,
+    /// When it was written, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+/// An error as it crosses the boundary.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct FfiError {
+    /// [`ErrorKind`](crate::ErrorKind) as a number; unknown numbers read as `Other`.
+    pub kind: u32,
+    /// Human-readable message.
+    pub message: RString,
+}
+
+/// The calls a plugin instance serves.
+///
+/// Implemented only by the glue [`export_plugin!`](crate::export_plugin) generates. Methods
+/// may only be appended after [`Handler::shutdown`], each with a default body, in a new ABI
+/// minor.
+#[sabi_trait]
+pub trait Handler: Send + Sync {
+    /// Runs the plugin's `execute` entry point with JSON input.
+    fn execute(&self, input: RStr<'_>, ctx: &FfiCallContext<'_>) -> FfiOutcome;
+
+    /// Runs the named callback with JSON input.
+    fn callback(&self, name: RStr<'_>, input: RStr<'_>, ctx: &FfiCallContext<'_>) -> FfiOutcome;
+
+    /// Drops the author's plugin value, catching a panic in its `Drop`. Called once, before
+    /// the handler itself is dropped; calls after it fail.
+    #[sabi(last_prefix_field)]
+    fn shutdown(&mut self) -> ROption<FfiError>;
+}

@@ -1,0 +1,131 @@
+//! Run a plugin in-process, through the same ABI glue the host uses, for unit tests and
+//! examples. No library is built or loaded.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use abi_stable::std_types::{RErr, ROk, RStr};
+
+use crate::abi::{FfiCallContext, FfiInit, FfiOutcome, HandlerBox};
+use crate::glue::{instantiate, Package};
+use crate::{FollowUp, LogRecord, Plugin, PluginError};
+
+/// The owned result of one call made through a [`Harness`].
+#[derive(Debug)]
+pub struct Outcome {
+    /// The JSON result, or the error the call returned.
+    pub result: Result<serde_json::Value, PluginError>,
+    /// The call's log records.
+    pub logs: Vec<LogRecord>,
+    /// The follow-up calls it asked for.
+    pub follow_ups: Vec<FollowUp>,
+}
+
+impl From<FfiOutcome> for Outcome {
+    fn from(outcome: FfiOutcome) -> Outcome {
+        let result = match &outcome.result {
+            ROk(json) => serde_json::from_str(json.as_str())
+                .map_err(|err| PluginError::failed(format!("plugin returned invalid JSON: {err}"))),
+            RErr(err) => Err(PluginError::from(err)),
+        };
+        Outcome {
+            result,
+            logs: outcome.logs.iter().map(LogRecord::from).collect(),
+            follow_ups: outcome
+                .follow_ups
+                .iter()
+                .map(|f| FollowUp {
+                    plugin: f.plugin.to_string(),
+                    callback: f.callback.to_string(),
+                    input: serde_json::from_str(f.input_json.as_str())
+                        .unwrap_or(serde_json::Value::Null),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An initialised instance of plugin `P`, called through its [`Handler`](crate::abi::Handler)
+/// trait object exactly as the host calls it: panics are caught, inputs decoded, errors typed.
+///
+/// ```
+/// use plugin_api::testing::Harness;
+/// use plugin_api::{Context, ErrorKind, InitContext, Plugin, PluginError};
+///
+/// struct Fragile;
+/// impl Plugin for Fragile {
+///     type Input = u32;
+///     type Output = u32;
+///     fn init(_: &InitContext<'_>) -> Result<Self, PluginError> { Ok(Fragile) }
+///     fn execute(&self, _: &Context<'_>, n: u32) -> Result<u32, PluginError> {
+///         if n == 0 { panic!("zero is not allowed") }
+///         Ok(100 / n)
+///     }
+/// }
+///
+/// let plugin = Harness::<Fragile>::new("fragile", serde_json::json!({})).unwrap();
+/// assert_eq!(plugin.execute(serde_json::json!(4)).result.unwrap(), 25);
+/// let err = plugin.execute(serde_json::json!(0)).result.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Panicked);
+/// assert!(err.message().contains("zero is not allowed"));
+/// let err = plugin.call("nope", serde_json::json!(null)).result.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::UnknownCallback);
+/// ```
+pub struct Harness<P: Plugin> {
+    handler: HandlerBox,
+    cancelled: AtomicBool,
+    _plugin: PhantomData<fn() -> P>,
+}
+
+impl<P: Plugin> Harness<P> {
+    /// Runs `P::init` with `config`, as the host does when it loads the plugin.
+    pub fn new(name: &'static str, config: serde_json::Value) -> Result<Self, PluginError> {
+        let package = Package {
+            name,
+            version: "0.0.0",
+            description: "",
+        };
+        let init = FfiInit {
+            config_json: config.to_string().into(),
+            generation: 1,
+        };
+        match instantiate::<P>(package, init).handler {
+            ROk(handler) => Ok(Harness {
+                handler,
+                cancelled: AtomicBool::new(false),
+                _plugin: PhantomData,
+            }),
+            RErr(err) => Err(PluginError::from(&err)),
+        }
+    }
+
+    /// Calls the `execute` entry point.
+    pub fn execute(&self, input: serde_json::Value) -> Outcome {
+        self.call("execute", input)
+    }
+
+    /// Calls a named callback (`execute` calls the entry point).
+    pub fn call(&self, callback: &str, input: serde_json::Value) -> Outcome {
+        let ctx = FfiCallContext {
+            cancelled: &self.cancelled,
+            deadline_unix_ms: 0,
+        };
+        let input = input.to_string();
+        self.handler
+            .callback(RStr::from(callback), RStr::from(input.as_str()), &ctx)
+            .into()
+    }
+
+    /// Marks every later call as cancelled, as a caller that went away would.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Drops the plugin value; `Err` if its `Drop` panicked.
+    pub fn shutdown(mut self) -> Result<(), PluginError> {
+        match self.handler.shutdown().into_option() {
+            None => Ok(()),
+            Some(err) => Err(PluginError::from(&err)),
+        }
+    }
+}
