@@ -1,0 +1,364 @@
+//! Helpers for the end-to-end tests: build the real binaries and plugins, build variants of
+//! a plugin from modified sources, run `host` commands and a `host serve` process.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use host::control::Client;
+
+/// The workspace root.
+pub fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The things every test needs, built once per test process.
+pub struct Built {
+    /// The `host` binary.
+    pub host: PathBuf,
+    /// `libhello.so`.
+    pub hello: PathBuf,
+}
+
+fn cargo(args: &[&str], dir: &Path, target_dir: Option<&Path>) {
+    let mut command = Command::new(env!("CARGO"));
+    command.args(args).current_dir(dir);
+    if let Some(target_dir) = target_dir {
+        command.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let output = command.output().expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo {args:?} in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Builds the host binary and the hello plugin (debug profile, the workspace target dir).
+pub fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo(&["build", "-p", "host", "-p", "hello"], root(), None);
+        let target = root().join("target/debug");
+        Built {
+            host: target.join("host"),
+            hello: target.join("libhello.so"),
+        }
+    })
+}
+
+/// Builds the sysinfo example plugin and returns its library.
+pub fn sysinfo() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo(&["build", "-p", "sysinfo"], root(), None);
+        root().join("target/debug/libsysinfo.so")
+    })
+}
+
+/// Serialises builds in the shared variant target directory.
+fn variant_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A crate built from a copy of `example-plugins/hello` (or another crate directory) with
+/// textual edits, against the real plugin-api or a modified copy of it.
+pub struct Variant<'a> {
+    crate_dir: &'a str,
+    edits: Vec<(String, &'a str, String)>,
+    api_edits: Vec<(&'a str, &'a str, String)>,
+}
+
+impl<'a> Variant<'a> {
+    /// Starts from the crate at `crate_dir`, relative to the workspace root.
+    pub fn of(crate_dir: &'a str) -> Self {
+        Variant {
+            crate_dir,
+            edits: Vec::new(),
+            api_edits: Vec::new(),
+        }
+    }
+
+    /// Replaces `from` with `to` in the crate's file `file` (relative to the crate); the text
+    /// must occur.
+    pub fn edit(mut self, file: &str, from: &'a str, to: impl Into<String>) -> Self {
+        self.edits.push((file.to_owned(), from, to.into()));
+        self
+    }
+
+    /// Builds against a copy of plugin-api with `from` replaced by `to` in `file`.
+    pub fn edit_api(mut self, file: &'a str, from: &'a str, to: impl Into<String>) -> Self {
+        self.api_edits.push((file, from, to.into()));
+        self
+    }
+
+    /// Builds the variant and returns a private copy of the library, in `out_dir` under
+    /// `file_name`.
+    pub fn build_into(self, out_dir: &Path, file_name: &str) -> PathBuf {
+        let _serial = variant_lock();
+        let work = tempfile::tempdir().expect("temp dir");
+        let api_dir = if self.api_edits.is_empty() {
+            root().join("plugin-api")
+        } else {
+            let api = work.path().join("plugin-api");
+            copy_dir(&root().join("plugin-api"), &api);
+            for (file, from, to) in &self.api_edits {
+                replace_in(&api.join(file), from, to);
+            }
+            api
+        };
+        let crate_dir = work.path().join("plugin");
+        copy_dir(&root().join(self.crate_dir), &crate_dir);
+        for (file, from, to) in &self.edits {
+            replace_in(&crate_dir.join(file), from, to);
+        }
+        // Crates of their own, with the workspace's dependency versions, so no new downloads.
+        if !self.api_edits.is_empty() {
+            make_standalone(&api_dir.join("Cargo.toml"), &api_dir, false);
+        }
+        make_standalone(&crate_dir.join("Cargo.toml"), &api_dir, true);
+        fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).expect("copy Cargo.lock");
+        let target = root().join("target/e2e-variants");
+        cargo(&["build", "--lib"], &crate_dir, Some(&target));
+        let package = package_name(&crate_dir);
+        let built = target.join(format!("debug/lib{}.so", package.replace('-', "_")));
+        let out = out_dir.join(file_name);
+        // Through a temporary name and a rename, so a watcher sees one complete file.
+        let tmp = out_dir.join(format!(".{file_name}.tmp"));
+        fs::copy(&built, &tmp).expect("copy the built library");
+        fs::rename(&tmp, &out).expect("rename into place");
+        out
+    }
+}
+
+/// Rewrites a member manifest of this workspace so that it builds on its own: every
+/// `x.workspace = true` becomes the workspace's value, and `plugin-api` points at `api_dir`.
+fn make_standalone(manifest: &Path, api_dir: &Path, own_workspace: bool) {
+    let workspace = fs::read_to_string(root().join("Cargo.toml")).expect("workspace manifest");
+    let mut section = "";
+    let mut inherited = std::collections::HashMap::new();
+    for line in workspace.lines() {
+        if line.starts_with('[') {
+            section = line;
+        } else if let Some((key, value)) = line.split_once(" = ") {
+            if section == "[workspace.package]" || section == "[workspace.dependencies]" {
+                inherited.insert(key.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+    }
+    inherited.insert(
+        "plugin-api".into(),
+        format!("{{ path = {:?} }}", api_dir.display().to_string()),
+    );
+    let text = fs::read_to_string(manifest).expect("manifest");
+    let mut out: String = text
+        .lines()
+        .map(|line| match line.strip_suffix(".workspace = true") {
+            Some(key) => format!(
+                "{key} = {}",
+                inherited
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{key} is not inherited"))
+            ),
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    if own_workspace {
+        out.push_str("\n[workspace]\n");
+    }
+    fs::write(manifest, out).expect("write manifest");
+}
+
+fn package_name(crate_dir: &Path) -> String {
+    let manifest = fs::read_to_string(crate_dir.join("Cargo.toml")).expect("manifest");
+    manifest
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("name = \"")
+                .and_then(|r| r.strip_suffix('"'))
+        })
+        .expect("package name")
+        .to_owned()
+}
+
+fn replace_in(path: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        text.contains(from),
+        "{} does not contain {from:?}",
+        path.display()
+    );
+    fs::write(path, text.replace(from, to)).expect("write edited file");
+}
+
+/// Copies a crate's sources (everything but `target`).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create dir");
+    for entry in fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            fs::copy(&src, &dst).expect("copy file");
+        }
+    }
+}
+
+/// A fresh directory for plugin files (mode 0700, as the host's checks want).
+pub fn plugins_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("plugins-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Copies `library` into `dir` as `name`, atomically (temporary name, then rename).
+pub fn install(library: &Path, dir: &Path, name: &str) -> PathBuf {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::copy(library, &tmp).expect("copy library");
+    let out = dir.join(name);
+    fs::rename(&tmp, &out).expect("rename library");
+    out
+}
+
+/// Runs the host binary with `args`.
+pub fn host(args: &[&str]) -> Output {
+    Command::new(&built().host)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("host runs")
+}
+
+/// stdout and stderr of a command, as text.
+pub fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A `host serve` process for one test, stopped (SIGTERM) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// Where its log goes.
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `host serve --plugins DIR` with extra arguments, and waits until it answers.
+    pub fn start(plugins: &Path, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("sock/host.sock");
+        let log = dir.path().join("serve.log");
+        let child = Command::new(&built().host)
+            .arg("serve")
+            .arg("--plugins")
+            .arg(plugins)
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("host serve starts");
+        let server = Server {
+            child: Some(child),
+            socket,
+            log,
+            _dir: dir,
+        };
+        server.wait_until(
+            Duration::from_secs(20),
+            "the host to answer on its socket",
+            |s| s.client().and_then(|mut c| c.ping().ok()).is_some(),
+        );
+        server
+    }
+
+    /// A new connection to the server.
+    pub fn client(&self) -> Option<Client> {
+        Client::connect(&self.socket).ok()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `ready` every 10 ms until it is true; panics with the log after `timeout`.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut ready: impl FnMut(&Server) -> bool,
+    ) {
+        let start = Instant::now();
+        while !ready(self) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; host log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Calls through the socket and returns the result as JSON, or the error message.
+    pub fn call(
+        &self,
+        plugin: &str,
+        callback: &str,
+        input: &str,
+    ) -> Result<serde_json::Value, String> {
+        let mut client = self.client().ok_or("no connection")?;
+        let outcome = client
+            .call(plugin, callback, input)
+            .map_err(|e| e.to_string())?;
+        match outcome.result() {
+            Ok(raw) => Ok(serde_json::from_str(raw.get()).expect("result is JSON")),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's, which
+        // has not been reaped yet, so it cannot name another process.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
