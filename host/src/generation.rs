@@ -25,7 +25,7 @@ use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
 pub(crate) struct Generation {
     number: u64,
     handler: ManuallyDrop<HandlerBox>,
-    library: Arc<Library>,
+    library: ManuallyDrop<Arc<Library>>,
     source: PathBuf,
     config_json: String,
     loaded_at: SystemTime,
@@ -53,7 +53,7 @@ impl Generation {
         Ok(Generation {
             number,
             handler: ManuallyDrop::new(handler),
-            library,
+            library: ManuallyDrop::new(library),
             source: source.to_owned(),
             config_json,
             loaded_at: SystemTime::now(),
@@ -153,14 +153,19 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        let name = &self.library.metadata().name;
+        let name = self.library.metadata().name.clone();
+        let _span =
+            tracing::info_span!("drain", plugin = %name, generation = self.number).entered();
         if let Some(err) = self.handler.shutdown().into_option() {
-            tracing::warn!(plugin = %name, generation = self.number, "{}", err.message);
+            tracing::warn!("{}", err.message);
         }
-        // SAFETY: `handler` is not used after this; dropping it here, before the fields are
-        // dropped, guarantees it goes before `library` (which it points into) can be closed.
-        unsafe { ManuallyDrop::drop(&mut self.handler) };
-        tracing::debug!(plugin = %name, generation = self.number, "generation drained");
+        // SAFETY: neither field is used again. The handler points into the library, so it is
+        // dropped first; dropping the last `Arc<Library>` then closes the library (and logs
+        // whether it left memory) inside this span.
+        unsafe {
+            ManuallyDrop::drop(&mut self.handler);
+            ManuallyDrop::drop(&mut self.library);
+        }
     }
 }
 

@@ -25,6 +25,7 @@
 mod call;
 pub mod config;
 pub mod control;
+mod elf;
 mod generation;
 pub mod loader;
 mod registry;

@@ -4,7 +4,8 @@
 //!
 //! 1. the file is opened without following it into anything but a regular file, its
 //!    ownership and permissions are checked, and its bytes are read and hashed once;
-//! 2. the same bytes are written to a *private copy* with a unique name (dlopen caches by
+//! 2. the ELF structure is checked (so `dlopen` never maps past the end of a truncated file),
+//!    and the same bytes are written to a *private copy* with a unique name (dlopen caches by
 //!    path, and a process that maps a file someone rewrites in place can die of SIGBUS), which
 //!    is opened with `RTLD_NOW | RTLD_LOCAL` and unlinked at once;
 //! 3. the abi_stable header is checked: abi_stable's own version, then our ABI major/minor,
@@ -312,6 +313,8 @@ impl Library {
             .and_then(OsStr::to_str)
             .filter(|s| is_valid_name(s))
             .unwrap_or("plugin");
+        crate::elf::check(&file.bytes)
+            .map_err(|problem| LoadError::new(path, LoadErrorKind::NotALibrary, problem))?;
         let copy_path = copy_dir.join(format!(
             "{stem}.{}.{}.so",
             std::process::id(),
@@ -517,19 +520,17 @@ impl Drop for Library {
         // `Generation` drops its handler before its `Arc<Library>`, and outcomes are converted
         // at the boundary. Nothing else holds pointers into it.
         let closed = unsafe { ManuallyDrop::take(&mut self.raw) }.close();
-        let name = &self.metadata.name;
         if let Err(err) = closed {
-            tracing::warn!(plugin = %name, "dlclose failed: {err}");
+            tracing::warn!("dlclose failed: {err}");
         }
         if is_mapped(&self.copy_path) {
             tracing::warn!(
-                plugin = %name,
                 "still mapped: the library stayed in memory after dlclose (a thread-local \
                  destructor or a thread it started keeps it alive); it is released when that \
                  thread ends"
             );
         } else {
-            tracing::info!(plugin = %name, "unloaded: library closed and gone from memory");
+            tracing::info!("unloaded: library closed and gone from memory");
         }
     }
 }

@@ -26,6 +26,9 @@ use crate::loader::{
 
 type Table = HashMap<String, Arc<Generation>>;
 
+/// What a load did, and the generation it replaced (kept alive until the event is logged).
+type Loaded = Result<(LoadEvent, Option<Arc<Generation>>), LoadError>;
+
 /// Options for a [`Host`].
 #[derive(Debug, Clone, Default)]
 pub struct HostOptions {
@@ -179,15 +182,20 @@ impl Host {
     pub fn load_file(&self, path: &Path) -> Result<LoadEvent, LoadError> {
         let mut state = self.state();
         let result = self.load_locked(&mut state, path);
-        self.record(&mut state, path, &result);
-        result
+        self.record(&mut state, path, result)
     }
 
-    /// Logs the result of a load and remembers its error for [`Host::status`].
-    fn record(&self, state: &mut State, path: &Path, result: &Result<LoadEvent, LoadError>) {
+    /// Logs the result of a load, remembers its error for [`Host::status`], then lets the
+    /// replaced generation go (its unload is logged after the reload).
+    fn record(
+        &self,
+        state: &mut State,
+        path: &Path,
+        result: Loaded,
+    ) -> Result<LoadEvent, LoadError> {
         let entry = state.files.entry(path.to_owned()).or_default();
-        match result {
-            Ok(event) => {
+        match &result {
+            Ok((event, _replaced)) => {
                 entry.error = None;
                 log_event(path, event);
             }
@@ -199,9 +207,10 @@ impl Host {
                 entry.error = Some(err.clone());
             }
         }
+        result.map(|(event, _replaced)| event)
     }
 
-    fn load_locked(&self, state: &mut State, path: &Path) -> Result<LoadEvent, LoadError> {
+    fn load_locked(&self, state: &mut State, path: &Path) -> Loaded {
         let file = read_plugin_file(path, &self.inner.options)?;
         let known = state.files.get(path);
         if let Some(FileEntry {
@@ -211,9 +220,10 @@ impl Host {
         }) = known
         {
             if *hash == file.sha256 {
-                return Ok(LoadEvent::Unchanged {
+                let event = LoadEvent::Unchanged {
                     plugin: meta.name.clone(),
-                });
+                };
+                return Ok((event, None));
             }
         }
         let previous_name = known.and_then(|entry| Some(entry.metadata.as_ref()?.name.clone()));
@@ -251,10 +261,8 @@ impl Host {
         if !settings.enabled {
             state.files.entry(path.to_owned()).or_default().sha256 = Some(file.sha256);
             drop(table);
-            if let Some(old) = self.remove_from_table(&name) {
-                tracing::info!(plugin = %name, generation = old.number(), "unloading: disabled in the configuration");
-            }
-            return Ok(LoadEvent::Disabled { plugin: name });
+            let replaced = self.remove_from_table(&name);
+            return Ok((LoadEvent::Disabled { plugin: name }, replaced));
         }
 
         let version = library.metadata().version.clone();
@@ -264,7 +272,8 @@ impl Host {
         state.generations.insert(name.clone(), number);
         state.files.entry(path.to_owned()).or_default().sha256 = Some(file.sha256);
         drop(table);
-        let event = match self.publish(generation) {
+        let replaced = self.publish(generation);
+        let event = match &replaced {
             Some(old) => LoadEvent::Reloaded {
                 plugin: name.clone(),
                 old_version: old.metadata().version.clone(),
@@ -282,7 +291,7 @@ impl Host {
         if let Some(previous) = previous_name.filter(|p| *p != name) {
             self.remove_from_table(&previous);
         }
-        Ok(event)
+        Ok((event, replaced))
     }
 
     /// Installs `generation` as the current one for its name; returns the one it replaced.
@@ -339,7 +348,7 @@ impl Host {
             .collect();
         for path in waiting {
             let result = self.load_locked(&mut state, &path);
-            self.record(&mut state, &path, &result);
+            let _ = self.record(&mut state, &path, result);
         }
         Some(name)
     }
@@ -400,7 +409,7 @@ impl Host {
                         entry.sha256 = None;
                     }
                     let result = self.load_locked(&mut state, &path);
-                    self.record(&mut state, &path, &result);
+                    let _ = self.record(&mut state, &path, result);
                 }
                 None => {}
             }

@@ -318,6 +318,13 @@ impl Server {
         }
     }
 
+    /// The plugin files the server reports, through the socket.
+    pub fn files(&self) -> Vec<host::FileStatus> {
+        self.client()
+            .and_then(|mut c| c.list().ok())
+            .unwrap_or_default()
+    }
+
     /// Calls through the socket and returns the result as JSON, or the error message.
     pub fn call(
         &self,
@@ -344,6 +351,11 @@ impl Server {
         // has not been reaped yet, so it cannot name another process.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Whether the process is still running.

@@ -55,7 +55,10 @@ fn library_loads_calls_and_unloads_a_plugin() {
     assert_eq!(outcome.logs[0].message, "greeting Ada");
 
     let about = result(&host.call("hello", "execute", "null").unwrap());
-    assert_eq!(about["callbacks"], json!(["greet", "fail", "panic"]));
+    assert_eq!(
+        about["callbacks"],
+        json!(["greet", "wait", "fail", "panic"])
+    );
 
     assert_eq!(host.remove_file(&file).as_deref(), Some("hello"));
     let err = host
@@ -93,7 +96,7 @@ fn plugin_errors_panics_and_bad_input_leave_the_host_serving() {
     assert_eq!(err.kind(), ErrorKind::UnknownCallback);
     assert!(
         err.message()
-            .ends_with("it has: execute, greet, fail, panic"),
+            .ends_with("it has: execute, greet, wait, fail, panic"),
         "{err}"
     );
 
@@ -264,7 +267,9 @@ fn binary_calls_a_plugin_from_a_directory() {
         .concat(),
     );
     assert!(!out.status.success());
-    assert!(text(&out).1.contains("it has: execute, greet, fail, panic"));
+    assert!(text(&out)
+        .1
+        .contains("it has: execute, greet, wait, fail, panic"));
 
     let out = host(
         &[
@@ -331,7 +336,7 @@ fn binary_lists_and_checks_plugin_files() {
     assert_eq!(files[1]["metadata"]["name"], "hello");
     assert_eq!(
         files[1]["metadata"]["callbacks"],
-        json!(["greet", "fail", "panic"])
+        json!(["greet", "wait", "fail", "panic"])
     );
     assert_eq!(files[2]["metadata"]["name"], "sysinfo");
 
@@ -344,9 +349,9 @@ fn binary_lists_and_checks_plugin_files() {
     ]);
     let (table, _) = text(&out);
     assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("libhello.so") && l.contains("execute, greet, fail, panic")),
+        table.lines().any(
+            |l| l.starts_with("libhello.so") && l.contains("execute, greet, wait, fail, panic")
+        ),
         "{table}"
     );
 

@@ -3,6 +3,8 @@
 //! * `execute` says what the plugin can do.
 //! * `greet` takes `{"name": "Ada"}` and answers `{"message": "Hello, Ada!"}`. The greeting
 //!   comes from the configuration (`[plugins.hello] config = { greeting = "Hi" }`).
+//! * `wait` takes `{"ms": 200}` and takes that long, checking between steps whether the
+//!   caller cancelled or its deadline passed, as long-running plugins should.
 //! * `fail` returns an error of kind `failed`; `panic` panics. Both exist to show what a
 //!   caller sees when a plugin goes wrong.
 
@@ -31,6 +33,12 @@ pub struct GreetInput {
     name: String,
 }
 
+/// Input of `wait`.
+#[derive(Deserialize)]
+pub struct WaitInput {
+    ms: u64,
+}
+
 /// Output of `greet`.
 #[derive(Serialize)]
 pub struct Greeting {
@@ -57,13 +65,14 @@ impl Plugin for Hello {
         Ok(serde_json::json!({
             "plugin": "hello",
             "about": "Greets people. Call `greet` with {\"name\": \"...\"}.",
-            "callbacks": ["greet", "fail", "panic"],
+            "callbacks": ["greet", "wait", "fail", "panic"],
         }))
     }
 
     fn callbacks(callbacks: &mut Callbacks<Self>) {
         callbacks
             .add("greet", Hello::greet)
+            .add("wait", Hello::wait)
             .add("fail", Hello::fail)
             .add("panic", Hello::panic);
     }
@@ -78,6 +87,16 @@ impl Hello {
         Ok(Greeting {
             message: format!("{}, {}!", self.greeting, input.name),
         })
+    }
+
+    fn wait(&self, ctx: &Context<'_>, input: WaitInput) -> Result<serde_json::Value, PluginError> {
+        let start = std::time::Instant::now();
+        let total = std::time::Duration::from_millis(input.ms);
+        while start.elapsed() < total {
+            ctx.check_cancelled()?;
+            std::thread::sleep((total - start.elapsed()).min(std::time::Duration::from_millis(5)));
+        }
+        Ok(serde_json::json!({ "waited_ms": start.elapsed().as_millis() as u64 }))
     }
 
     fn fail(&self, ctx: &Context<'_>, _input: serde_json::Value) -> Result<(), PluginError> {

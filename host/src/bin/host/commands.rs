@@ -219,6 +219,7 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
         "PLUGIN".to_owned(),
         "VERSION".to_owned(),
         "GEN".to_owned(),
+        "LOADED".to_owned(),
         "CALLS".to_owned(),
         "CALLBACKS / STATUS".to_owned(),
     ]];
@@ -228,9 +229,13 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
             |n| n.to_string_lossy().into_owned(),
         );
         let dash = || "-".to_owned();
-        let (gen, calls) = match &file.serving {
-            Some(serving) => (serving.generation.to_string(), serving.calls.to_string()),
-            None => (dash(), dash()),
+        let (gen, loaded, calls) = match &file.serving {
+            Some(serving) => (
+                serving.generation.to_string(),
+                age(serving.loaded_at_unix_ms),
+                serving.calls.to_string(),
+            ),
+            None => (dash(), dash(), dash()),
         };
         let (plugin, version, mut status) = match &file.metadata {
             Some(meta) => (
@@ -250,7 +255,7 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
             let sep = if status.is_empty() { "" } else { "; " };
             status.push_str(&format!("{sep}error: {err}"));
         }
-        let row = [name, plugin, version, gen, calls, status];
+        let row = [name, plugin, version, gen, loaded, calls, status];
         rows.push(row);
     }
     let widths: Vec<usize> = (0..5)
@@ -260,9 +265,22 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
         for (cell, width) in row.iter().zip(&widths) {
             write!(out, "{cell:width$}  ")?;
         }
-        writeln!(out, "{}", row[5])?;
+        writeln!(out, "{}", row[6])?;
     }
     Ok(())
+}
+
+/// How long ago a Unix-epoch millisecond timestamp was, as `42s ago`, `3m ago`, `5h ago`.
+fn age(unix_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let secs = now.saturating_sub(unix_ms) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
 }
 
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
