@@ -193,10 +193,10 @@ impl WatchState {
                 self.pending
                     .entry(path.clone())
                     .and_modify(|d| {
-                        // A close after writes makes the file ready now; more writes push it out.
-                        if delay.is_zero() || *d > now {
-                            *d = due;
-                        }
+                        // A close after writing, or a rename, makes the file ready now. Any
+                        // other event only ever pushes the moment out: a chmod in the middle
+                        // of a copy must not cut short the wait for the copy.
+                        *d = if delay.is_zero() { due } else { (*d).max(due) };
                     })
                     .or_insert(due);
             }

@@ -332,7 +332,7 @@ fn binary_lists_and_checks_plugin_files() {
     assert!(files[0]["last_error"]
         .as_str()
         .unwrap()
-        .contains("not a loadable shared library"));
+        .contains("truncated: 12 bytes, shorter than an ELF header"));
     assert_eq!(files[1]["metadata"]["name"], "hello");
     assert_eq!(
         files[1]["metadata"]["callbacks"],
@@ -370,7 +370,7 @@ fn binary_lists_and_checks_plugin_files() {
     assert!(!out.status.success());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.starts_with(&format!("error: {broken}: not a loadable shared library")),
+        stderr.starts_with(&format!("error: {broken}: truncated: 12 bytes")),
         "{stderr}"
     );
 }

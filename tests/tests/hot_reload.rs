@@ -193,6 +193,42 @@ fn copying_over_a_loaded_file_while_calls_run_loses_no_call() {
 }
 
 #[test]
+fn a_slow_write_in_place_is_loaded_once_and_only_when_complete() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let server = Server::start(dir.path(), &[]);
+    wait_for_message(&server, "Hello, Ada!");
+
+    // Half the new version, a chmod, a pause longer than the settle time, then the rest.
+    let bytes = fs::read(hi_variant()).unwrap();
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(dir.path().join("libhello.so"))
+        .unwrap();
+    file.write_all(first).unwrap();
+    file.set_permissions(fs::Permissions::from_mode(0o700))
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    file.write_all(rest).unwrap();
+    drop(file);
+
+    wait_for_message(&server, "Hi, Ada!");
+    let files = server.files();
+    assert_eq!(
+        files[0].serving.as_ref().unwrap().generation,
+        2,
+        "{}",
+        server.log()
+    );
+    assert!(!server.log().contains("rejected"), "{}", server.log());
+}
+
+#[test]
 fn a_broken_file_over_a_good_one_leaves_the_old_version_serving() {
     let dir = plugins_dir();
     install(&built().hello, dir.path(), "libhello.so");
