@@ -4,10 +4,14 @@
 //! plugins_dir = "plugins"          # default: ./plugins
 //! socket = "/run/user/1000/plugin-host.sock"
 //! log_format = "text"              # or "json"
+//! max_message_bytes = 16777216     # largest request or result
 //!
 //! [plugins.hello]
 //! enabled = true
 //! config = { greeting = "Hi" }     # handed to the plugin's init as JSON
+//! timeout_ms = 30000               # callers get a timeout error after this
+//! max_concurrent_calls = 8         # callers past this get a busy error (default: no limit)
+//! sha256 = "..."                   # optional: only this exact file is loaded
 //! ```
 //!
 //! Errors name the file, the line and column, and the key: one line, nothing else.
@@ -19,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The contents of `host.toml`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// Directory watched for plugin files.
@@ -29,9 +33,31 @@ pub struct HostConfig {
     /// Log output format.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Largest request or result, in bytes (default 16 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
     /// Per-plugin settings, by plugin name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginSettings>,
+}
+
+/// The default of [`HostConfig::max_message_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            plugins_dir: None,
+            socket: None,
+            log_format: LogFormat::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            plugins: BTreeMap::new(),
+        }
+    }
 }
 
 /// How the host writes its log.
@@ -55,6 +81,11 @@ pub struct PluginSettings {
     pub config: toml::Table,
     /// If set, only a file with this SHA-256 (hex) is loaded for this plugin.
     pub sha256: Option<String>,
+    /// How long a call may run before its caller gets a timeout error, in milliseconds.
+    pub timeout_ms: u64,
+    /// How many calls may run at once; callers past it get a `busy` error. No limit when
+    /// absent.
+    pub max_concurrent_calls: Option<usize>,
 }
 
 impl Default for PluginSettings {
@@ -63,6 +94,8 @@ impl Default for PluginSettings {
             enabled: true,
             config: toml::Table::new(),
             sha256: None,
+            timeout_ms: 30_000,
+            max_concurrent_calls: None,
         }
     }
 }

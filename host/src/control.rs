@@ -25,6 +25,14 @@
 //!
 //! The socket is created with mode 0600 in a directory only the user can enter, and a
 //! connection from another user id is refused (peer credentials).
+//!
+//! # Timeouts
+//!
+//! Each call has the plugin's `timeout_ms`. A watchdog answers a call that overruns it with
+//! a `timeout` error on time, sets the call's cancellation flag (a well-written plugin
+//! stops), and counts the call as *stuck* until it returns (`host list` shows it). The
+//! plugin's late answer is dropped. The connection answers its next request only after the
+//! stuck call returns; other connections, and reloads, are not held up.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -33,19 +41,20 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::call::{CallError, CallErrorKind, CallOutcome};
-use crate::registry::{FileStatus, Host};
+use crate::registry::{FileStatus, Host, PluginHandle};
 
 /// The protocol version this host speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Default limit on the size of one request or response line: 16 MiB.
-pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
+/// How often the watchdog looks for calls past their timeout.
+const WATCHDOG_TICK: Duration = Duration::from_millis(5);
 
 /// A request, as sent on the wire. `plugin`, `callback` and `input` are for `call`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -163,6 +172,7 @@ pub struct ControlServer {
     path: PathBuf,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 struct Shared {
@@ -170,21 +180,55 @@ struct Shared {
     info: HostInfo,
     stopping: AtomicBool,
     max_message: usize,
-    /// Open connections: a handle on each socket (to shut it down) and its thread.
-    connections: Mutex<HashMap<u64, (UnixStream, JoinHandle<()>)>>,
+    /// Open connections, with their threads. Taken when a connection opens or closes and by
+    /// the watchdog, never on the path of a call.
+    connections: Mutex<Connections>,
     next_id: AtomicU64,
+}
+
+/// Open connections by id, each with the thread serving it.
+type Connections = HashMap<u64, (Arc<Connection>, JoinHandle<()>)>;
+
+/// One client connection.
+struct Connection {
+    /// To shut the connection down when the server stops.
+    stream: UnixStream,
+    /// Responses are written by the connection's thread, or by the watchdog on a timeout.
+    writer: Mutex<UnixStream>,
+    /// The call running now, if any.
+    in_call: Mutex<Option<InCall>>,
+    /// The running call's cancellation flag.
+    cancelled: AtomicBool,
+}
+
+struct InCall {
+    plugin: PluginHandle,
+    callback: String,
+    started: Instant,
+    deadline: Instant,
+    timed_out: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ControlServer {
     /// Binds the socket at `path` (creating its directory with mode 0700 if needed, and
     /// replacing a stale socket no one answers on) and starts accepting connections.
-    pub fn start(host: Host, info: HostInfo, path: &Path) -> io::Result<ControlServer> {
+    /// Requests longer than `max_message` bytes are refused.
+    pub fn start(
+        host: Host,
+        info: HostInfo,
+        path: &Path,
+        max_message: usize,
+    ) -> io::Result<ControlServer> {
         let listener = bind(path)?;
         let shared = Arc::new(Shared {
             host,
             info,
             stopping: AtomicBool::new(false),
-            max_message: DEFAULT_MAX_MESSAGE,
+            max_message,
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         });
@@ -194,10 +238,17 @@ impl ControlServer {
                 .name("control-accept".into())
                 .spawn(move || accept_loop(listener, shared))?
         };
+        let watchdog = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("control-watchdog".into())
+                .spawn(move || watchdog(&shared))?
+        };
         Ok(ControlServer {
             path: path.to_owned(),
             shared,
             acceptor: Some(acceptor),
+            watchdog: Some(watchdog),
         })
     }
 
@@ -223,19 +274,18 @@ impl ControlServer {
         let _ = std::fs::remove_file(&self.path);
         // No new requests: shut the read side of every connection. A handler in the middle of
         // a call finishes it and writes the response, then reads end-of-file and exits.
-        let connections: Vec<_> = {
-            let mut map = self
-                .shared
-                .connections
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            map.drain().map(|(_, connection)| connection).collect()
-        };
-        for (stream, _) in &connections {
-            let _ = stream.shutdown(std::net::Shutdown::Read);
+        let connections: Vec<_> = lock(&self.shared.connections)
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for (connection, _) in &connections {
+            let _ = connection.stream.shutdown(std::net::Shutdown::Read);
         }
         for (_, thread) in connections {
             let _ = thread.join();
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
         }
     }
 }
@@ -283,39 +333,81 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
         };
         if let Err(reason) = check_peer(&stream) {
             tracing::warn!("control socket: refused a connection: {reason}");
-            let _ = write_response(
-                &stream,
-                &Response::error(CallError::new(CallErrorKind::InvalidRequest, reason)),
-            );
+            let response = Response::error(CallError::new(CallErrorKind::InvalidRequest, reason));
+            if let Ok(mut bytes) = serde_json::to_vec(&response) {
+                bytes.push(b'\n');
+                let _ = (&stream).write_all(&bytes);
+            }
             continue;
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let Ok(registered) = stream.try_clone() else {
+        let (Ok(reader), Ok(writer)) = (stream.try_clone(), stream.try_clone()) else {
             continue;
         };
-        let mut connections = shared
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let connection = Arc::new(Connection {
+            stream,
+            writer: Mutex::new(writer),
+            in_call: Mutex::new(None),
+            cancelled: AtomicBool::new(false),
+        });
+        let mut connections = lock(&shared.connections);
         let handler = {
-            let shared = shared.clone();
+            let (shared, connection) = (shared.clone(), connection.clone());
             std::thread::Builder::new()
                 .name(format!("control-{id}"))
                 .spawn(move || {
-                    serve_connection(&shared, stream);
-                    let mut connections = shared
-                        .connections
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    connections.remove(&id);
+                    // Deregisters (and so closes) the connection however the thread ends.
+                    let _registered = Registered(&shared, id);
+                    serve_connection(&shared, &connection, reader);
                 })
         };
         match handler {
-            Ok(handle) => {
-                // Inserted under the lock the handler takes to remove itself, so never stale.
-                connections.insert(id, (registered, handle));
+            // Inserted under the lock the handler takes to remove itself, so never stale.
+            Ok(thread) => {
+                connections.insert(id, (connection, thread));
             }
             Err(err) => tracing::warn!("control socket: cannot start a handler thread: {err}"),
+        }
+    }
+}
+
+/// Removes a connection from the server's table when dropped, even during unwinding.
+struct Registered<'a>(&'a Shared, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.connections).remove(&self.1);
+    }
+}
+
+/// Answers calls that overran their timeout, until the server stops.
+fn watchdog(shared: &Shared) {
+    while !shared.stopping.load(Ordering::Relaxed) {
+        std::thread::sleep(WATCHDOG_TICK);
+        let now = Instant::now();
+        let connections: Vec<Arc<Connection>> = lock(&shared.connections)
+            .values()
+            .map(|(c, _)| c.clone())
+            .collect();
+        for connection in connections {
+            let mut in_call = lock(&connection.in_call);
+            let Some(call) = in_call
+                .as_mut()
+                .filter(|c| !c.timed_out && c.deadline <= now)
+            else {
+                continue;
+            };
+            call.timed_out = true;
+            connection.cancelled.store(true, Ordering::Relaxed);
+            call.plugin.mark_stuck(true);
+            let mut error = timeout_error(&call.plugin, &call.callback);
+            error
+                .message
+                .push_str("; it was told to cancel and counts as stuck until it returns");
+            let meta = call.plugin.metadata();
+            tracing::warn!(plugin = %meta.name, generation = call.plugin.generation(), "call timed out: `{}`", call.callback);
+            drop(in_call);
+            let _ = write_response(&connection, &Response::error(error));
         }
     }
 }
@@ -353,10 +445,7 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     Ok(())
 }
 
-fn serve_connection(shared: &Shared, stream: UnixStream) {
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
+fn serve_connection(shared: &Shared, connection: &Connection, stream: UnixStream) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -369,13 +458,15 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
                     CallErrorKind::InvalidRequest,
                     err.to_string(),
                 ));
-                let _ = write_response(&write_half, &response);
+                let _ = write_response(connection, &response);
                 return;
             }
         }
-        let response = handle_request(shared, &line);
-        if write_response(&write_half, &response).is_err() {
-            return;
+        // `None`: the watchdog already answered (the call timed out).
+        if let Some(response) = handle_request(shared, connection, &line) {
+            if write_response(connection, &response).is_err() {
+                return;
+            }
         }
     }
 }
@@ -397,60 +488,50 @@ pub(crate) fn read_line(
     Ok(n)
 }
 
-fn handle_request(shared: &Shared, line: &[u8]) -> Response {
-    let request: Request = match serde_json::from_slice(line) {
-        Ok(request) => request,
-        Err(err) => {
-            return Response::error(CallError::new(
-                CallErrorKind::InvalidRequest,
-                format!("malformed request: {err}"),
-            ))
-        }
-    };
+/// Decodes and checks one request line: valid JSON of the protocol, a version this host
+/// speaks, and for a call, valid plugin and callback names.
+pub fn decode_request(line: &[u8]) -> Result<Request, CallError> {
+    let invalid = |message: String| CallError::new(CallErrorKind::InvalidRequest, message);
+    let request: Request =
+        serde_json::from_slice(line).map_err(|err| invalid(format!("malformed request: {err}")))?;
     if request.v != PROTOCOL_VERSION {
-        return Response::error(CallError::new(
-            CallErrorKind::InvalidRequest,
-            format!(
-                "protocol version {} is not supported; this host speaks {PROTOCOL_VERSION}",
-                request.v
-            ),
-        ));
+        return Err(invalid(format!(
+            "protocol version {} is not supported; this host speaks {PROTOCOL_VERSION}",
+            request.v
+        )));
     }
-    match request.op {
+    if request.op == Op::Call {
+        let (Some(plugin), Some(callback)) = (&request.plugin, &request.callback) else {
+            return Err(invalid("a call needs `plugin` and `callback`".into()));
+        };
+        for (what, name) in [("plugin", plugin), ("callback", callback)] {
+            if !plugin_api::is_valid_name(name) {
+                let shown: String = name.chars().take(80).collect();
+                return Err(invalid(format!(
+                    "invalid {what} name {shown:?}: 1 to 64 characters of [A-Za-z0-9_.-]"
+                )));
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// Serves one request line; `None` when the watchdog already answered (a timed-out call).
+fn handle_request(shared: &Shared, connection: &Connection, line: &[u8]) -> Option<Response> {
+    let request = match decode_request(line) {
+        Ok(request) => request,
+        Err(err) => return Some(Response::error(err)),
+    };
+    Some(match request.op {
+        Op::Call if shared.stopping.load(Ordering::Relaxed) => Response::error(CallError::new(
+            CallErrorKind::ShuttingDown,
+            "the host is shutting down",
+        )),
         Op::Call => {
-            let (plugin, callback) = match (&request.plugin, &request.callback) {
-                (Some(plugin), Some(callback)) => (plugin, callback),
-                _ => {
-                    return Response::error(CallError::new(
-                        CallErrorKind::InvalidRequest,
-                        "a call needs `plugin` and `callback`",
-                    ))
-                }
-            };
-            for (what, name) in [("plugin", plugin), ("callback", callback)] {
-                if !plugin_api::is_valid_name(name) {
-                    return Response::error(CallError::new(
-                        CallErrorKind::InvalidRequest,
-                        format!(
-                            "invalid {what} name {name:?}: 1 to 64 characters of [A-Za-z0-9_.-]"
-                        ),
-                    ));
-                }
-            }
-            if shared.stopping.load(Ordering::Relaxed) {
-                return Response::error(CallError::new(
-                    CallErrorKind::ShuttingDown,
-                    "the host is shutting down",
-                ));
-            }
+            let plugin = request.plugin.as_deref().unwrap_or_default();
+            let callback = request.callback.as_deref().unwrap_or_default();
             let input = request.input.as_deref().map_or("null", RawValue::get);
-            match shared.host.call(plugin, callback, input) {
-                Ok(outcome) => Response {
-                    outcome: Some(outcome),
-                    ..Response::new()
-                },
-                Err(err) => Response::error(err),
-            }
+            return call(shared, connection, plugin, callback, input);
         }
         Op::List => Response {
             files: Some(shared.host.status()),
@@ -460,13 +541,83 @@ fn handle_request(shared: &Shared, line: &[u8]) -> Response {
             host: Some(shared.info.clone()),
             ..Response::new()
         },
-    }
+    })
 }
 
-fn write_response(mut stream: &UnixStream, response: &Response) -> io::Result<()> {
+/// Runs one call under the watchdog's eye; `None` if the watchdog answered it already.
+fn call(
+    shared: &Shared,
+    connection: &Connection,
+    plugin: &str,
+    callback: &str,
+    input: &str,
+) -> Option<Response> {
+    let handle = match shared.host.plugin(plugin) {
+        Ok(handle) => handle,
+        Err(err) => return Some(Response::error(err)),
+    };
+    let timeout = handle.timeout();
+    let started = Instant::now();
+    connection.cancelled.store(false, Ordering::Relaxed);
+    *lock(&connection.in_call) = Some(InCall {
+        plugin: handle.clone(),
+        callback: callback.to_owned(),
+        started,
+        deadline: started + timeout,
+        timed_out: false,
+    });
+    let result = shared.host.call_with_handle(
+        &handle,
+        callback,
+        input,
+        &connection.cancelled,
+        Some(SystemTime::now() + timeout),
+    );
+    let in_call = lock(&connection.in_call).take();
+    if let Some(call) = in_call.filter(|c| c.timed_out) {
+        call.plugin.mark_stuck(false);
+        tracing::warn!(
+            plugin = %call.plugin.metadata().name,
+            generation = call.plugin.generation(),
+            "stuck call `{}` returned after {} ms; its answer was dropped",
+            call.callback,
+            call.started.elapsed().as_millis()
+        );
+        return None;
+    }
+    Some(match result {
+        // The plugin noticed the deadline itself, a moment before the watchdog did.
+        Ok(outcome)
+            if started.elapsed() >= timeout
+                && outcome
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.kind() == plugin_api::ErrorKind::Cancelled) =>
+        {
+            Response::error(timeout_error(&handle, callback))
+        }
+        Ok(outcome) => Response {
+            outcome: Some(outcome),
+            ..Response::new()
+        },
+        Err(err) => Response::error(err),
+    })
+}
+
+fn timeout_error(plugin: &PluginHandle, callback: &str) -> CallError {
+    let message = format!(
+        "plugin {} (generation {}): `{callback}` did not finish within {} ms",
+        plugin.metadata().name,
+        plugin.generation(),
+        plugin.timeout().as_millis()
+    );
+    CallError::new(CallErrorKind::Timeout, message)
+}
+
+fn write_response(connection: &Connection, response: &Response) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(response).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    stream.write_all(&bytes)
+    lock(&connection.writer).write_all(&bytes)
 }
 
 /// A connection to a running host's control socket.
@@ -490,13 +641,19 @@ pub struct Client {
 pub enum ClientError {
     /// The socket could not be reached or the connection broke.
     #[error("control socket: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The host answered with something that is not a protocol response.
     #[error("control socket: malformed response: {0}")]
     Protocol(String),
     /// The host refused or could not serve the request.
     #[error("{0}")]
     Refused(CallError),
+}
+
+impl From<io::Error> for ClientError {
+    fn from(err: io::Error) -> Self {
+        ClientError::Io(err)
+    }
 }
 
 impl Client {
@@ -515,13 +672,22 @@ impl Client {
         let mut bytes =
             serde_json::to_vec(request).map_err(|err| ClientError::Protocol(err.to_string()))?;
         bytes.push(b'\n');
-        self.writer.write_all(&bytes)?;
+        // A host that refuses the connection answers and closes at once, maybe before this
+        // write: read its answer even when the write failed.
+        let written = self.writer.write_all(&bytes);
         self.line.clear();
-        if read_line(&mut self.reader, &mut self.line, usize::MAX - 1)? == 0 {
-            return Err(ClientError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the host closed the connection",
-            )));
+        match (
+            read_line(&mut self.reader, &mut self.line, usize::MAX - 1),
+            written,
+        ) {
+            (Ok(0) | Err(_), Err(err)) | (Err(err), Ok(())) => return Err(ClientError::Io(err)),
+            (Ok(0), Ok(())) => {
+                return Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the host closed the connection",
+                )))
+            }
+            (Ok(_), _) => {}
         }
         let response: Response = serde_json::from_slice(&self.line)
             .map_err(|err| ClientError::Protocol(err.to_string()))?;
@@ -529,6 +695,11 @@ impl Client {
             Some(err) if !response.ok => Err(ClientError::Refused(err)),
             _ => Ok(response),
         }
+    }
+
+    /// Gives up waiting for an answer after `timeout` (`None`: wait as long as it takes).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.writer.set_read_timeout(timeout)
     }
 
     /// Calls `plugin`'s `callback` with JSON `input`.
@@ -578,6 +749,77 @@ mod tests {
         buf.clear();
         let err = read_line(&mut input, &mut buf, 8).unwrap_err();
         assert!(err.to_string().contains("limit of 8 bytes"));
+    }
+
+    #[test]
+    fn bad_requests_get_one_line_errors() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"garbage", "malformed request"),
+            (
+                br#"{"v":2,"op":"ping"}"#,
+                "protocol version 2 is not supported",
+            ),
+            (
+                br#"{"v":1,"op":"call","plugin":"../etc","callback":"x"}"#,
+                "invalid plugin name",
+            ),
+            (
+                br#"{"v":1,"op":"call","plugin":"hello","callback":"a/b"}"#,
+                "invalid callback name",
+            ),
+            (
+                br#"{"v":1,"op":"call","plugin":"hello"}"#,
+                "needs `plugin` and `callback`",
+            ),
+            (br#"{"v":1,"op":"ping","extra":1}"#, "unknown field `extra`"),
+        ];
+        for (line, expected) in cases {
+            let err = decode_request(line).unwrap_err();
+            assert_eq!(err.kind, CallErrorKind::InvalidRequest);
+            assert!(err.message.contains(expected), "{line:?}: {err}");
+            assert!(!err.message.contains('\n'), "{err}");
+        }
+        let long = format!(
+            r#"{{"v":1,"op":"call","plugin":"{}","callback":"x"}}"#,
+            "p".repeat(65)
+        );
+        assert!(decode_request(long.as_bytes())
+            .unwrap_err()
+            .message
+            .contains("invalid plugin name"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = decode_request(&bytes);
+            }
+
+            #[test]
+            fn never_panics_on_json_shaped_lines(
+                v in 0u32..3,
+                op in "(call|list|ping|[a-z]{0,6})",
+                plugin in "[A-Za-z0-9_./-]{0,70}",
+                callback in "[A-Za-z0-9_./-]{0,70}",
+                input in "(null|1|\\{\\}|\\[|\"[a-z]*\")",
+            ) {
+                let line = format!(
+                    r#"{{"v":{v},"op":"{op}","plugin":"{plugin}","callback":"{callback}","input":{input}}}"#
+                );
+                if let Ok(request) = decode_request(line.as_bytes()) {
+                    prop_assert_eq!(request.v, PROTOCOL_VERSION);
+                    if request.op == Op::Call {
+                        prop_assert!(plugin_api::is_valid_name(&plugin) && plugin_api::is_valid_name(&callback));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

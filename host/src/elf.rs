@@ -113,4 +113,49 @@ mod tests {
         foreign[18] = 40; // ARM
         assert!(check(&foreign).unwrap_err().contains("another machine"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = check(&bytes);
+            }
+
+            #[test]
+            fn a_real_library_cut_anywhere_inside_its_segments_is_refused(cut in 0usize..200_000) {
+                let lib = a_shared_library();
+                let cut = cut % lib.len();
+                let needed = last_segment_end(&lib);
+                prop_assume!(cut < needed);
+                prop_assert!(check(&lib[..cut]).is_err());
+            }
+
+            #[test]
+            fn never_panics_on_a_mutated_header(at in 0usize..64, value in any::<u64>()) {
+                let mut lib = a_shared_library();
+                let at = at.min(lib.len() - 8);
+                lib[at..at + 8].copy_from_slice(&value.to_le_bytes());
+                let _ = check(&lib);
+            }
+        }
+
+        /// The end of the last segment, read independently of `check`.
+        fn last_segment_end(lib: &[u8]) -> usize {
+            let u64_at =
+                |at: usize| u64::from_le_bytes(lib[at..at + 8].try_into().unwrap()) as usize;
+            let u16_at = |at: usize| u16::from_le_bytes([lib[at], lib[at + 1]]) as usize;
+            let (phoff, phnum) = (u64_at(32), u16_at(56));
+            (0..phnum)
+                .map(|i| phoff + i * 56)
+                .map(|at| u64_at(at + 8) + u64_at(at + 32))
+                .chain([phoff + phnum * 56])
+                .max()
+                .unwrap()
+        }
+    }
 }

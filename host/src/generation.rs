@@ -9,16 +9,17 @@
 
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use abi_stable::std_types::{RErr, ROk, RStr};
 use plugin_api::abi::{FfiCallContext, HandlerBox};
 use plugin_api::{FollowUp, Level, LogRecord, PluginError};
 use serde_json::value::RawValue;
 
-use crate::call::CallOutcome;
+use crate::call::{CallError, CallErrorKind, CallOutcome};
+use crate::config::PluginSettings;
 use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
 
 /// One loaded and initialised version of a plugin.
@@ -27,9 +28,15 @@ pub(crate) struct Generation {
     handler: ManuallyDrop<HandlerBox>,
     library: ManuallyDrop<Arc<Library>>,
     source: PathBuf,
-    config_json: String,
+    settings: PluginSettings,
+    max_result: usize,
     loaded_at: SystemTime,
-    calls: AtomicU64,
+    /// Calls served; striped, so that concurrent callers do not share a cache line.
+    served: StripedCounter,
+    /// Calls running now, counted only when the plugin has a `max_concurrent_calls` limit.
+    in_flight: AtomicUsize,
+    /// Calls whose caller was told they timed out, and that have not returned yet.
+    stuck: AtomicU64,
 }
 
 impl Generation {
@@ -38,10 +45,11 @@ impl Generation {
         library: Arc<Library>,
         source: &Path,
         number: u64,
-        config_json: String,
+        settings: PluginSettings,
+        max_result: usize,
     ) -> Result<Generation, LoadError> {
         let name = library.metadata().name.clone();
-        let (handler, logs) = library.instantiate(&config_json, number);
+        let (handler, logs) = library.instantiate(&settings.config_json(), number);
         replay_logs(&name, number, &logs);
         let handler = handler.map_err(|err| {
             LoadError::new(
@@ -55,9 +63,12 @@ impl Generation {
             handler: ManuallyDrop::new(handler),
             library: ManuallyDrop::new(library),
             source: source.to_owned(),
-            config_json,
+            settings,
+            max_result,
             loaded_at: SystemTime::now(),
-            calls: AtomicU64::new(0),
+            served: StripedCounter::default(),
+            in_flight: AtomicUsize::new(0),
+            stuck: AtomicU64::new(0),
         })
     }
 
@@ -77,27 +88,70 @@ impl Generation {
         &self.source
     }
 
-    pub(crate) fn config_json(&self) -> &str {
-        &self.config_json
+    pub(crate) fn settings(&self) -> &PluginSettings {
+        &self.settings
+    }
+
+    /// How long a call may run before its caller is told it timed out.
+    pub(crate) fn timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.timeout_ms)
+    }
+
+    pub(crate) fn stuck(&self) -> u64 {
+        self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call whose caller gave up on it; `false` undoes that when it returns.
+    pub(crate) fn mark_stuck(&self, stuck: bool) {
+        if stuck {
+            self.stuck.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stuck.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn loaded_at(&self) -> SystemTime {
         self.loaded_at
     }
 
+    /// Calls served (finished) by this generation.
     pub(crate) fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.served.sum()
     }
 
-    /// Calls `callback` (or the entry point, for `execute`) with JSON `input`.
+    /// Calls `callback` (or the entry point, for `execute`) with JSON `input`, unless the
+    /// plugin already runs as many calls as it may.
     pub(crate) fn call(
         &self,
         callback: &str,
         input: &str,
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
+    ) -> Result<CallOutcome, CallError> {
+        let _slot = match self.settings.max_concurrent_calls {
+            Some(limit) => Some(InFlight::enter(&self.in_flight, limit).ok_or_else(|| {
+                CallError::new(
+                    CallErrorKind::Busy,
+                    format!(
+                        "plugin {} is busy: {limit} calls are running, its limit (max_concurrent_calls)",
+                        self.metadata().name
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let outcome = self.call_plugin(callback, input, cancelled, deadline);
+        self.served.increment();
+        Ok(outcome)
+    }
+
+    fn call_plugin(
+        &self,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
     ) -> CallOutcome {
-        self.calls.fetch_add(1, Ordering::Relaxed);
         let ctx = FfiCallContext {
             cancelled,
             deadline_unix_ms: deadline
@@ -115,6 +169,14 @@ impl Generation {
 
         let name = &self.metadata().name;
         let (result, error) = match &ffi.result {
+            ROk(json) if json.len() > self.max_result => (
+                None,
+                Some(PluginError::failed(format!(
+                    "plugin {name} returned {} bytes, over the limit of {} (max_message_bytes)",
+                    json.len(),
+                    self.max_result
+                ))),
+            ),
             ROk(json) => match RawValue::from_string(json.as_str().to_owned()) {
                 Ok(raw) => (Some(raw), None),
                 Err(err) => (
@@ -166,6 +228,49 @@ impl Drop for Generation {
             ManuallyDrop::drop(&mut self.handler);
             ManuallyDrop::drop(&mut self.library);
         }
+    }
+}
+
+/// A slot among a plugin's limited concurrent calls, given back when dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize, limit: usize) -> Option<InFlight<'a>> {
+        let slot = InFlight(count);
+        // The slot is taken first and given back by `drop` if it was one too many.
+        (count.fetch_add(1, Ordering::Relaxed) < limit).then_some(slot)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A counter that many threads increment without contending: each thread adds to one of
+/// several cache-line-sized stripes, and reading sums them.
+#[derive(Default)]
+struct StripedCounter([Stripe; STRIPES]);
+
+const STRIPES: usize = 16;
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Stripe(AtomicU64);
+
+impl StripedCounter {
+    fn increment(&self) {
+        thread_local!(static STRIPE: usize = {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
+        });
+        let stripe = STRIPE.with(|s| *s);
+        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
     }
 }
 

@@ -33,4 +33,4 @@ pub mod watch;
 
 pub use call::{CallError, CallErrorKind, CallOutcome};
 pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata};
-pub use registry::{FileStatus, Host, HostError, HostOptions, LoadEvent, Serving};
+pub use registry::{FileStatus, Host, HostError, HostOptions, LoadEvent, PluginHandle, Serving};

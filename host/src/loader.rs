@@ -103,6 +103,8 @@ pub struct LoadError {
     kind: LoadErrorKind,
     message: String,
     detail: Option<String>,
+    /// The same content failed the same way before (not logged again).
+    repeated: bool,
 }
 
 impl LoadError {
@@ -112,7 +114,17 @@ impl LoadError {
             kind,
             message: message.into(),
             detail: None,
+            repeated: false,
         }
+    }
+
+    pub(crate) fn repeated(mut self) -> Self {
+        self.repeated = true;
+        self
+    }
+
+    pub(crate) fn is_repeated(&self) -> bool {
+        self.repeated
     }
 
     fn with_detail(mut self, detail: impl Into<String>) -> Self {

@@ -12,16 +12,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::call::{CallError, CallErrorKind, CallOutcome};
-use crate::config::PluginSettings;
+use crate::config::{PluginSettings, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::generation::Generation;
 use crate::loader::{
-    read_plugin_file, CopyDir, Library, LoadError, LoadErrorKind, LoadOptions, Metadata,
+    read_plugin_file, CopyDir, Library, LoadError, LoadErrorKind, LoadOptions, Metadata, PluginFile,
 };
 
 type Table = HashMap<String, Arc<Generation>>;
@@ -30,12 +30,66 @@ type Table = HashMap<String, Arc<Generation>>;
 type Loaded = Result<(LoadEvent, Option<Arc<Generation>>), LoadError>;
 
 /// Options for a [`Host`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HostOptions {
     /// How files are loaded.
     pub load: LoadOptions,
     /// Per-plugin settings, by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// Largest call input or result, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            load: LoadOptions::default(),
+            plugins: BTreeMap::new(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// The version of one plugin that serves calls right now. Holding it keeps that version
+/// loaded; a reload publishes a new one, and this one drains when its last holder lets go.
+#[derive(Clone)]
+pub struct PluginHandle(Arc<Generation>);
+
+impl PluginHandle {
+    /// Its metadata.
+    pub fn metadata(&self) -> &Metadata {
+        self.0.metadata()
+    }
+
+    /// Its generation number.
+    pub fn generation(&self) -> u64 {
+        self.0.number()
+    }
+
+    /// How long a call may run before its caller should be told it timed out
+    /// (`timeout_ms`). The host's control server enforces it; the plugin sees it as the
+    /// call's deadline.
+    pub fn timeout(&self) -> Duration {
+        self.0.timeout()
+    }
+
+    /// Calls `callback` (`execute` for the entry point) with JSON `input`. `cancelled` is
+    /// what the plugin sees as cancellation; `deadline` what it sees as the deadline.
+    pub fn call(
+        &self,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
+    ) -> Result<CallOutcome, CallError> {
+        self.0.call(callback, input, cancelled, deadline)
+    }
+
+    /// Counts a call whose caller was told it timed out as stuck (shown by
+    /// [`Host::status`]), or, with `false`, counts it back when it finally returns.
+    pub fn mark_stuck(&self, stuck: bool) {
+        self.0.mark_stuck(stuck)
+    }
 }
 
 /// Loads plugin files, serves calls on the current version of each plugin, and swaps
@@ -60,6 +114,7 @@ struct Inner {
     state: Mutex<State>,
     copy_dir: CopyDir,
     options: LoadOptions,
+    max_message: usize,
 }
 
 #[derive(Default)]
@@ -78,6 +133,9 @@ struct FileEntry {
     metadata: Option<Metadata>,
     /// Why the last attempt to load it failed.
     error: Option<LoadError>,
+    /// Hash of the content that failed, so it is not tried again until it changes (or
+    /// what made it fail does).
+    failed_sha256: Option<[u8; 32]>,
 }
 
 /// What [`Host::load_file`] did.
@@ -129,6 +187,8 @@ pub struct Serving {
     pub calls: u64,
     /// SHA-256 of the file, in hex.
     pub sha256: String,
+    /// Calls whose caller was told they timed out and that have not returned yet.
+    pub stuck: u64,
 }
 
 /// A plugin file the host knows, as [`Host::status`] reports it.
@@ -165,6 +225,7 @@ impl Host {
                 }),
                 copy_dir,
                 options: options.load,
+                max_message: options.max_message_bytes,
             }),
         })
     }
@@ -199,6 +260,7 @@ impl Host {
                 entry.error = None;
                 log_event(path, event);
             }
+            Err(err) if err.is_repeated() => {}
             Err(err) => {
                 tracing::error!(file = %path.display(), "rejected: {}", err.message());
                 if let Some(detail) = err.detail() {
@@ -212,6 +274,20 @@ impl Host {
 
     fn load_locked(&self, state: &mut State, path: &Path) -> Loaded {
         let file = read_plugin_file(path, &self.inner.options)?;
+        let entry = state.files.entry(path.to_owned()).or_default();
+        if entry.failed_sha256 == Some(file.sha256) {
+            if let Some(err) = &entry.error {
+                return Err(err.clone().repeated());
+            }
+        }
+        let result = self.load_content(state, path, &file);
+        let entry = state.files.entry(path.to_owned()).or_default();
+        entry.failed_sha256 = result.is_err().then_some(file.sha256);
+        result
+    }
+
+    /// Loads `file`, read from `path`, unless it is what is already loaded from there.
+    fn load_content(&self, state: &mut State, path: &Path, file: &PluginFile) -> Loaded {
         let known = state.files.get(path);
         if let Some(FileEntry {
             sha256: Some(hash),
@@ -227,7 +303,7 @@ impl Host {
             }
         }
         let previous_name = known.and_then(|entry| Some(entry.metadata.as_ref()?.name.clone()));
-        let library = Library::load(path, &file, self.inner.copy_dir.path())?;
+        let library = Library::load(path, file, self.inner.copy_dir.path())?;
         let name = library.metadata().name.clone();
 
         state.files.entry(path.to_owned()).or_default().metadata = Some(library.metadata().clone());
@@ -267,8 +343,8 @@ impl Host {
 
         let version = library.metadata().version.clone();
         let number = state.generations.get(&name).copied().unwrap_or(0) + 1;
-        let generation =
-            Generation::start(Arc::new(library), path, number, settings.config_json())?;
+        let max_message = self.inner.max_message;
+        let generation = Generation::start(Arc::new(library), path, number, settings, max_message)?;
         state.generations.insert(name.clone(), number);
         state.files.entry(path.to_owned()).or_default().sha256 = Some(file.sha256);
         drop(table);
@@ -347,6 +423,9 @@ impl Host {
             .map(|(p, _)| p.clone())
             .collect();
         for path in waiting {
+            if let Some(entry) = state.files.get_mut(&path) {
+                entry.failed_sha256 = None;
+            }
             let result = self.load_locked(&mut state, &path);
             let _ = self.record(&mut state, &path, result);
         }
@@ -384,13 +463,15 @@ impl Host {
                     drop(self.remove_from_table(&name));
                     tracing::info!(plugin = %name, generation = current.number(), "unloading: disabled in the configuration");
                 }
-                Some(current) if current.config_json() != new.config_json() => {
+                Some(current) if current.settings() != &new => {
                     let number = state.generations.get(&name).copied().unwrap_or(0) + 1;
+                    let library = current.library().clone();
                     match Generation::start(
-                        current.library().clone(),
+                        library,
                         &path,
                         number,
-                        new.config_json(),
+                        new.clone(),
+                        self.inner.max_message,
                     ) {
                         Ok(generation) => {
                             state.generations.insert(name.clone(), number);
@@ -407,6 +488,7 @@ impl Host {
                     // Load it now: the entry's hash says "already seen", so forget it first.
                     if let Some(entry) = state.files.get_mut(&path) {
                         entry.sha256 = None;
+                        entry.failed_sha256 = None;
                     }
                     let result = self.load_locked(&mut state, &path);
                     let _ = self.record(&mut state, &path, result);
@@ -437,10 +519,50 @@ impl Host {
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
     ) -> Result<CallOutcome, CallError> {
-        let Some(generation) = self.current(plugin) else {
-            return Err(self.unknown_plugin(plugin));
-        };
-        Ok(generation.call(callback, input, cancelled, deadline))
+        self.check_input(input)?;
+        // The table snapshot keeps the generation alive for the call: no reference count to
+        // bump on a cache line every caller shares.
+        let table = self.inner.table.load();
+        match table.get(plugin) {
+            Some(generation) => generation.call(callback, input, cancelled, deadline),
+            None => Err(self.unknown_plugin(plugin)),
+        }
+    }
+
+    fn check_input(&self, input: &str) -> Result<(), CallError> {
+        if input.len() > self.inner.max_message {
+            return Err(CallError::new(
+                CallErrorKind::InvalidRequest,
+                format!(
+                    "input of {} bytes is over the limit of {} (max_message_bytes)",
+                    input.len(),
+                    self.inner.max_message
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Like [`Host::call_with`], on a version already looked up with [`Host::plugin`], with
+    /// the host's input size limit applied.
+    pub fn call_with_handle(
+        &self,
+        plugin: &PluginHandle,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
+    ) -> Result<CallOutcome, CallError> {
+        self.check_input(input)?;
+        plugin.call(callback, input, cancelled, deadline)
+    }
+
+    /// The version of `plugin` serving calls now.
+    pub fn plugin(&self, plugin: &str) -> Result<PluginHandle, CallError> {
+        match self.current(plugin) {
+            Some(generation) => Ok(PluginHandle(generation)),
+            None => Err(self.unknown_plugin(plugin)),
+        }
     }
 
     fn unknown_plugin(&self, plugin: &str) -> CallError {
@@ -481,6 +603,7 @@ impl Host {
                             .map_or(0, |d| d.as_millis() as u64),
                         calls: g.calls(),
                         sha256: hex(g.library().sha256()),
+                        stuck: g.stuck(),
                     }),
                 last_error: entry.error.as_ref().map(|e| e.message().to_owned()),
             })

@@ -222,7 +222,10 @@ impl WatchState {
             self.pending.remove(path);
         }
         due.sort();
-        let (present, gone): (Vec<_>, Vec<_>) = due.into_iter().partition(|p| p.exists());
+        // Present means a directory entry exists, even a link to nowhere (which is an error
+        // to report, not a removal).
+        let (present, gone): (Vec<_>, Vec<_>) =
+            due.into_iter().partition(|p| p.symlink_metadata().is_ok());
         for path in present {
             let _ = self.host.load_file(&path);
         }

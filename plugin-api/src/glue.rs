@@ -42,7 +42,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 /// Runs `f`, turning a panic into an error that names the plugin, the place and the message.
 fn guarded<T>(
     plugin: &str,
-    place: &str,
+    place: &dyn std::fmt::Display,
     f: impl FnOnce() -> Result<T, PluginError>,
 ) -> Result<T, PluginError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
@@ -59,7 +59,7 @@ fn guarded<T>(
 
 /// Reads the metadata of plugin type `P`. Only `P::callbacks` runs.
 pub fn metadata<P: Plugin>(package: Package) -> FfiMetadataResult {
-    let callbacks = guarded(package.name, "callback registration", || {
+    let callbacks = guarded(package.name, &"callback registration", || {
         let mut callbacks = Callbacks::<P>::new();
         P::callbacks(&mut callbacks);
         Ok(callbacks.names().map(Into::into).collect::<RVec<_>>())
@@ -99,7 +99,7 @@ pub fn instantiate<P: Plugin>(package: Package, init: FfiInit) -> FfiInitOutcome
         config: &config,
         logs: LogBuffer::default(),
     };
-    let created = guarded(name, "init", || {
+    let created = guarded(name, &"init", || {
         let mut callbacks = Callbacks::<P>::new();
         P::callbacks(&mut callbacks);
         Ok((P::init(&ctx)?, callbacks))
@@ -133,7 +133,7 @@ pub struct Instance<P: Plugin> {
 impl<P: Plugin> Instance<P> {
     fn run(
         &self,
-        place: &str,
+        place: &dyn std::fmt::Display,
         ffi: &FfiCallContext<'_>,
         call: impl FnOnce(&P, &Context<'_>) -> Result<String, PluginError>,
     ) -> FfiOutcome {
@@ -162,7 +162,7 @@ impl<P: Plugin> Instance<P> {
 
 impl<P: Plugin> Handler for Instance<P> {
     fn execute(&self, input: RStr<'_>, ctx: &FfiCallContext<'_>) -> FfiOutcome {
-        self.run("execute", ctx, |plugin, ctx| {
+        self.run(&"execute", ctx, |plugin, ctx| {
             let input = decode_input::<P::Input>("execute", input.as_str())?;
             encode_output("execute", &plugin.execute(ctx, input)?)
         })
@@ -173,7 +173,8 @@ impl<P: Plugin> Handler for Instance<P> {
         if name == "execute" {
             return self.execute(input, ctx);
         }
-        let place = format!("callback `{name}`");
+        // Formatted only if the callback panics.
+        let place = format_args!("callback `{name}`");
         self.run(&place, ctx, |plugin, ctx| match self.callbacks.find(name) {
             Some(callback) => callback(plugin, ctx, input.as_str()),
             None => Err(self.callbacks.unknown(self.name, name)),
@@ -182,7 +183,7 @@ impl<P: Plugin> Handler for Instance<P> {
 
     fn shutdown(&mut self) -> ROption<FfiError> {
         let plugin = self.plugin.take();
-        match guarded(self.name, "drop", move || {
+        match guarded(self.name, &"drop", move || {
             drop(plugin);
             Ok(())
         }) {

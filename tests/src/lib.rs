@@ -14,6 +14,13 @@ pub fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// Where cargo puts what it builds: `$CARGO_TARGET_DIR`, or `target` in the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// The things every test needs, built once per test process.
 pub struct Built {
     /// The `host` binary.
@@ -22,7 +29,9 @@ pub struct Built {
     pub hello: PathBuf,
 }
 
-fn cargo(args: &[&str], dir: &Path, target_dir: Option<&Path>) {
+/// Runs cargo with `args` in `dir`, optionally with another target directory; panics with
+/// its output if it fails.
+pub fn cargo(args: &[&str], dir: &Path, target_dir: Option<&Path>) {
     let mut command = Command::new(env!("CARGO"));
     command.args(args).current_dir(dir);
     if let Some(target_dir) = target_dir {
@@ -42,7 +51,7 @@ pub fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         cargo(&["build", "-p", "host", "-p", "hello"], root(), None);
-        let target = root().join("target/debug");
+        let target = target_dir().join("debug");
         Built {
             host: target.join("host"),
             hello: target.join("libhello.so"),
@@ -55,7 +64,7 @@ pub fn sysinfo() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         cargo(&["build", "-p", "sysinfo"], root(), None);
-        root().join("target/debug/libsysinfo.so")
+        target_dir().join("debug/libsysinfo.so")
     })
 }
 
@@ -122,7 +131,7 @@ impl<'a> Variant<'a> {
         }
         make_standalone(&crate_dir.join("Cargo.toml"), &api_dir, true);
         fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).expect("copy Cargo.lock");
-        let target = root().join("target/e2e-variants");
+        let target = target_dir().join("e2e-variants");
         cargo(&["build", "--lib"], &crate_dir, Some(&target));
         let package = package_name(&crate_dir);
         let built = target.join(format!("debug/lib{}.so", package.replace('-', "_")));
@@ -290,9 +299,11 @@ impl Server {
         server
     }
 
-    /// A new connection to the server.
+    /// A new connection to the server; an answer that takes over 30 s is an error.
     pub fn client(&self) -> Option<Client> {
-        Client::connect(&self.socket).ok()
+        let mut client = Client::connect(&self.socket).ok()?;
+        client.set_timeout(Some(Duration::from_secs(30))).ok()?;
+        Some(client)
     }
 
     /// The server's log so far.

@@ -26,7 +26,7 @@ fn host_new_creates_a_plugin_that_builds_and_answers() {
     // A plain release build. The workspace's lock file and a shared target directory only
     // spare the test from resolving and compiling the dependencies again.
     fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
-    let target = root().join("target/e2e-new");
+    let target = e2e::target_dir().join("e2e-new");
     let build = Command::new(env!("CARGO"))
         .args(["build", "--release"])
         .current_dir(&crate_dir)

@@ -1,13 +1,12 @@
 //! The one-shot commands: `call`, `list` and `check`, against a running host or a directory.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use host::config::{HostConfig, PluginSettings};
+use host::config::HostConfig;
 use host::control::{default_socket_path, Client, ClientError};
 use host::{inspect, CallOutcome, FileStatus, Host, HostOptions, LoadOptions};
 
@@ -52,14 +51,44 @@ fn plugins_dir(target: &Target) -> Result<&Path> {
 }
 
 fn one_shot_host(target: &Target) -> Result<Host> {
-    let plugins: BTreeMap<String, PluginSettings> = match &target.config {
-        Some(path) => HostConfig::load(path)?.plugins,
-        None => BTreeMap::new(),
+    let config = match &target.config {
+        Some(path) => HostConfig::load(path)?,
+        None => HostConfig::default(),
     };
     Ok(Host::new(HostOptions {
         load: load_options(target.allow_insecure_permissions),
-        plugins,
+        plugins: config.plugins,
+        max_message_bytes: config.max_message_bytes,
     })?)
+}
+
+/// Runs one call in this process, giving up after the plugin's timeout (the process then
+/// exits, ending the stuck call with it).
+fn call_here(host: &Host, args: &CallArgs, input: String) -> Result<CallOutcome> {
+    let plugin = host.plugin(&args.plugin)?;
+    let timeout = plugin.timeout();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let (host, callback) = (host.clone(), args.callback.clone());
+    std::thread::spawn(move || {
+        let cancelled = std::sync::atomic::AtomicBool::new(false);
+        let deadline = std::time::SystemTime::now() + timeout;
+        let _ = sender.send(host.call_with_handle(
+            &plugin,
+            &callback,
+            &input,
+            &cancelled,
+            Some(deadline),
+        ));
+    });
+    match receiver.recv_timeout(timeout) {
+        Ok(result) => Ok(result?),
+        Err(_) => bail!(
+            "plugin {}: `{}` did not finish within {} ms (timeout_ms)",
+            args.plugin,
+            args.callback,
+            timeout.as_millis()
+        ),
+    }
 }
 
 fn load_options(allow_insecure_permissions: bool) -> LoadOptions {
@@ -82,7 +111,7 @@ pub fn call(args: CallArgs) -> Result<ExitCode> {
             let host = one_shot_host(&args.target)?;
             let file = find_plugin(dir, &args.plugin, &args.target)?;
             host.load_file(&file)?;
-            host.call(&args.plugin, &args.callback, &input)?
+            call_here(&host, &args, input)?
         }
     };
     print_outcome(&outcome, args.json)
@@ -248,6 +277,9 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
             ),
             None => (dash(), dash(), String::new()),
         };
+        if let Some(stuck) = file.serving.as_ref().map(|s| s.stuck).filter(|n| *n > 0) {
+            status.push_str(&format!(" ({stuck} stuck)"));
+        }
         if running && file.serving.is_none() && file.last_error.is_none() {
             status.push_str(" (disabled)");
         }

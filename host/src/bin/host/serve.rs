@@ -52,6 +52,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             allow_insecure_permissions: args.allow_insecure_permissions,
         },
         plugins: config.plugins,
+        max_message_bytes: config.max_message_bytes,
     })?;
     let watcher = Watcher::start(host.clone(), &dir, args.config.as_deref())
         .with_context(|| format!("watching {}", dir.display()))?;
@@ -60,7 +61,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         pid: std::process::id(),
         plugins_dir: dir.clone(),
     };
-    let server = ControlServer::start(host.clone(), info, &socket)
+    let server = ControlServer::start(host.clone(), info, &socket, config.max_message_bytes)
         .with_context(|| format!("control socket {}", socket.display()))?;
     tracing::info!(
         plugins = host.plugin_names().len(),
