@@ -12,7 +12,8 @@
 //! * a file created with no write seen yet (a hard link, as cargo makes): after
 //!   [`SETTLE`] without further events;
 //! * a file written but not closed: when it is closed, or after [`WRITE_QUIET`] without
-//!   further writes;
+//!   further writes, and in every case only once no process has it open for writing (Linux
+//!   refuses a read lease until then);
 //! * a file removed or renamed away: at once.
 //!
 //! In every round, loads are handled before removals, so a rename inside the directory
@@ -226,6 +227,14 @@ impl WatchState {
         // to report, not a removal).
         let (present, gone): (Vec<_>, Vec<_>) =
             due.into_iter().partition(|p| p.symlink_metadata().is_ok());
+        // However long a writer paused, a file some process still has open for writing is
+        // not complete: wait for its close.
+        let (present, writing): (Vec<_>, Vec<_>) =
+            present.into_iter().partition(|p| !being_written(p));
+        for path in writing {
+            tracing::debug!(file = %path.display(), "still open for writing; waiting");
+            self.pending.insert(path, now + WRITE_QUIET);
+        }
         for path in present {
             let _ = self.host.load_file(&path);
         }
@@ -272,9 +281,49 @@ impl WatchState {
     }
 }
 
+/// Whether some process has `path` open for writing. Linux refuses a read lease on such a
+/// file (`EAGAIN`); where leases are not supported, the answer is no.
+fn being_written(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is open, read-only and owned by `file` for both calls; a lease only
+    // changes how the kernel treats later opens of the file, and is released at once.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+            return false;
+        }
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_open_for_writing_is_seen_as_being_written() {
+        let dir = std::env::temp_dir().join(format!("watch-lease-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.so");
+        let writer = std::fs::File::create(&path).unwrap();
+        assert!(being_written(&path));
+        drop(writer);
+        assert!(!being_written(&path));
+        assert!(!being_written(&dir.join("missing.so")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn only_visible_so_files_are_plugins() {

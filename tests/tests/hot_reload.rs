@@ -202,7 +202,8 @@ fn a_slow_write_in_place_is_loaded_once_and_only_when_complete() {
     let server = Server::start(dir.path(), &[]);
     wait_for_message(&server, "Hello, Ada!");
 
-    // Half the new version, a chmod, a pause longer than the settle time, then the rest.
+    // Half the new version, a chmod, a pause longer than any settle or quiet time, then the
+    // rest: only the writer's close may make the file complete.
     let bytes = fs::read(hi_variant()).unwrap();
     let (first, rest) = bytes.split_at(bytes.len() / 2);
     let mut file = fs::OpenOptions::new()
@@ -213,7 +214,7 @@ fn a_slow_write_in_place_is_loaded_once_and_only_when_complete() {
     file.write_all(first).unwrap();
     file.set_permissions(fs::Permissions::from_mode(0o700))
         .unwrap();
-    thread::sleep(Duration::from_millis(200));
+    thread::sleep(2 * host::watch::WRITE_QUIET);
     file.write_all(rest).unwrap();
     drop(file);
 
