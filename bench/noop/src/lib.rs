@@ -1,0 +1,61 @@
+//! The plugin the benchmarks call.
+//!
+//! * `noop`: takes `null`, returns `null`, does nothing;
+//! * `echo`: returns its input, a record of about 100 bytes of JSON;
+//! * `variant`: which build this is (`BENCH_VARIANT` at compile time), so a benchmark can
+//!   tell two builds apart after a reload.
+
+use plugin_api::{export_plugin, Callbacks, Context, InitContext, Plugin, PluginError};
+use serde::{Deserialize, Serialize};
+
+/// The plugin.
+pub struct Noop;
+
+/// About 100 bytes of JSON.
+#[derive(Serialize, Deserialize)]
+pub struct Record {
+    id: u64,
+    host: String,
+    service: String,
+    status: String,
+    latency_ms: f64,
+    tags: Vec<String>,
+}
+
+impl Plugin for Noop {
+    type Input = ();
+    type Output = ();
+
+    fn init(_ctx: &InitContext<'_>) -> Result<Self, PluginError> {
+        Ok(Noop)
+    }
+
+    fn execute(&self, _ctx: &Context<'_>, _input: ()) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    fn callbacks(callbacks: &mut Callbacks<Self>) {
+        callbacks
+            .add("noop", Noop::noop)
+            .add("echo", Noop::echo)
+            .add("variant", Noop::variant);
+    }
+}
+
+impl Noop {
+    /// Does nothing.
+    pub fn noop(&self, _ctx: &Context<'_>, _input: ()) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Returns its input.
+    pub fn echo(&self, _ctx: &Context<'_>, input: Record) -> Result<Record, PluginError> {
+        Ok(input)
+    }
+
+    fn variant(&self, _ctx: &Context<'_>, _input: ()) -> Result<&'static str, PluginError> {
+        Ok(option_env!("BENCH_VARIANT").unwrap_or("a"))
+    }
+}
+
+export_plugin!(Noop);

@@ -1,0 +1,412 @@
+//! The benchmark driver: measures the process-level figures against a real `host serve`,
+//! reads criterion's in-process figures, and prints one markdown table.
+//!
+//! `bench/run` builds everything in release mode and runs this; see the README's
+//! "Performance" section. Arguments (all set by `bench/run`):
+//!
+//! ```text
+//! bench --host target/release/host --plugin A.so --variant B.so --plugins-50 DIR
+//!       --criterion target/criterion [--smoke]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use host::control::Client;
+
+struct Args {
+    host: PathBuf,
+    plugin: PathBuf,
+    variant: PathBuf,
+    plugins_50: PathBuf,
+    criterion: PathBuf,
+    smoke: bool,
+}
+
+fn args() -> Args {
+    let value = |name: &str| -> PathBuf {
+        let mut args = std::env::args();
+        while let Some(arg) = args.next() {
+            if arg == name {
+                if let Some(value) = args.next() {
+                    return PathBuf::from(value);
+                }
+            }
+        }
+        panic!("{name} is required (bench/run passes it)")
+    };
+    Args {
+        host: value("--host"),
+        plugin: value("--plugin"),
+        variant: value("--variant"),
+        plugins_50: value("--plugins-50"),
+        criterion: value("--criterion"),
+        smoke: std::env::args().any(|a| a == "--smoke"),
+    }
+}
+
+/// One row of the table.
+struct Row {
+    figure: String,
+    measured: String,
+    target: String,
+    ok: Option<bool>,
+}
+
+fn row(figure: &str, measured: String, target: &str, ok: Option<bool>) -> Row {
+    Row {
+        figure: figure.to_owned(),
+        measured,
+        target: target.to_owned(),
+        ok,
+    }
+}
+
+/// A `host serve` process on a fresh directory and socket.
+struct Serve {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Serve {
+    fn start(host: &Path, dir: PathBuf) -> (Serve, Instant) {
+        let socket = dir.with_extension("sock");
+        let started = Instant::now();
+        let child = Command::new(host)
+            .arg("serve")
+            .arg("--plugins")
+            .arg(&dir)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("host serve starts");
+        (Serve { child, dir, socket }, started)
+    }
+
+    fn client(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut client) = Client::connect(&self.socket) {
+                if client.ping().is_ok() {
+                    return client;
+                }
+            }
+            assert!(Instant::now() < deadline, "host serve did not answer");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Median nanoseconds criterion measured for `id` (e.g. `handler/abi_noop`).
+fn criterion_median_ns(dir: &Path, id: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn in_process(args: &Args, rows: &mut Vec<Row>) {
+    let abi = criterion_median_ns(&args.criterion, "handler/abi_noop");
+    let direct = criterion_median_ns(&args.criterion, "handler/direct_noop");
+    match (abi, direct) {
+        (Some(abi), Some(direct)) => rows.push(row(
+            "no-op callback through the ABI `Handler` (vs direct `dyn` call)",
+            format!(
+                "{abi:.1} ns (direct {direct:.1} ns, ratio {:.2}x)",
+                abi / direct
+            ),
+            "<= 10 ns",
+            Some(abi <= 10.0),
+        )),
+        _ => rows.push(row(
+            "no-op callback through the ABI `Handler`",
+            "not run".into(),
+            "<= 10 ns",
+            None,
+        )),
+    }
+    let echo = criterion_median_ns(&args.criterion, "host/call_echo_100b");
+    rows.push(match echo {
+        Some(ns) => row(
+            "`Host::call` with ~100-byte JSON in and out, in-process",
+            format!("{:.3} µs", ns / 1000.0),
+            "<= 1 µs",
+            Some(ns <= 1000.0),
+        ),
+        None => row(
+            "`Host::call` with ~100-byte JSON in and out",
+            "not run".into(),
+            "<= 1 µs",
+            None,
+        ),
+    });
+
+    // Throughput on one plugin, 1 thread then 2 threads, same process.
+    let dir = fresh_dir("threads");
+    let file = dir.join("libbench_noop.so");
+    std::fs::copy(&args.plugin, &file).expect("copy plugin");
+    let host = host::Host::new(host::HostOptions::default()).expect("host");
+    host.load_file(&file).expect("load");
+    let seconds = if args.smoke { 0.2 } else { 2.0 };
+    let rate = |threads: usize| {
+        let stop = AtomicBool::new(false);
+        let count = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..256 {
+                            std::hint::black_box(
+                                host.call("bench-noop", "noop", "null").expect("noop"),
+                            );
+                        }
+                        n += 256;
+                    }
+                    count.fetch_add(n, Ordering::Relaxed);
+                });
+            }
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            stop.store(true, Ordering::Relaxed);
+        });
+        count.load(Ordering::Relaxed) as f64 / seconds
+    };
+    let _warm = rate(1);
+    let one = rate(1);
+    let two = rate(2);
+    rows.push(row(
+        "calls per second, 2 threads vs 1 thread, one plugin",
+        format!(
+            "{:.0}k/s vs {:.0}k/s = {:.2}x",
+            two / 1000.0,
+            one / 1000.0,
+            two / one
+        ),
+        ">= 1.8x",
+        Some(two / one >= 1.8),
+    ));
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn socket(args: &Args, rows: &mut Vec<Row>) {
+    let dir = fresh_dir("socket");
+    std::fs::copy(&args.plugin, dir.join("libbench_noop.so")).expect("copy plugin");
+    let (serve, _) = Serve::start(&args.host, dir);
+    let mut client = serve.client();
+    let n = if args.smoke { 200 } else { 20_000 };
+    let mut overhead = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let start = Instant::now();
+        let outcome = client.call("bench-noop", "noop", "null").expect("noop");
+        let total = start.elapsed().as_secs_f64() * 1e6;
+        if i >= n / 10 {
+            overhead.push(total - outcome.elapsed_us as f64);
+        }
+    }
+    overhead.sort_by(f64::total_cmp);
+    let median = percentile(&overhead, 0.5);
+    rows.push(row(
+        "control-socket request to a running host, minus the plugin's own time",
+        format!(
+            "{median:.1} µs median (p99 {:.1} µs)",
+            percentile(&overhead, 0.99)
+        ),
+        "<= 50 µs median",
+        Some(median <= 50.0),
+    ));
+}
+
+/// Puts `source` in place of the plugin atomically: a hidden copy, then a rename.
+fn swap_in(dir: &Path, source: &Path) -> Instant {
+    let tmp = dir.join(".libbench_noop.so.tmp");
+    std::fs::copy(source, &tmp).expect("copy");
+    let started = Instant::now();
+    std::fs::rename(&tmp, dir.join("libbench_noop.so")).expect("rename");
+    started
+}
+
+fn reloads(args: &Args, rows: &mut Vec<Row>) {
+    let (latency_n, load_n, total) = if args.smoke {
+        (10, 20, 40)
+    } else {
+        (100, 500, 1000)
+    };
+    let dir = fresh_dir("reload");
+    std::fs::copy(&args.plugin, dir.join("libbench_noop.so")).expect("copy plugin");
+    let (serve, _) = Serve::start(&args.host, dir.clone());
+    let mut client = serve.client();
+    let variants = [(&args.variant, "b"), (&args.plugin, "a")];
+    let reload = |client: &mut Client, i: usize| -> f64 {
+        let (source, expected) = variants[i % 2];
+        let started = swap_in(&dir, source);
+        loop {
+            if let Ok(outcome) = client.call("bench-noop", "variant", "null") {
+                if outcome
+                    .result()
+                    .map(|r| r.get() == format!("\"{expected}\""))
+                    .unwrap_or(false)
+                {
+                    return started.elapsed().as_secs_f64() * 1e3;
+                }
+            }
+        }
+    };
+
+    let mut rss_10 = 0;
+    let mut latencies = Vec::new();
+    let mut i = 0;
+    while i < latency_n {
+        latencies.push(reload(&mut client, i));
+        i += 1;
+        if i == 10 {
+            rss_10 = serve.rss_kib();
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    rows.push(row(
+        &format!("reload latency: rename into the directory to first call answered by it ({latency_n} reloads)"),
+        format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        "p50 <= 25 ms, p99 <= 100 ms",
+        Some(p50 <= 25.0 && p99 <= 100.0),
+    ));
+
+    // Under load: two callers on their own connections while reloads go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut caller = serve.client();
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match caller.call("bench-noop", "noop", "null") {
+                        Ok(outcome) if outcome.result().is_ok() => {
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for _ in 0..load_n {
+        reload(&mut client, i);
+        i += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        caller.join().expect("caller");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    rows.push(row(
+        &format!("reload under load: 2 threads calling during {load_n} reloads"),
+        format!("{failed} failed of {ok} calls"),
+        "0 failed calls",
+        Some(failed == 0 && ok > 0),
+    ));
+
+    while i < total {
+        reload(&mut client, i);
+        i += 1;
+    }
+    let rss_end = serve.rss_kib();
+    let growth_mb = (rss_end as f64 - rss_10 as f64) / 1024.0;
+    rows.push(row(
+        &format!("resident memory after {total} reloads vs after 10"),
+        format!(
+            "{growth_mb:+.2} MB ({:.1} MB -> {:.1} MB)",
+            rss_10 as f64 / 1024.0,
+            rss_end as f64 / 1024.0
+        ),
+        "<= 5 MB more",
+        Some(growth_mb <= 5.0),
+    ));
+}
+
+fn startup(args: &Args, rows: &mut Vec<Row>) {
+    let dir = fresh_dir("startup");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&args.plugins_50).expect("the 50 plugins") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(plugin) = name.strip_prefix("lib").and_then(|n| n.strip_suffix(".so")) {
+            names.push(plugin.to_owned());
+            std::fs::copy(&path, dir.join(&name)).expect("copy");
+        }
+    }
+    names.sort();
+    let count = names.len();
+    let (serve, started) = Serve::start(&args.host, dir);
+    let mut client = serve.client();
+    let mut pending = names.clone();
+    while !pending.is_empty() {
+        pending.retain(|name| client.call(name, "execute", "null").is_err());
+    }
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    rows.push(row(
+        &format!("`host serve` start with {count} plugins, until all answer"),
+        format!("{ms:.0} ms"),
+        "<= 300 ms",
+        Some(ms <= 300.0),
+    ));
+}
+
+fn main() {
+    let args = args();
+    let mut rows = Vec::new();
+    in_process(&args, &mut rows);
+    socket(&args, &mut rows);
+    reloads(&args, &mut rows);
+    startup(&args, &mut rows);
+    println!("| figure | measured | target | ok |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        let ok = match r.ok {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
+        println!("| {} | {} | {} | {ok} |", r.figure, r.measured, r.target);
+    }
+}
