@@ -78,7 +78,8 @@ fn host_call(c: &mut Criterion) {
     host.load_file(&file).expect("bench-noop loads");
     let input = r#"{"id":42,"host":"web-07.example.net","service":"checkout","status":"degraded","latency_ms":212.5,"tags":["eu","canary"]}"#;
     assert!((90..=130).contains(&input.len()));
-    c.bench_function("host/call_echo_100b", |b| {
+    let mut group = c.benchmark_group("host");
+    group.bench_function("call_echo_100b", |b| {
         b.iter(|| {
             black_box(
                 host.call("bench-noop", "echo", black_box(input))
@@ -86,6 +87,7 @@ fn host_call(c: &mut Criterion) {
             )
         })
     });
+    group.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
