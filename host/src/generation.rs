@@ -190,16 +190,7 @@ impl Generation {
         };
         let logs: Vec<LogRecord> = ffi.logs.iter().map(LogRecord::from).collect();
         replay_logs(name, self.number, &logs);
-        let follow_ups = ffi
-            .follow_ups
-            .iter()
-            .map(|f| FollowUp {
-                plugin: f.plugin.to_string(),
-                callback: f.callback.to_string(),
-                input: serde_json::from_str(f.input_json.as_str())
-                    .unwrap_or(serde_json::Value::Null),
-            })
-            .collect();
+        let follow_ups = ffi.follow_ups.iter().map(FollowUp::from).collect();
         CallOutcome {
             plugin: name.clone(),
             callback: callback.to_owned(),

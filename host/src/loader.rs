@@ -373,6 +373,35 @@ impl Library {
             copy_path,
         })
     }
+
+    /// Runs the plugin's `init` with `config_json` and returns the new instance and the
+    /// records `init` logged.
+    pub(crate) fn instantiate(
+        &self,
+        config_json: &str,
+        generation: u64,
+    ) -> (Result<HandlerBox, PluginError>, Vec<LogRecord>) {
+        let outcome = (self.module.instantiate())(FfiInit {
+            config_json: config_json.into(),
+            generation,
+        });
+        let logs = outcome.logs.iter().map(LogRecord::from).collect();
+        let handler = outcome
+            .handler
+            .into_result()
+            .map_err(|err| PluginError::from(&err));
+        (handler, logs)
+    }
+
+    /// The plugin's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// SHA-256 of the file it was loaded from.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
 }
 
 fn root_module(raw: &RawLibrary, path: &Path) -> Result<(PluginModRef, VersionNumber), LoadError> {
@@ -492,37 +521,6 @@ fn read_metadata(
         api_version: ffi.api_version.to_string(),
         abi_version: format!("{}.{}", version.major, version.minor),
     })
-}
-
-impl Library {
-    /// Runs the plugin's `init` with `config_json` and returns the new instance and the
-    /// records `init` logged.
-    pub(crate) fn instantiate(
-        &self,
-        config_json: &str,
-        generation: u64,
-    ) -> (Result<HandlerBox, PluginError>, Vec<LogRecord>) {
-        let outcome = (self.module.instantiate())(FfiInit {
-            config_json: config_json.into(),
-            generation,
-        });
-        let logs = outcome.logs.iter().map(LogRecord::from).collect();
-        let handler = outcome
-            .handler
-            .into_result()
-            .map_err(|err| PluginError::from(&err));
-        (handler, logs)
-    }
-
-    /// The plugin's metadata.
-    pub fn metadata(&self) -> &Metadata {
-        &self.metadata
-    }
-
-    /// SHA-256 of the file it was loaded from.
-    pub fn sha256(&self) -> &[u8; 32] {
-        &self.sha256
-    }
 }
 
 impl Drop for Library {

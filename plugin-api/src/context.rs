@@ -78,6 +78,18 @@ pub struct FollowUp {
     pub input: serde_json::Value,
 }
 
+impl From<&FfiFollowUp> for FollowUp {
+    /// Copies a follow-up out of the ABI; input that is not JSON (the glue never writes
+    /// such) reads as `null`.
+    fn from(f: &FfiFollowUp) -> FollowUp {
+        FollowUp {
+            plugin: f.plugin.to_string(),
+            callback: f.callback.to_string(),
+            input: serde_json::from_str(f.input_json.as_str()).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
 fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

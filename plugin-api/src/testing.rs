@@ -31,16 +31,7 @@ impl From<FfiOutcome> for Outcome {
         Outcome {
             result,
             logs: outcome.logs.iter().map(LogRecord::from).collect(),
-            follow_ups: outcome
-                .follow_ups
-                .iter()
-                .map(|f| FollowUp {
-                    plugin: f.plugin.to_string(),
-                    callback: f.callback.to_string(),
-                    input: serde_json::from_str(f.input_json.as_str())
-                        .unwrap_or(serde_json::Value::Null),
-                })
-                .collect(),
+            follow_ups: outcome.follow_ups.iter().map(FollowUp::from).collect(),
         }
     }
 }

@@ -223,6 +223,19 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The system's libz: a real shared library that is not a plugin.
+pub fn libz() -> &'static Path {
+    [
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/aarch64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.exists())
+    .expect("libz is installed")
+}
+
 /// A fresh directory for plugin files (mode 0700, as the host's checks want).
 pub fn plugins_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

@@ -86,13 +86,7 @@ fn bad_files_are_reported_one_line_each_and_the_host_keeps_serving() {
     let server = Server::start(d, &[]);
     server.wait_until(WAIT, "hello", |s| greet(s).is_ok());
 
-    let libz = [
-        "/usr/lib/x86_64-linux-gnu/libz.so.1",
-        "/lib/x86_64-linux-gnu/libz.so.1",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("libz is installed");
+    let libz = e2e::libz();
     let hello = fs::read(&built().hello).unwrap();
     let random: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -101,7 +95,7 @@ fn bad_files_are_reported_one_line_each_and_the_host_keeps_serving() {
     fs::write(d.join("random.so"), &random).unwrap();
     fs::write(d.join("text.so"), "#!/bin/sh\necho not a plugin\n").unwrap();
     fs::write(d.join("truncated.so"), &hello[..8192]).unwrap();
-    install(Path::new(libz), d, "libz.so");
+    install(libz, d, "libz.so");
     fs::create_dir(d.join("dir.so")).unwrap();
     symlink("loop.so", d.join("loop.so")).unwrap();
     symlink("/nonexistent/target.so", d.join("dangling.so")).unwrap();

@@ -178,14 +178,8 @@ fn load_errors_are_one_line_naming_the_file() {
         "{err}"
     );
 
-    let libz = [
-        "/usr/lib/x86_64-linux-gnu/libz.so.1",
-        "/lib/x86_64-linux-gnu/libz.so.1",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("libz is installed");
-    let not_plugin = install(Path::new(libz), dir.path(), "libz.so");
+    let libz = e2e::libz();
+    let not_plugin = install(libz, dir.path(), "libz.so");
     let err = host.load_file(&not_plugin).unwrap_err();
     assert_eq!(err.kind(), LoadErrorKind::NotAPlugin);
     assert!(err.message().contains("export_plugin!"), "{err}");
