@@ -14,7 +14,8 @@
 //! * a file written but not closed: when it is closed, or after [`WRITE_QUIET`] without
 //!   further writes, and in every case only once no process has it open for writing (Linux
 //!   refuses a read lease until then);
-//! * a file removed or renamed away: at once.
+//! * a file removed or renamed away: after [`SETTLE`], so that a file replaced by unlinking
+//!   and linking again (cargo's way) is reloaded, not unloaded and loaded.
 //!
 //! In every round, loads are handled before removals, so a rename inside the directory
 //! swaps the plugin atomically instead of leaving a gap. Files that are not `*.so`, and hidden
@@ -26,7 +27,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::config::HostConfig;
@@ -176,7 +177,12 @@ impl WatchState {
         let now = Instant::now();
         let delay = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Duration::ZERO),
-            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(Duration::ZERO),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+                Some(Duration::ZERO)
+            }
+            // A file replaced by unlink-then-link (as cargo does) must not be unloaded in
+            // between: a removal waits a moment for its replacement.
+            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(SETTLE),
             EventKind::Create(CreateKind::Folder) => Some(Duration::ZERO),
             EventKind::Create(_) | EventKind::Modify(ModifyKind::Metadata(_)) => Some(SETTLE),
             EventKind::Modify(_) => Some(WRITE_QUIET),

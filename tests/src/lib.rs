@@ -105,10 +105,10 @@ impl<'a> Variant<'a> {
         self
     }
 
-    /// Builds the variant and returns a private copy of the library, in `out_dir` under
-    /// `file_name`.
-    pub fn build_into(self, out_dir: &Path, file_name: &str) -> PathBuf {
-        let _serial = variant_lock();
+    /// Writes the variant's sources into a new directory, as a crate of its own (with the
+    /// workspace's lock file, so nothing new is downloaded). Returns the directory (removed
+    /// when dropped) and the crate in it.
+    pub fn prepare(&self) -> (tempfile::TempDir, PathBuf) {
         let work = tempfile::tempdir().expect("temp dir");
         let api_dir = if self.api_edits.is_empty() {
             root().join("plugin-api")
@@ -118,6 +118,7 @@ impl<'a> Variant<'a> {
             for (file, from, to) in &self.api_edits {
                 replace_in(&api.join(file), from, to);
             }
+            make_standalone(&api.join("Cargo.toml"), &api, false);
             api
         };
         let crate_dir = work.path().join("plugin");
@@ -125,12 +126,16 @@ impl<'a> Variant<'a> {
         for (file, from, to) in &self.edits {
             replace_in(&crate_dir.join(file), from, to);
         }
-        // Crates of their own, with the workspace's dependency versions, so no new downloads.
-        if !self.api_edits.is_empty() {
-            make_standalone(&api_dir.join("Cargo.toml"), &api_dir, false);
-        }
         make_standalone(&crate_dir.join("Cargo.toml"), &api_dir, true);
         fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).expect("copy Cargo.lock");
+        (work, crate_dir)
+    }
+
+    /// Builds the variant and returns a private copy of the library, in `out_dir` under
+    /// `file_name`.
+    pub fn build_into(self, out_dir: &Path, file_name: &str) -> PathBuf {
+        let _serial = variant_lock();
+        let (_work, crate_dir) = self.prepare();
         let target = target_dir().join("e2e-variants");
         cargo(&["build", "--lib"], &crate_dir, Some(&target));
         let package = package_name(&crate_dir);
@@ -195,7 +200,8 @@ fn package_name(crate_dir: &Path) -> String {
         .to_owned()
 }
 
-fn replace_in(path: &Path, from: &str, to: &str) {
+/// Replaces `from` with `to` in the file at `path`; the text must occur.
+pub fn replace_in(path: &Path, from: &str, to: &str) {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(
         text.contains(from),

@@ -129,6 +129,27 @@ fn drop_in_rebuild_rename_and_delete() {
     assert_eq!(files.len(), 1);
     assert_eq!(files[0]["serving"]["generation"], 2);
     assert_eq!(files[0]["metadata"]["version"], "0.2.0");
+
+    // The binary talks to the running host: with --socket, and with --plugins naming the
+    // directory that host serves.
+    let socket = server.socket.to_str().unwrap();
+    let plugins = dir.path().to_str().unwrap();
+    for target in [["--socket", socket], ["--plugins", plugins]] {
+        let mut args = vec!["call", "hello", "greet", "--json", "--input", ADA];
+        args.extend(target);
+        if target[0] == "--plugins" {
+            args.extend(["--socket", socket]);
+        }
+        let out = host(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let outcome: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(outcome["result"]["message"], "Hi, Ada!", "{target:?}");
+        assert_eq!(
+            outcome["generation"], 2,
+            "{target:?}: served by the running host"
+        );
+    }
     assert!(files[0]["serving"]["calls"].as_u64().unwrap() >= 1);
 
     // Renamed inside the directory while calls run: the plugin moves with no failed call.
@@ -433,5 +454,36 @@ fn hundreds_of_reloads_under_calls_lose_no_call_and_no_memory() {
     assert!(
         growth < 4 * 1024,
         "resident memory grew by {growth} KiB over 250 reloads"
+    );
+}
+
+#[test]
+fn cargo_rebuilding_into_the_served_directory_swaps_the_plugin_under_calls() {
+    // The served directory is cargo's own output directory.
+    let (_work, crate_dir) = Variant::of("example-plugins/hello").prepare();
+    let target = e2e::target_dir().join("e2e-cargo");
+    e2e::cargo(&["build", "--lib"], &crate_dir, Some(&target));
+    let served = target.join("debug");
+    let server = Server::start(&served, &[]);
+    wait_for_message(&server, "Hello, Ada!");
+
+    let load = Load::start(&server, 2);
+    e2e::replace_in(
+        &crate_dir.join("src/lib.rs"),
+        "\"Hello\".to_owned()",
+        "\"Rebuilt\".to_owned()",
+    );
+    e2e::cargo(&["build", "--lib"], &crate_dir, Some(&target));
+    wait_for_message(&server, "Rebuilt, Ada!");
+    let (ok, errors) = load.finish();
+    assert!(
+        errors.is_empty(),
+        "failed calls during the rebuild: {errors:?}"
+    );
+    assert!(ok > 0);
+    assert!(
+        !server.log().contains("removed: unloading"),
+        "{}",
+        server.log()
     );
 }
