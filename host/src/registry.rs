@@ -500,6 +500,11 @@ impl Host {
 
     /// Calls `callback` of plugin `plugin` with JSON `input` on its current generation.
     /// `execute` calls the plugin's entry point.
+    ///
+    /// The plugin runs on the calling thread, so its `timeout_ms` cannot be enforced here:
+    /// use [`Host::call_with`] to hand it a deadline and a cancellation flag, or serve calls
+    /// through [`ControlServer`](crate::control::ControlServer), which answers overrunning
+    /// calls with a timeout error on time.
     pub fn call(
         &self,
         plugin: &str,
