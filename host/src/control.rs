@@ -334,10 +334,7 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
         if let Err(reason) = check_peer(&stream) {
             tracing::warn!("control socket: refused a connection: {reason}");
             let response = Response::error(CallError::new(CallErrorKind::InvalidRequest, reason));
-            if let Ok(mut bytes) = serde_json::to_vec(&response) {
-                bytes.push(b'\n');
-                let _ = (&stream).write_all(&bytes);
-            }
+            let _ = write_line(&stream, &response);
             continue;
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -615,9 +612,15 @@ fn timeout_error(plugin: &PluginHandle, callback: &str) -> CallError {
 }
 
 fn write_response(connection: &Connection, response: &Response) -> io::Result<()> {
+    // The guard lives until the line is written, so two writers never interleave.
+    write_line(&lock(&connection.writer), response)
+}
+
+/// Writes `response` as one line.
+fn write_line(mut stream: &UnixStream, response: &Response) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(response).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    lock(&connection.writer).write_all(&bytes)
+    stream.write_all(&bytes)
 }
 
 /// A connection to a running host's control socket.

@@ -337,18 +337,16 @@ impl Host {
         if !settings.enabled {
             state.files.entry(path.to_owned()).or_default().sha256 = Some(file.sha256);
             drop(table);
-            let replaced = self.remove_from_table(&name);
+            let replaced = self.set_current(&name, None);
             return Ok((LoadEvent::Disabled { plugin: name }, replaced));
         }
 
         let version = library.metadata().version.clone();
-        let number = state.generations.get(&name).copied().unwrap_or(0) + 1;
-        let max_message = self.inner.max_message;
-        let generation = Generation::start(Arc::new(library), path, number, settings, max_message)?;
-        state.generations.insert(name.clone(), number);
+        let generation = self.start_generation(state, Arc::new(library), path, settings)?;
+        let number = generation.number();
         state.files.entry(path.to_owned()).or_default().sha256 = Some(file.sha256);
         drop(table);
-        let replaced = self.publish(generation);
+        let replaced = self.set_current(&name, Some(generation));
         let event = match &replaced {
             Some(old) => LoadEvent::Reloaded {
                 plugin: name.clone(),
@@ -365,32 +363,42 @@ impl Host {
         };
         // The file used to declare another name: that plugin is gone now.
         if let Some(previous) = previous_name.filter(|p| *p != name) {
-            self.remove_from_table(&previous);
+            self.set_current(&previous, None);
         }
         Ok((event, replaced))
     }
 
-    /// Installs `generation` as the current one for its name; returns the one it replaced.
-    fn publish(&self, generation: Generation) -> Option<Arc<Generation>> {
-        let name = generation.metadata().name.clone();
-        let generation = Arc::new(generation);
+    /// Publishes a new table in which `name` is served by `generation` (or by nothing);
+    /// returns the generation it replaced.
+    fn set_current(&self, name: &str, generation: Option<Generation>) -> Option<Arc<Generation>> {
+        let generation = generation.map(Arc::new);
         let mut replaced = None;
         self.inner.table.rcu(|table| {
             let mut table = Table::clone(table);
-            replaced = table.insert(name.clone(), generation.clone());
+            replaced = match &generation {
+                Some(generation) => table.insert(name.to_owned(), generation.clone()),
+                None => table.remove(name),
+            };
             table
         });
         replaced
     }
 
-    fn remove_from_table(&self, name: &str) -> Option<Arc<Generation>> {
-        let mut removed = None;
-        self.inner.table.rcu(|table| {
-            let mut table = Table::clone(table);
-            removed = table.remove(name);
-            table
-        });
-        removed
+    /// Starts the next generation of a plugin from `library`; its number is recorded only
+    /// if `init` succeeds.
+    fn start_generation(
+        &self,
+        state: &mut State,
+        library: Arc<Library>,
+        path: &Path,
+        settings: PluginSettings,
+    ) -> Result<Generation, LoadError> {
+        let name = library.metadata().name.clone();
+        let number = state.generations.get(&name).copied().unwrap_or(0) + 1;
+        let generation =
+            Generation::start(library, path, number, settings, self.inner.max_message)?;
+        state.generations.insert(name, number);
+        Ok(generation)
     }
 
     fn current(&self, name: &str) -> Option<Arc<Generation>> {
@@ -407,7 +415,7 @@ impl Host {
         if !serves {
             return None;
         }
-        if let Some(old) = self.remove_from_table(&name) {
+        if let Some(old) = self.set_current(&name, None) {
             tracing::info!(plugin = %name, generation = old.number(), file = %path.display(), "removed: unloading");
         }
         // A file that was refused because this one held the name may serve it now.
@@ -460,22 +468,15 @@ impl Host {
             }
             match table.get(&name).filter(|g| g.source() == path) {
                 Some(current) if !new.enabled => {
-                    drop(self.remove_from_table(&name));
+                    drop(self.set_current(&name, None));
                     tracing::info!(plugin = %name, generation = current.number(), "unloading: disabled in the configuration");
                 }
                 Some(current) if current.settings() != &new => {
-                    let number = state.generations.get(&name).copied().unwrap_or(0) + 1;
                     let library = current.library().clone();
-                    match Generation::start(
-                        library,
-                        &path,
-                        number,
-                        new.clone(),
-                        self.inner.max_message,
-                    ) {
+                    match self.start_generation(&mut state, library, &path, new.clone()) {
                         Ok(generation) => {
-                            state.generations.insert(name.clone(), number);
-                            self.publish(generation);
+                            let number = generation.number();
+                            self.set_current(&name, Some(generation));
                             tracing::info!(plugin = %name, old_generation = current.number(), generation = number, "reconfigured");
                         }
                         Err(err) => {

@@ -47,6 +47,16 @@ pub fn is_plugin_file(path: &Path) -> bool {
     !name.starts_with('.') && name.len() > 3 && name.ends_with(".so")
 }
 
+/// The plugin files in `dir` (see [`is_plugin_file`]), sorted.
+pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| is_plugin_file(path))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 enum Message {
     Event(notify::Result<notify::Event>),
     Stop,
@@ -251,18 +261,13 @@ impl WatchState {
 
     /// Loads every plugin file in the directory and forgets files that disappeared.
     fn rescan(&mut self) {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
+        let files = match plugin_files(&self.dir) {
+            Ok(files) => files,
             Err(err) => {
                 tracing::error!(dir = %self.dir.display(), "cannot read the plugins directory: {err}");
                 return;
             }
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_plugin_file(p))
-            .collect();
-        files.sort();
         for path in &files {
             let _ = self.host.load_file(path);
         }

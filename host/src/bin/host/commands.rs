@@ -166,15 +166,10 @@ fn print_outcome(outcome: &CallOutcome, json: bool) -> Result<ExitCode> {
     }
 }
 
-/// Plugin files in `dir`: `*.so`, not hidden, sorted.
+/// Plugin files in `dir`, sorted.
 fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("reading the plugins directory {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| host::watch::is_plugin_file(path))
-        .collect();
-    files.sort();
-    Ok(files)
+    host::watch::plugin_files(dir)
+        .with_context(|| format!("reading the plugins directory {}", dir.display()))
 }
 
 /// The file in `dir` that declares plugin `name`: `libNAME.so` or `NAME.so` first (checked),
