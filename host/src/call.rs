@@ -1,12 +1,24 @@
-//! Calls: what a caller gets back, owned entirely by the host.
+//! Calls: what a caller gets back, owned entirely by the host and bounded in size.
 //!
 //! Everything a plugin returns is copied out of its library here (JSON text, strings,
 //! numbers), so an outcome stays valid after the plugin version that produced it is unloaded.
+//! The copy is where the size limits apply: a result and its follow-ups together may not
+//! exceed `max_message_bytes`, an error message is cut at [`MAX_ERROR_MESSAGE`] bytes, and log
+//! records past the per-call budget (`max_log_bytes_per_call`, and never past what is left of
+//! `max_message_bytes`) are dropped, with a last record saying how many.
 
+use abi_stable::std_types::{RErr, ROk};
+use plugin_api::abi::{FfiFollowUp, FfiLogRecord, FfiOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use plugin_api::{FollowUp, LogRecord, PluginError};
+use plugin_api::{ErrorKind, FollowUp, Level, LogRecord, PluginError};
+
+/// The longest error message kept from a plugin, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 16 * 1024;
+/// What a log record costs against the budget besides its message: its level and time as
+/// JSON.
+const RECORD_OVERHEAD: usize = 48;
 
 /// The outcome of a call that reached a plugin: its result or its error, with the records it
 /// logged and the follow-up calls it asked for.
@@ -79,10 +91,226 @@ pub enum CallErrorKind {
 }
 
 impl CallError {
-    pub(crate) fn new(kind: CallErrorKind, message: impl Into<String>) -> Self {
+    /// An error of `kind` with a one-line `message`.
+    pub fn new(kind: CallErrorKind, message: impl Into<String>) -> Self {
         CallError {
             kind,
             message: message.into(),
         }
+    }
+}
+
+/// How much of a plugin's answer the host keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Result and follow-ups together, and the whole response.
+    pub(crate) max_message: usize,
+    /// Log records of one call (or one `init`).
+    pub(crate) max_log_bytes: usize,
+}
+
+/// What the host keeps of one call's answer.
+pub(crate) struct Owned {
+    pub(crate) result: Option<Box<RawValue>>,
+    pub(crate) error: Option<PluginError>,
+    pub(crate) follow_ups: Vec<FollowUp>,
+    pub(crate) logs: Vec<LogRecord>,
+}
+
+impl Budget {
+    /// Copies what plugin `plugin` returned out of its library, within the limits.
+    pub(crate) fn outcome(&self, plugin: &str, ffi: &FfiOutcome) -> Owned {
+        let follow_up_bytes: usize = ffi.follow_ups.iter().map(follow_up_size).sum();
+        let (mut result, mut error, mut follow_ups) = (None, None, Vec::new());
+        match &ffi.result {
+            ROk(json) if json.len() + follow_up_bytes > self.max_message => {
+                let what = if ffi.follow_ups.is_empty() {
+                    format!("{} bytes", json.len())
+                } else {
+                    format!(
+                        "{} bytes of result and {follow_up_bytes} of follow-ups",
+                        json.len()
+                    )
+                };
+                error = Some(PluginError::failed(format!(
+                    "plugin {plugin} returned {what}, over the limit of {} (max_message_bytes)",
+                    self.max_message
+                )));
+            }
+            ROk(json) => match RawValue::from_string(json.as_str().to_owned()) {
+                Ok(raw) => {
+                    result = Some(raw);
+                    follow_ups = ffi.follow_ups.iter().map(FollowUp::from).collect();
+                }
+                Err(err) => {
+                    error = Some(PluginError::failed(format!(
+                        "plugin {plugin} returned a result that is not JSON: {err}"
+                    )))
+                }
+            },
+            RErr(err) => {
+                let message = cut(err.message.as_str(), MAX_ERROR_MESSAGE);
+                error = Some(PluginError::new(ErrorKind::from_code(err.kind), message));
+                follow_ups = ffi.follow_ups.iter().map(FollowUp::from).collect();
+            }
+        }
+        let kept_follow_ups = if follow_ups.is_empty() {
+            0
+        } else {
+            follow_up_bytes
+        };
+        let used = result.as_ref().map_or(0, |r| r.get().len())
+            + error.as_ref().map_or(0, |e| e.message().len())
+            + kept_follow_ups;
+        let logs = self.logs(&ffi.logs, used);
+        Owned {
+            result,
+            error,
+            follow_ups,
+            logs,
+        }
+    }
+
+    /// Copies log records until the per-call budget, or what is left of the message limit
+    /// after `used` bytes, runs out; then one record says what was dropped.
+    pub(crate) fn logs(&self, records: &[FfiLogRecord], used: usize) -> Vec<LogRecord> {
+        let budget = self
+            .max_log_bytes
+            .min(self.max_message.saturating_sub(used));
+        let mut kept = Vec::new();
+        let mut spent = 0;
+        let mut dropped = (0usize, 0usize);
+        for record in records {
+            let message = record.message.as_str();
+            let cost = message.len() + RECORD_OVERHEAD;
+            if dropped.0 == 0 && spent + cost <= budget {
+                spent += cost;
+                kept.push(LogRecord::from(record));
+            } else {
+                dropped.0 += 1;
+                dropped.1 += message.len();
+            }
+        }
+        if dropped.0 > 0 {
+            kept.push(LogRecord {
+                level: Level::Warn,
+                message: format!(
+                    "{} log records ({} bytes) dropped: over this call's log budget of {budget} \
+                     bytes (max_log_bytes_per_call)",
+                    dropped.0, dropped.1
+                ),
+                unix_ms: records.last().map_or(0, |r| r.unix_ms),
+            });
+        }
+        kept
+    }
+}
+
+fn follow_up_size(follow_up: &FfiFollowUp) -> usize {
+    follow_up.plugin.len() + follow_up.callback.len() + follow_up.input_json.len()
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked when cut.
+pub(crate) fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes cut)", &text[..end], text.len() - end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::std_types::{RResult, RVec};
+    use plugin_api::abi::FfiError;
+
+    fn record(message: String) -> FfiLogRecord {
+        FfiLogRecord {
+            level: Level::Info as u8,
+            message: message.into(),
+            unix_ms: 1,
+        }
+    }
+
+    fn ffi(result: RResult<abi_stable::std_types::RString, FfiError>, logs: usize) -> FfiOutcome {
+        FfiOutcome {
+            result,
+            follow_ups: RVec::new(),
+            logs: (0..logs).map(|i| record(format!("line {i:04}"))).collect(),
+        }
+    }
+
+    #[test]
+    fn logs_past_the_budget_are_cut_with_a_last_record_saying_so() {
+        let budget = Budget {
+            max_message: 1 << 20,
+            max_log_bytes: 10 * (9 + RECORD_OVERHEAD),
+        };
+        let owned = budget.outcome("p", &ffi(ROk("1".into()), 1000));
+        assert_eq!(owned.logs.len(), 11);
+        assert_eq!(owned.logs[9].message, "line 0009");
+        let last = &owned.logs[10];
+        assert_eq!(last.level, Level::Warn);
+        assert!(
+            last.message
+                .starts_with("990 log records (8910 bytes) dropped"),
+            "{}",
+            last.message
+        );
+    }
+
+    #[test]
+    fn the_whole_answer_counts_against_the_message_limit() {
+        let budget = Budget {
+            max_message: 100,
+            max_log_bytes: 1 << 20,
+        };
+        // The result fits, so the logs get what is left of the 100 bytes: one record.
+        let owned = budget.outcome("p", &ffi(ROk("[1,2,3]".into()), 5));
+        assert!(owned.result.is_some());
+        assert_eq!(owned.logs.len(), 2, "{:?}", owned.logs);
+        assert!(owned.logs[1].message.starts_with("4 log records"));
+
+        let mut big = ffi(ROk("1".into()), 0);
+        big.follow_ups.push(FfiFollowUp {
+            plugin: "p".into(),
+            callback: "c".into(),
+            input_json: "0".repeat(200).into(),
+        });
+        let owned = budget.outcome("p", &big);
+        assert!(owned.result.is_none() && owned.follow_ups.is_empty());
+        let err = owned.error.unwrap();
+        assert!(
+            err.message()
+                .contains("1 bytes of result and 202 of follow-ups, over the limit of 100"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_on_a_character_boundary() {
+        let budget = Budget {
+            max_message: 1 << 30,
+            max_log_bytes: 0,
+        };
+        let message = "é".repeat(MAX_ERROR_MESSAGE);
+        let owned = budget.outcome(
+            "p",
+            &ffi(
+                RErr(FfiError {
+                    kind: ErrorKind::Failed.code(),
+                    message: message.into(),
+                }),
+                0,
+            ),
+        );
+        let err = owned.error.unwrap();
+        assert!(err.message().len() < MAX_ERROR_MESSAGE + 40);
+        assert!(err.message().ends_with("bytes cut)"), "{}", err.message());
+        assert_eq!(err.kind(), ErrorKind::Failed);
     }
 }

@@ -4,13 +4,22 @@
 //! plugins_dir = "plugins"          # default: ./plugins
 //! socket = "/run/user/1000/plugin-host.sock"
 //! log_format = "text"              # or "json"
-//! max_message_bytes = 16777216     # largest request or result
+//! max_message_bytes = 16777216     # largest request, or answer (result, follow-ups, logs)
+//! max_log_bytes_per_call = 262144  # log records kept from one call
+//! max_connections = 1024           # open control connections
+//! max_call_threads = 64            # plugin calls running at once (socket)
+//! request_timeout_ms = 10000       # a started request must arrive whole within this
+//! idle_timeout_ms = 300000         # a connection silent this long is closed
+//! write_timeout_ms = 30000         # a client must take its answer within this
+//! max_buffered_bytes = 268435456   # request and answer buffers of all connections together
+//! shutdown_timeout_ms = 10000      # calls in flight may finish within this at shutdown
 //!
 //! [plugins.hello]
 //! enabled = true
 //! config = { greeting = "Hi" }     # handed to the plugin's init as JSON
 //! timeout_ms = 30000               # callers get a timeout error after this
 //! max_concurrent_calls = 8         # callers past this get a busy error (default: no limit)
+//! init_timeout_ms = 10000          # an init running longer is abandoned, the load refused
 //! sha256 = "..."                   # optional: only this exact file is loaded
 //! ```
 //!
@@ -24,29 +33,88 @@ use serde::{Deserialize, Serialize};
 
 /// The contents of `host.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct HostConfig {
     /// Directory watched for plugin files.
     pub plugins_dir: Option<PathBuf>,
     /// Path of the control socket.
     pub socket: Option<PathBuf>,
     /// Log output format.
-    #[serde(default)]
     pub log_format: LogFormat,
-    /// Largest request or result, in bytes (default 16 MiB).
-    #[serde(default = "default_max_message_bytes")]
+    /// Largest request, or answer (result, follow-ups and logs together), in bytes
+    /// (default 16 MiB).
     pub max_message_bytes: usize,
+    /// Largest total of log records kept from one call or one `init`, in bytes (default
+    /// 256 KiB); the rest are dropped, and a last record says how many.
+    pub max_log_bytes_per_call: usize,
+    /// Connections open at once; one more is refused with an error line (default 1,024).
+    pub max_connections: usize,
+    /// Plugin calls from the socket running at once, each on a thread of a bounded pool; a
+    /// call waits for a free one until its own timeout (default 64).
+    pub max_call_threads: usize,
+    /// A request that has started arriving must be complete within this (default 10 s).
+    pub request_timeout_ms: u64,
+    /// A connection with no request for this long is closed (default 5 minutes).
+    pub idle_timeout_ms: u64,
+    /// A client must take each answer within this, or it is disconnected (default 30 s).
+    pub write_timeout_ms: u64,
+    /// Request and answer buffers of all connections together, in bytes (default 256 MiB).
+    pub max_buffered_bytes: usize,
+    /// How long calls in flight may take to finish when the host shuts down (default 10 s).
+    pub shutdown_timeout_ms: u64,
     /// Per-plugin settings, by plugin name.
-    #[serde(default)]
     pub plugins: BTreeMap<String, PluginSettings>,
+}
+
+/// The limits of the control server (top-level keys of `host.toml`). Every one bounds a
+/// resource a client could otherwise take without limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest request or answer line, in bytes.
+    pub max_message_bytes: usize,
+    /// Connections open at once; one more is refused with an error line (default 1,024).
+    pub max_connections: usize,
+    /// Plugin calls from the socket running at once, each on a thread of a bounded pool; a
+    /// call waits for a free one until its own timeout (default 64).
+    pub max_call_threads: usize,
+    /// A request that has started arriving must be complete within this (default 10 s).
+    pub request_timeout_ms: u64,
+    /// A connection with no request for this long is closed (default 5 minutes).
+    pub idle_timeout_ms: u64,
+    /// A client must take each answer within this, or it is disconnected (default 30 s).
+    pub write_timeout_ms: u64,
+    /// Request and answer buffers of all connections together, in bytes (default 256 MiB).
+    pub max_buffered_bytes: usize,
+    /// How long calls in flight may take to finish when the host shuts down (default 10 s).
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        HostConfig::default().server_limits()
+    }
+}
+
+impl HostConfig {
+    /// The control server's limits.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_message_bytes: self.max_message_bytes,
+            max_connections: self.max_connections,
+            max_call_threads: self.max_call_threads,
+            request_timeout_ms: self.request_timeout_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            write_timeout_ms: self.write_timeout_ms,
+            max_buffered_bytes: self.max_buffered_bytes,
+            shutdown_timeout_ms: self.shutdown_timeout_ms,
+        }
+    }
 }
 
 /// The default of [`HostConfig::max_message_bytes`]: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
-
-fn default_max_message_bytes() -> usize {
-    DEFAULT_MAX_MESSAGE_BYTES
-}
+/// The default of [`HostConfig::max_log_bytes_per_call`]: 256 KiB.
+pub const DEFAULT_MAX_LOG_BYTES_PER_CALL: usize = 256 << 10;
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -55,6 +123,14 @@ impl Default for HostConfig {
             socket: None,
             log_format: LogFormat::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_log_bytes_per_call: DEFAULT_MAX_LOG_BYTES_PER_CALL,
+            max_connections: 1024,
+            max_call_threads: 64,
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            write_timeout_ms: 30_000,
+            max_buffered_bytes: 256 << 20,
+            shutdown_timeout_ms: 10_000,
             plugins: BTreeMap::new(),
         }
     }
@@ -84,8 +160,11 @@ pub struct PluginSettings {
     /// How long a call may run before its caller gets a timeout error, in milliseconds.
     pub timeout_ms: u64,
     /// How many calls may run at once; callers past it get a `busy` error. No limit when
-    /// absent.
+    /// absent. A call whose caller was told it timed out no longer counts.
     pub max_concurrent_calls: Option<usize>,
+    /// How long `init` may run, in milliseconds; past it the load is refused and the thread
+    /// running `init` is counted as stuck.
+    pub init_timeout_ms: u64,
 }
 
 impl Default for PluginSettings {
@@ -96,6 +175,7 @@ impl Default for PluginSettings {
             sha256: None,
             timeout_ms: 30_000,
             max_concurrent_calls: None,
+            init_timeout_ms: 10_000,
         }
     }
 }

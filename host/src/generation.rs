@@ -1,11 +1,12 @@
 //! Generations: one loaded version of a plugin, from `init` to unload.
 //!
 //! A [`Generation`] owns a plugin instance and a reference to the library it came from.
-//! Callers clone an `Arc<Generation>` for the length of one call, so a call runs entirely on
-//! one version. When a new version replaces it, the table drops its reference; the calls still
-//! running keep theirs, and when the last one ends the generation *drains*: the plugin value
-//! is dropped (a panic in its `Drop` is caught and reported), the handler is dropped, and when
-//! no generation uses the library any more it is closed and checked to be gone from memory.
+//! Callers hold an `Arc<Generation>` (or an arc-swap guard on it) for the length of one call,
+//! so a call runs entirely on one version. When a new version replaces it, the registry hands
+//! the old one to the reaper, which waits until no call holds it any more and then drops it
+//! on a thread of its own: the plugin value is dropped (a panic in its `Drop` is caught and
+//! reported), the handler is dropped, and when no generation uses the library any more it is
+//! closed. No caller ever pays for an unload.
 
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
@@ -13,12 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use abi_stable::std_types::{RErr, ROk, RStr};
+use abi_stable::std_types::RStr;
 use plugin_api::abi::{FfiCallContext, HandlerBox};
-use plugin_api::{FollowUp, Level, LogRecord, PluginError};
-use serde_json::value::RawValue;
+use plugin_api::{ErrorKind, Level, LogRecord};
 
-use crate::call::{CallError, CallErrorKind, CallOutcome};
+use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
 use crate::config::PluginSettings;
 use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
 
@@ -29,12 +29,14 @@ pub(crate) struct Generation {
     library: ManuallyDrop<Arc<Library>>,
     source: PathBuf,
     settings: PluginSettings,
-    max_result: usize,
+    budget: Budget,
     loaded_at: SystemTime,
-    /// Calls served; striped, so that concurrent callers do not share a cache line.
-    served: StripedCounter,
-    /// Calls running now, counted only when the plugin has a `max_concurrent_calls` limit.
-    in_flight: AtomicUsize,
+    /// Calls started and calls finished; striped, so that concurrent callers do not share a
+    /// cache line. Their difference is the number of calls running.
+    started: StripedCounter,
+    finished: StripedCounter,
+    /// Calls holding one of the plugin's `max_concurrent_calls` slots.
+    slots_taken: AtomicUsize,
     /// Calls whose caller was told they timed out, and that have not returned yet.
     stuck: AtomicU64,
 }
@@ -46,10 +48,10 @@ impl Generation {
         source: &Path,
         number: u64,
         settings: PluginSettings,
-        max_result: usize,
+        budget: Budget,
     ) -> Result<Generation, LoadError> {
         let name = library.metadata().name.clone();
-        let (handler, logs) = library.instantiate(&settings.config_json(), number);
+        let (handler, logs) = library.instantiate(&settings.config_json(), number, &budget);
         replay_logs(&name, number, &logs);
         let handler = handler.map_err(|err| {
             LoadError::new(
@@ -64,10 +66,11 @@ impl Generation {
             library: ManuallyDrop::new(library),
             source: source.to_owned(),
             settings,
-            max_result,
+            budget,
             loaded_at: SystemTime::now(),
-            served: StripedCounter::default(),
-            in_flight: AtomicUsize::new(0),
+            started: StripedCounter::default(),
+            finished: StripedCounter::default(),
+            slots_taken: AtomicUsize::new(0),
             stuck: AtomicU64::new(0),
         })
     }
@@ -78,6 +81,10 @@ impl Generation {
 
     pub(crate) fn metadata(&self) -> &Metadata {
         self.library.metadata()
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.library.metadata().name
     }
 
     pub(crate) fn library(&self) -> &Arc<Library> {
@@ -114,9 +121,38 @@ impl Generation {
         self.loaded_at
     }
 
-    /// Calls served (finished) by this generation.
+    /// Calls finished by this generation.
     pub(crate) fn calls(&self) -> u64 {
-        self.served.sum()
+        self.finished.sum()
+    }
+
+    /// Calls running in this generation now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        // Read `finished` first: a call that finishes between the two reads is then counted
+        // as running, never as less than zero.
+        let finished = self.finished.sum();
+        self.started.sum().saturating_sub(finished)
+    }
+
+    /// Takes one of the plugin's `max_concurrent_calls` slots, if it has a limit: `Ok(None)`
+    /// without a limit, an error of kind `busy` when they are all taken.
+    pub(crate) fn enter(&self) -> Result<Option<Slot<'_>>, CallError> {
+        let Some(limit) = self.settings.max_concurrent_calls else {
+            return Ok(None);
+        };
+        // The slot is taken first and given back by `drop` if it was one too many.
+        let slot = Slot(&self.slots_taken);
+        if self.slots_taken.fetch_add(1, Ordering::Relaxed) < limit {
+            Ok(Some(slot))
+        } else {
+            Err(CallError::new(
+                CallErrorKind::Busy,
+                format!(
+                    "plugin {} is busy: {limit} calls are running, its limit (max_concurrent_calls)",
+                    self.name()
+                ),
+            ))
+        }
     }
 
     /// Calls `callback` (or the entry point, for `execute`) with JSON `input`, unless the
@@ -128,30 +164,19 @@ impl Generation {
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
     ) -> Result<CallOutcome, CallError> {
-        let _slot = match self.settings.max_concurrent_calls {
-            Some(limit) => Some(InFlight::enter(&self.in_flight, limit).ok_or_else(|| {
-                CallError::new(
-                    CallErrorKind::Busy,
-                    format!(
-                        "plugin {} is busy: {limit} calls are running, its limit (max_concurrent_calls)",
-                        self.metadata().name
-                    ),
-                )
-            })?),
-            None => None,
-        };
-        let outcome = self.call_plugin(callback, input, cancelled, deadline);
-        self.served.increment();
-        Ok(outcome)
+        let _slot = self.enter()?;
+        Ok(self.run(callback, input, cancelled, deadline))
     }
 
-    fn call_plugin(
+    /// Runs one call, whatever the concurrency limit (the caller took care of it).
+    pub(crate) fn run(
         &self,
         callback: &str,
         input: &str,
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
     ) -> CallOutcome {
+        self.started.increment();
         let ctx = FfiCallContext {
             cancelled,
             deadline_unix_ms: deadline
@@ -166,39 +191,26 @@ impl Generation {
                 .callback(RStr::from(callback), RStr::from(input), &ctx)
         };
         let elapsed_us = started.elapsed().as_micros() as u64;
-
-        let name = &self.metadata().name;
-        let (result, error) = match &ffi.result {
-            ROk(json) if json.len() > self.max_result => (
-                None,
-                Some(PluginError::failed(format!(
-                    "plugin {name} returned {} bytes, over the limit of {} (max_message_bytes)",
-                    json.len(),
-                    self.max_result
-                ))),
-            ),
-            ROk(json) => match RawValue::from_string(json.as_str().to_owned()) {
-                Ok(raw) => (Some(raw), None),
-                Err(err) => (
-                    None,
-                    Some(PluginError::failed(format!(
-                        "plugin {name} returned a result that is not JSON: {err}"
-                    ))),
-                ),
-            },
-            RErr(err) => (None, Some(PluginError::from(err))),
-        };
-        let logs: Vec<LogRecord> = ffi.logs.iter().map(LogRecord::from).collect();
-        replay_logs(name, self.number, &logs);
-        let follow_ups = ffi.follow_ups.iter().map(FollowUp::from).collect();
+        let name = self.name();
+        let owned = self.budget.outcome(name, &ffi);
+        drop(ffi);
+        self.finished.increment();
+        replay_logs(name, self.number, &owned.logs);
+        if let Some(err) = owned
+            .error
+            .as_ref()
+            .filter(|e| e.kind() == ErrorKind::Panicked)
+        {
+            tracing::warn!(target: "plugin", plugin = name, generation = self.number, "{}", err.message());
+        }
         CallOutcome {
-            plugin: name.clone(),
+            plugin: name.to_owned(),
             callback: callback.to_owned(),
             generation: self.number,
-            result,
-            error,
-            follow_ups,
-            logs,
+            result: owned.result,
+            error: owned.error,
+            follow_ups: owned.follow_ups,
+            logs: owned.logs,
             elapsed_us,
         }
     }
@@ -206,15 +218,11 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        let name = self.library.metadata().name.clone();
-        let _span =
-            tracing::info_span!("drain", plugin = %name, generation = self.number).entered();
         if let Some(err) = self.handler.shutdown().into_option() {
             tracing::warn!("{}", err.message);
         }
         // SAFETY: neither field is used again. The handler points into the library, so it is
-        // dropped first; dropping the last `Arc<Library>` then closes the library (and logs
-        // whether it left memory) inside this span.
+        // dropped first; dropping the last `Arc<Library>` then closes the library.
         unsafe {
             ManuallyDrop::drop(&mut self.handler);
             ManuallyDrop::drop(&mut self.library);
@@ -222,18 +230,11 @@ impl Drop for Generation {
     }
 }
 
-/// A slot among a plugin's limited concurrent calls, given back when dropped.
-struct InFlight<'a>(&'a AtomicUsize);
+/// One of a plugin's limited concurrent calls, given back when dropped.
+#[must_use = "the slot is given back when dropped"]
+pub(crate) struct Slot<'a>(&'a AtomicUsize);
 
-impl<'a> InFlight<'a> {
-    fn enter(count: &'a AtomicUsize, limit: usize) -> Option<InFlight<'a>> {
-        let slot = InFlight(count);
-        // The slot is taken first and given back by `drop` if it was one too many.
-        (count.fetch_add(1, Ordering::Relaxed) < limit).then_some(slot)
-    }
-}
-
-impl Drop for InFlight<'_> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -277,5 +278,23 @@ pub(crate) fn replay_logs(plugin: &str, generation: u64, logs: &[LogRecord]) {
             Level::Debug => tracing::debug!(target: "plugin", plugin, generation, "{message}"),
             Level::Trace => tracing::trace!(target: "plugin", plugin, generation, "{message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn striped_counters_add_up_across_threads() {
+        let counter = Arc::new(StripedCounter::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let counter = counter.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| counter.increment()))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(counter.sum(), 4000);
     }
 }

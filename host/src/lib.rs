@@ -3,11 +3,16 @@
 //!
 //! The pieces, one module each:
 //!
-//! * [`loader`] turns a plugin file into a checked, open library (private copy, ABI and
-//!   layout checks, metadata), and checks that a closed library has left memory;
-//! * [`Host`] (module `registry`) keeps plugins by name, runs calls on the current version,
-//!   and swaps versions atomically;
-//! * `generation` owns one loaded version, from `init` through draining to unload;
+//! * `plugin_file` opens a plugin file safely, checks who could have written it, and stages
+//!   its private copy (read, hashed and copied in one pass); `elf` checks its structure;
+//!   `private_dir` makes and checks the directories the host trusts;
+//! * [`loader`] turns a staged copy into a checked, open library (ABI and layout checks,
+//!   metadata), and finds out whether a closed library has left memory;
+//! * [`Host`] (module `registry`) keeps plugins by name in a lock-free call table, prepares
+//!   loads outside every lock and commits them in a moment;
+//! * `generation` owns one loaded version, from `init` to unload; `call` bounds what comes
+//!   back from it;
+//! * `reaper` drains, drops and unloads replaced generations off every caller's path;
 //! * [`watch`] turns changes in a plugins directory into loads, reloads and unloads;
 //! * [`control`] is the Unix-socket protocol `host serve` speaks and `host call` uses;
 //! * [`config`] reads `host.toml`.
@@ -28,9 +33,13 @@ pub mod control;
 mod elf;
 mod generation;
 pub mod loader;
+mod plugin_file;
+mod private_dir;
+mod reaper;
 mod registry;
 pub mod watch;
 
-pub use call::{CallError, CallErrorKind, CallOutcome};
+pub use call::{CallError, CallErrorKind, CallOutcome, MAX_ERROR_MESSAGE};
 pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata};
+pub use reaper::{Retired, RetiredState};
 pub use registry::{FileStatus, Host, HostError, HostOptions, LoadEvent, PluginHandle, Serving};

@@ -1,28 +1,24 @@
-//! Loading: from a plugin file on disk to a checked, open [`Library`].
+//! Loading: from a staged private copy to a checked, open [`Library`].
 //!
-//! This module owns everything between a path and a usable root module:
+//! This module owns everything between a private copy (see `plugin_file`, which opens the
+//! watched file safely, checks its permissions and ELF structure, and copies and hashes it in
+//! one pass) and a usable root module:
 //!
-//! 1. the file is opened without following it into anything but a regular file, its
-//!    ownership and permissions are checked, and its bytes are read and hashed once;
-//! 2. the ELF structure is checked (so `dlopen` never maps past the end of a truncated file),
-//!    and the same bytes are written to a *private copy* with a unique name (dlopen caches by
-//!    path, and a process that maps a file someone rewrites in place can die of SIGBUS), which
-//!    is opened with `RTLD_NOW | RTLD_LOCAL` and unlinked at once;
-//! 3. the abi_stable header is checked: abi_stable's own version, then our ABI major/minor,
+//! 1. the copy is opened with `RTLD_NOW | RTLD_LOCAL` and unlinked at once;
+//! 2. the abi_stable header is checked: abi_stable's own version, then our ABI major/minor,
 //!    then (for plugins of our minor or newer) the full type layout;
-//! 4. the metadata is read and validated.
+//! 3. the metadata is read and validated.
 //!
-//! Closing is the other half: [`Library`]'s `Drop` calls `dlclose` and then looks in
-//! `/proc/self/maps` whether the library really left memory, and says so.
+//! Closing is the other half: [`Library`]'s `Drop` calls `dlclose`. Whether the library then
+//! really left memory is for [`still_mapped`] and [`release_pass`] to find out: glibc keeps a
+//! library that registered a thread-local destructor until that thread has ended *and* a
+//! later `dlclose` pass has run.
 
-use std::ffi::OsStr;
+use std::ffi::CString;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::mem::ManuallyDrop;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use abi_stable::abi_stability::abi_checking::{get_checking_globals, CheckingGlobals};
@@ -35,7 +31,10 @@ use libloading::os::unix::{Library as RawLibrary, RTLD_LOCAL, RTLD_NOW};
 use plugin_api::abi::{FfiInit, HandlerBox, PluginModRef, ABI_MAJOR, ABI_MINOR};
 use plugin_api::{is_valid_name, LogRecord, PluginError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+use crate::call::Budget;
+use crate::plugin_file::StagedFile;
+use crate::private_dir::CopyDir;
 
 /// The version of `plugin-api` this host was built with.
 pub const API_VERSION: &str = plugin_api::VERSION;
@@ -74,6 +73,9 @@ pub struct Metadata {
 pub enum LoadErrorKind {
     /// The file could not be opened or read, or is not a regular file.
     Unreadable,
+    /// Some process has the file open for writing, or it changed while it was read: not an
+    /// error of its content, try again once the writer is done (the watcher does).
+    BeingWritten,
     /// The file or its directory is writable by others or owned by someone else.
     InsecurePermissions,
     /// The file is not a shared library this process can open.
@@ -86,6 +88,8 @@ pub enum LoadErrorKind {
     InvalidMetadata,
     /// The plugin's `init` failed or panicked.
     InitFailed,
+    /// The plugin's `init` did not return within `init_timeout_ms`.
+    InitTimedOut,
     /// Another file already serves a plugin of that name.
     NameConflict,
     /// The file's SHA-256 is not the pinned one.
@@ -155,8 +159,6 @@ impl LoadError {
 
 /// Serialises every use of abi_stable's process-wide layout-checking state.
 static LOAD_LOCK: Mutex<()> = Mutex::new(());
-/// Makes private copy names unique within the process.
-static COPY_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// An open plugin library: the `dlopen` handle and the checked root module.
 ///
@@ -178,175 +180,19 @@ impl fmt::Debug for Library {
     }
 }
 
-/// The bytes of a plugin file and their SHA-256, read once so that what is hashed is what
-/// is loaded.
-pub(crate) struct PluginFile {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) sha256: [u8; 32],
-}
-
-/// Reads a plugin file: a regular file (symlinks are followed, but FIFOs, directories and
-/// devices are refused without blocking), with safe ownership and permissions.
-pub(crate) fn read_plugin_file(
-    path: &Path,
-    options: &LoadOptions,
-) -> Result<PluginFile, LoadError> {
-    let unreadable = |what: &str, err: std::io::Error| {
-        LoadError::new(path, LoadErrorKind::Unreadable, format!("{what}: {err}"))
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|err| unreadable("cannot open", err))?;
-    let meta = file
-        .metadata()
-        .map_err(|err| unreadable("cannot stat", err))?;
-    if !meta.is_file() {
-        return Err(LoadError::new(
-            path,
-            LoadErrorKind::Unreadable,
-            "not a regular file (a plugin must be a shared library file)",
-        ));
-    }
-    check_permissions(path, &meta, options)?;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes)
-        .map_err(|err| unreadable("cannot read", err))?;
-    let sha256 = Sha256::digest(&bytes).into();
-    Ok(PluginFile { bytes, sha256 })
-}
-
-/// Refuses files (and their directory) that someone other than us or root could have written.
-fn check_permissions(
-    path: &Path,
-    meta: &fs::Metadata,
-    options: &LoadOptions,
-) -> Result<(), LoadError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let problem = |what: &Path, meta: &fs::Metadata| -> Option<String> {
-        if meta.uid() != me && meta.uid() != 0 {
-            Some(format!(
-                "{} is owned by uid {}, not by this host's user (uid {me}) or root: chown it",
-                what.display(),
-                meta.uid()
-            ))
-        } else if meta.mode() & 0o022 != 0 && !(meta.is_dir() && meta.mode() & libc::S_ISVTX != 0) {
-            Some(format!(
-                "{} is writable by group or others (mode {:o}): chmod go-w it",
-                what.display(),
-                meta.mode() & 0o7777
-            ))
-        } else {
-            None
-        }
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let found =
-        problem(path, meta).or_else(|| fs::metadata(dir).ok().and_then(|m| problem(dir, &m)));
-    match found {
-        None => Ok(()),
-        Some(message) if options.allow_insecure_permissions => {
-            tracing::warn!(file = %path.display(), "insecure permissions allowed: {message}");
-            Ok(())
-        }
-        Some(message) => Err(LoadError::new(
-            path,
-            LoadErrorKind::InsecurePermissions,
-            format!("refused: {message} (or run the host with --allow-insecure-permissions)"),
-        )),
-    }
-}
-
-/// A directory for private copies, removed when dropped.
-pub(crate) struct CopyDir {
-    path: PathBuf,
-    owned: bool,
-}
-
-impl CopyDir {
-    pub(crate) fn new(options: &LoadOptions) -> std::io::Result<CopyDir> {
-        match &options.copy_dir {
-            Some(path) => {
-                fs::create_dir_all(path)?;
-                Ok(CopyDir {
-                    path: path.clone(),
-                    owned: false,
-                })
-            }
-            None => {
-                let path = std::env::temp_dir().join(format!(
-                    "plugin-host-{}-{}",
-                    std::process::id(),
-                    COPY_COUNTER.fetch_add(1, Ordering::Relaxed)
-                ));
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&path)
-                    .or_else(|err| {
-                        if err.kind() == std::io::ErrorKind::AlreadyExists {
-                            Ok(())
-                        } else {
-                            Err(err)
-                        }
-                    })?;
-                Ok(CopyDir { path, owned: true })
-            }
-        }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for CopyDir {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 impl Library {
-    /// Loads the plugin file at `path`: reads it, writes a private copy into `copy_dir`,
-    /// opens and checks it, and reads its metadata.
-    pub(crate) fn load(
-        path: &Path,
-        file: &PluginFile,
-        copy_dir: &Path,
-    ) -> Result<Library, LoadError> {
-        let stem = path
-            .file_stem()
-            .and_then(OsStr::to_str)
-            .filter(|s| is_valid_name(s))
-            .unwrap_or("plugin");
-        crate::elf::check(&file.bytes)
-            .map_err(|problem| LoadError::new(path, LoadErrorKind::NotALibrary, problem))?;
-        let copy_path = copy_dir.join(format!(
-            "{stem}.{}.{}.so",
-            std::process::id(),
-            COPY_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        write_private_copy(&copy_path, &file.bytes).map_err(|err| {
-            LoadError::new(
-                path,
-                LoadErrorKind::Host,
-                format!(
-                    "cannot write the private copy {}: {err}",
-                    copy_path.display()
-                ),
-            )
-        })?;
+    /// Opens the staged private copy of the plugin file at `path`, checks it and reads its
+    /// metadata. The copy's name is unlinked once it is mapped.
+    pub(crate) fn open(path: &Path, staged: StagedFile) -> Result<Library, LoadError> {
+        staged.check_structure(path)?;
+        let copy_path = staged.copy_path.clone();
         // SAFETY: opening a library runs its initialisers. That is the one thing a plugin host
-        // must trust the plugin with; the file passed the ownership checks above.
+        // must trust the plugin with; the file passed the ownership checks, and the copy lives
+        // in a directory only this user can write.
         let opened = unsafe { RawLibrary::open(Some(&copy_path), RTLD_NOW | RTLD_LOCAL) };
+        let sha256 = staged.sha256;
         // The mapping keeps the unlinked copy alive; the name is not needed any more.
-        let _ = fs::remove_file(&copy_path);
+        drop(staged);
         let raw = opened.map_err(|err| {
             let text = err.to_string();
             let hint = if text.contains("failed to map segment") {
@@ -369,27 +215,30 @@ impl Library {
             raw: ManuallyDrop::new(raw),
             module,
             metadata,
-            sha256: file.sha256,
+            sha256,
             copy_path,
         })
     }
 
     /// Runs the plugin's `init` with `config_json` and returns the new instance and the
-    /// records `init` logged.
+    /// records `init` logged (within the log budget).
     pub(crate) fn instantiate(
         &self,
         config_json: &str,
         generation: u64,
+        budget: &Budget,
     ) -> (Result<HandlerBox, PluginError>, Vec<LogRecord>) {
         let outcome = (self.module.instantiate())(FfiInit {
             config_json: config_json.into(),
             generation,
         });
-        let logs = outcome.logs.iter().map(LogRecord::from).collect();
-        let handler = outcome
-            .handler
-            .into_result()
-            .map_err(|err| PluginError::from(&err));
+        let logs = budget.logs(&outcome.logs, 0);
+        let handler = outcome.handler.into_result().map_err(|err| {
+            PluginError::new(
+                plugin_api::ErrorKind::from_code(err.kind),
+                crate::call::cut(err.message.as_str(), crate::call::MAX_ERROR_MESSAGE),
+            )
+        });
         (handler, logs)
     }
 
@@ -523,6 +372,13 @@ fn read_metadata(
     })
 }
 
+impl Library {
+    /// The path of its private copy (unlinked, but named so in `/proc/self/maps`).
+    pub(crate) fn copy_path(&self) -> &Path {
+        &self.copy_path
+    }
+}
+
 impl Drop for Library {
     fn drop(&mut self) {
         // SAFETY: every object made from this library (handlers, outcomes) has been dropped or
@@ -533,34 +389,39 @@ impl Drop for Library {
         if let Err(err) = closed {
             tracing::warn!("dlclose failed: {err}");
         }
-        if is_mapped(&self.copy_path) {
-            tracing::warn!(
-                "still mapped: the library stayed in memory after dlclose (a thread-local \
-                 destructor or a thread it started keeps it alive); it is released when that \
-                 thread ends"
-            );
-        } else {
-            tracing::info!("unloaded: library closed and gone from memory");
-        }
     }
 }
 
 /// Whether the private copy at `path` is still mapped into this process.
-pub(crate) fn is_mapped(path: &Path) -> bool {
-    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+pub(crate) fn still_mapped(path: &Path) -> bool {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return false;
     };
     let needle = path.to_string_lossy();
     maps.lines().any(|line| line.contains(needle.as_ref()))
 }
 
-fn write_private_copy(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o700)
-        .open(path)?;
-    file.write_all(bytes)
+/// Gives glibc another chance to unmap a closed library that stayed mapped: a library with
+/// pending thread-local destructors is only removed by a `dlclose` pass that runs after the
+/// last such thread has ended. Reopening it by name without loading (`RTLD_NOLOAD`) and
+/// closing it again is such a pass. Returns whether it is still mapped afterwards.
+pub(crate) fn release_pass(path: &Path) -> bool {
+    if !still_mapped(path) {
+        return false;
+    }
+    let Ok(name) = CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: `name` is a NUL-terminated string that outlives the call. With RTLD_NOLOAD,
+    // dlopen never loads anything: it returns the handle of the object already in memory
+    // under that name (running no initialisers, they ran at its first load) or NULL.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+    if !handle.is_null() {
+        // SAFETY: `handle` came from the dlopen above and is closed exactly once; it only
+        // drops the reference that dlopen just took.
+        unsafe { libc::dlclose(handle) };
+    }
+    still_mapped(path)
 }
 
 /// dlerror messages start with the path of the private copy; users know the original.
@@ -612,14 +473,21 @@ fn reset_layout_checking_state() {
 
 /// Reads the metadata of the plugin file at `path` without running its `init`.
 pub fn inspect(path: &Path, options: &LoadOptions) -> Result<Metadata, LoadError> {
-    let copy_dir = CopyDir::new(options).map_err(|err| {
+    let copy_dir = CopyDir::new(options.copy_dir.as_deref()).map_err(|err| {
         LoadError::new(
             path,
             LoadErrorKind::Host,
             format!("cannot create the private copy directory: {err}"),
         )
     })?;
-    let file = read_plugin_file(path, options)?;
-    let library = Library::load(path, &file, copy_dir.path())?;
+    let staged = crate::plugin_file::stage(path, options, copy_dir.path())?;
+    let library = Library::open(path, staged)?;
     Ok(library.metadata.clone())
+}
+
+/// The plugin name the file at `path` declares in its ELF note (written by
+/// `export_plugin!`), read without loading it: `None` for a file without the note (a plugin
+/// built with a plugin-api older than the note, or not a plugin at all).
+pub fn declared_name(path: &Path) -> std::io::Result<Option<String>> {
+    crate::elf::declared_name_in_file(path)
 }

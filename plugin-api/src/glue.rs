@@ -2,9 +2,7 @@
 //! [`Plugin`] to the [`Handler`] ABI and makes sure no panic of author code ever unwinds
 //! across the boundary (which would abort the host).
 
-use std::any::Any;
 use std::cell::RefCell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, RNone, ROk, ROption, RSome, RStr, RVec};
@@ -14,8 +12,9 @@ use crate::abi::{
     Handler, Handler_TO,
 };
 use crate::context::LogBuffer;
+use crate::panic_hook;
 use crate::plugin::{decode_input, encode_output};
-use crate::{Callbacks, Context, ErrorKind, InitContext, Plugin, PluginError};
+use crate::{Callbacks, Context, ErrorKind, InitContext, Level, Plugin, PluginError};
 
 /// Facts about the plugin crate, taken from its `Cargo.toml` by the export macro.
 #[derive(Clone, Copy)]
@@ -28,42 +27,93 @@ pub struct Package {
     pub description: &'static str,
 }
 
-/// A panic payload as text.
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "(non-string panic payload)"
+/// What author code run by [`guarded`] came to: its result, with a panic turned into an
+/// error, and the panic's backtrace when backtraces are on (`PLUGIN_HOST_BACKTRACE=1`).
+struct Guarded<T> {
+    result: Result<T, PluginError>,
+    backtrace: Option<String>,
+}
+
+impl<T> Guarded<T> {
+    /// The result, writing the backtrace (if any) to stderr: for the places whose outcome
+    /// has no log records to carry it.
+    fn backtrace_to_stderr(
+        self,
+        plugin: &str,
+        place: &dyn std::fmt::Display,
+    ) -> Result<T, PluginError> {
+        if let Some(backtrace) = &self.backtrace {
+            panic_hook::write_backtrace(plugin, place, backtrace);
+        }
+        self.result
+    }
+
+    /// The result, writing the backtrace (if any) as a log record at [`Level::Error`] with
+    /// `log`.
+    fn backtrace_to_log(self, log: impl FnOnce(Level, String)) -> Result<T, PluginError> {
+        if let Some(backtrace) = self.backtrace {
+            log(
+                Level::Error,
+                format!("backtrace of the panic:\n{backtrace}"),
+            );
+        }
+        self.result
     }
 }
 
-/// Runs `f`, turning a panic into an error that names the plugin, the place and the message.
+/// Runs `f`, turning a panic into an error that names the plugin, the place, the message
+/// (on one line) and, when the panic hook saw it, where it happened:
+/// `plugin NAME panicked in PLACE: MESSAGE (at FILE:LINE)`.
 fn guarded<T>(
     plugin: &str,
     place: &dyn std::fmt::Display,
     f: impl FnOnce() -> Result<T, PluginError>,
-) -> Result<T, PluginError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let message = panic_message(&*payload);
-        let err = PluginError::new(
-            ErrorKind::Panicked,
-            format!("plugin {plugin} panicked in {place}: {message}"),
-        );
-        // Dropping the payload runs arbitrary destructors; keep a panic there inside too.
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-        Err(err)
-    })
+) -> Guarded<T> {
+    let (outcome, caught) = panic_hook::catch(f);
+    match outcome {
+        Ok(result) => Guarded {
+            result,
+            backtrace: None,
+        },
+        Err(payload) => {
+            // One line: the message travels in an error and a log record.
+            let message = panic_hook::panic_message(&*payload).replace(['\r', '\n'], " ");
+            let caught = caught.unwrap_or_default();
+            let text = match &caught.location {
+                Some(at) => format!("plugin {plugin} panicked in {place}: {message} (at {at})"),
+                None => format!("plugin {plugin} panicked in {place}: {message}"),
+            };
+            // Dropping the payload runs arbitrary destructors; keep a panic there inside
+            // too, and quiet.
+            let _ = panic_hook::catch(move || drop(payload));
+            Guarded {
+                result: Err(PluginError::new(ErrorKind::Panicked, text)),
+                backtrace: caught.backtrace,
+            }
+        }
+    }
+}
+
+/// Installs the plugin's panic hook for a library the host loaded: no output for a panic
+/// in a guarded call, one line on stderr for a panic in a thread of the plugin's own.
+/// [`export_plugin!`](crate::export_plugin) calls it first thing in every entry point the
+/// host calls; only the first call in a library does anything.
+pub fn install_panic_hook(package: Package) {
+    panic_hook::install(package.name, panic_hook::Mode::Host);
 }
 
 /// Reads the metadata of plugin type `P`. Only `P::callbacks` runs.
+///
+/// Installs the panic hook first, in-process mode unless [`install_panic_hook`] came first.
 pub fn metadata<P: Plugin>(package: Package) -> FfiMetadataResult {
-    let callbacks = guarded(package.name, &"callback registration", || {
+    panic_hook::install(package.name, panic_hook::Mode::InProcess);
+    let place = "callback registration";
+    let callbacks = guarded(package.name, &place, || {
         let mut callbacks = Callbacks::<P>::new();
         P::callbacks(&mut callbacks);
         Ok(callbacks.names().map(Into::into).collect::<RVec<_>>())
-    });
+    })
+    .backtrace_to_stderr(package.name, &place);
     match callbacks {
         Ok(callbacks) => ROk(FfiMetadata {
             name: package.name.into(),
@@ -77,7 +127,10 @@ pub fn metadata<P: Plugin>(package: Package) -> FfiMetadataResult {
 }
 
 /// Creates an instance of `P` for the host: decodes the configuration and runs `P::init`.
+///
+/// Installs the panic hook first, in-process mode unless [`install_panic_hook`] came first.
 pub fn instantiate<P: Plugin>(package: Package, init: FfiInit) -> FfiInitOutcome {
+    panic_hook::install(package.name, panic_hook::Mode::InProcess);
     let name = package.name;
     let config: serde_json::Value = match serde_json::from_str(init.config_json.as_str()) {
         Ok(config) => config,
@@ -103,7 +156,8 @@ pub fn instantiate<P: Plugin>(package: Package, init: FfiInit) -> FfiInitOutcome
         let mut callbacks = Callbacks::<P>::new();
         P::callbacks(&mut callbacks);
         Ok((P::init(&ctx)?, callbacks))
-    });
+    })
+    .backtrace_to_log(|level, message| ctx.log(level, message));
     let logs = ctx.logs.take();
     let handler = created.map(|(plugin, callbacks)| {
         let instance = Instance {
@@ -146,7 +200,8 @@ impl<P: Plugin> Instance<P> {
             follow_ups: RefCell::new(RVec::new()),
         };
         let result = match &self.plugin {
-            Some(plugin) => guarded(self.name, place, || call(plugin, &ctx)),
+            Some(plugin) => guarded(self.name, place, || call(plugin, &ctx))
+                .backtrace_to_log(|level, message| ctx.log(level, message)),
             None => Err(PluginError::new(
                 ErrorKind::Unavailable,
                 format!("plugin {} has been shut down", self.name),
@@ -186,7 +241,9 @@ impl<P: Plugin> Handler for Instance<P> {
         match guarded(self.name, &"drop", move || {
             drop(plugin);
             Ok(())
-        }) {
+        })
+        .backtrace_to_stderr(self.name, &"drop")
+        {
             Ok(()) => RNone,
             Err(err) => RSome(err.into()),
         }

@@ -51,8 +51,25 @@
 //! # Guarantees at the boundary
 //!
 //! * A panic in author code (`init`, `execute`, a callback, `Drop`) never unwinds into the
-//!   host: it becomes an error of kind [`ErrorKind::Panicked`] naming the plugin, the place
-//!   and the panic message.
+//!   host: it becomes an error of kind [`ErrorKind::Panicked`] naming the plugin, the place,
+//!   the panic message and where it happened:
+//!   `plugin hello panicked in callback `panic`: hello panicked on purpose (at src/lib.rs:110)`.
+//! * Each plugin library has its own copy of std, and so its own panic hook. The glue
+//!   replaces std's default hook in it, once per library, before any author code runs: a
+//!   panic in author code the glue runs prints nothing (it is in the error above), and a
+//!   panic in a thread the plugin spawned itself writes one line to stderr,
+//!   `plugin NAME: thread panicked at FILE:LINE: MESSAGE`. (In-process, under
+//!   [`testing::Harness`], the latter goes to the hook that was there before, so test
+//!   binaries report failing tests as usual.) A hook the plugin sets itself replaces this one.
+//! * Backtraces of plugin panics are off by default, whatever `RUST_BACKTRACE` says:
+//!   symbolizing one makes the plugin's std parse and cache the debug info of the loaded
+//!   binaries (tens of MB) in its own statics, which are never freed, so every unloaded
+//!   generation that captured one would leave that memory behind. Set
+//!   `PLUGIN_HOST_BACKTRACE=1` in the host's environment to turn them on (read at every
+//!   panic): the backtrace of a panic in `init`, `execute` or a callback then comes back as
+//!   one extra log record at [`Level::Error`] of the call's outcome (`backtrace of the
+//!   panic:` and the frames), one in callback registration or `Drop` goes to stderr, and one
+//!   in a plugin's own thread follows its line on stderr.
 //! * Every value the host receives is plain data (JSON text, strings, numbers); the host
 //!   copies it and keeps nothing of the plugin's, so the library can be closed afterwards.
 //!   Plugins should not leave threads running or store values with destructors in
@@ -95,6 +112,7 @@ mod context;
 mod error;
 #[doc(hidden)]
 pub mod glue;
+mod panic_hook;
 mod plugin;
 pub mod testing;
 
@@ -120,6 +138,120 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+pub mod note {
+    //! The ELF note that names the plugin inside its library file, so that a host can find the
+    //! file declaring a plugin by reading a few hundred bytes of it, without `dlopen`.
+    //!
+    //! [`export_plugin!`](crate::export_plugin) puts one note into a section named
+    //! [`SECTION`] (`.note.plugin-host`). The section is allocated and of type `SHT_NOTE`, so
+    //! the linker also lists it in a `PT_NOTE` program header, and `strip` keeps it. The note
+    //! is laid out as every ELF note, 4-byte aligned, numbers in the target's byte order:
+    //!
+    //! | bytes | content |
+    //! |---|---|
+    //! | 0..4 | `namesz`: 12, the length of the owner with its NUL |
+    //! | 4..8 | `descsz`: the length of the plugin name |
+    //! | 8..12 | `type`: [`TYPE_PLUGIN_NAME`] (`0x50480001`) |
+    //! | 12..24 | the owner, [`OWNER`] and a NUL: `plugin-host\0` |
+    //! | 24.. | the descriptor: the plugin name (`CARGO_PKG_NAME`, no NUL), zero-padded to 4 |
+    //!
+    //! `readelf -n libhello.so` shows it as
+    //!
+    //! ```text
+    //! Displaying notes found in: .note.plugin-host
+    //!   Owner                Data size        Description
+    //!   plugin-host          0x00000005       Unknown note type: (0x50480001)
+    //!    description data: 68 65 6c 6c 6f
+    //! ```
+    //!
+    //! It is not part of the ABI in [`abi`](crate::abi): a library without it (built against
+    //! an older `plugin-api`) is still a plugin, found by loading it. The host reads it in
+    //! `host/src/elf.rs` (`declared_name`), from the `PT_NOTE` segments and, failing that, the
+    //! `SHT_NOTE` sections.
+    //!
+    //! ```
+    //! use plugin_api::note;
+    //!
+    //! const SIZE: usize = note::size("hello".len());
+    //! let bytes = note::plugin_note::<SIZE>("hello").0;
+    //! assert_eq!(bytes.len(), 32);
+    //! assert_eq!(bytes[..4], 12u32.to_ne_bytes()); // namesz
+    //! assert_eq!(bytes[4..8], 5u32.to_ne_bytes()); // descsz
+    //! assert_eq!(bytes[8..12], note::TYPE_PLUGIN_NAME.to_ne_bytes());
+    //! assert_eq!(&bytes[12..24], b"plugin-host\0");
+    //! assert_eq!(&bytes[24..], b"hello\0\0\0");
+    //! ```
+
+    /// The section [`export_plugin!`](crate::export_plugin) writes the note into.
+    pub const SECTION: &str = ".note.plugin-host";
+    /// The note's owner (its name field, without the NUL).
+    pub const OWNER: &str = "plugin-host";
+    /// The note's type: its descriptor is the plugin name. ("PH", then 1; not a small number,
+    /// which tools such as `readelf` would show as a generic note type like `NT_VERSION`.)
+    pub const TYPE_PLUGIN_NAME: u32 = 0x5048_0001;
+
+    /// Rounds up to a multiple of 4.
+    const fn pad4(n: usize) -> usize {
+        (n + 3) & !3
+    }
+
+    /// The bytes of the note, aligned as ELF notes are.
+    #[doc(hidden)]
+    #[repr(C, align(4))]
+    pub struct PluginNote<const N: usize>(pub [u8; N]);
+
+    /// The size of the note for a plugin name of `name_len` bytes.
+    #[doc(hidden)]
+    pub const fn size(name_len: usize) -> usize {
+        12 + pad4(OWNER.len() + 1) + pad4(name_len)
+    }
+
+    /// The note naming plugin `name`; `N` must be [`size`]`(name.len())` (checked at compile
+    /// time when used in a `static`).
+    #[doc(hidden)]
+    pub const fn plugin_note<const N: usize>(name: &str) -> PluginNote<N> {
+        assert!(
+            N == size(name.len()),
+            "the note's length does not fit the name"
+        );
+        assert!(
+            name.len() <= u32::MAX as usize,
+            "the plugin name is too long"
+        );
+        let mut out = [0u8; N];
+        let header = [
+            (OWNER.len() + 1) as u32,
+            name.len() as u32,
+            TYPE_PLUGIN_NAME,
+        ];
+        let mut i = 0;
+        while i < 3 {
+            let word = header[i].to_ne_bytes();
+            let mut j = 0;
+            while j < 4 {
+                out[4 * i + j] = word[j];
+                j += 1;
+            }
+            i += 1;
+        }
+        let owner = OWNER.as_bytes();
+        let mut i = 0;
+        while i < owner.len() {
+            out[12 + i] = owner[i];
+            i += 1;
+        }
+        // The owner's NUL and padding are already zeros.
+        let desc = 12 + pad4(owner.len() + 1);
+        let name = name.as_bytes();
+        let mut i = 0;
+        while i < name.len() {
+            out[desc + i] = name[i];
+            i += 1;
+        }
+        PluginNote(out)
+    }
+}
+
 /// Re-exports the export macro needs, so plugin crates need no direct abi_stable dependency.
 #[doc(hidden)]
 pub mod __private {
@@ -133,7 +265,8 @@ pub mod __private {
 /// The plugin's name, version and description are the crate's `name`, `version` and
 /// `description` from `Cargo.toml`. The macro writes the library header abi_stable looks for
 /// (what `#[export_root_module]` would write, without requiring the plugin to depend on
-/// abi_stable itself) and the glue that catches panics.
+/// abi_stable itself), the glue that catches panics, and an ELF note naming the plugin (see
+/// [`note`]) so that the host can tell which file declares which plugin without loading it.
 ///
 /// ```
 /// use plugin_api::{export_plugin, Context, InitContext, Plugin, PluginError};
@@ -166,12 +299,22 @@ macro_rules! export_plugin {
             };
 
             extern "C" fn __metadata() -> $crate::abi::FfiMetadataResult {
+                $crate::glue::install_panic_hook(__PACKAGE);
                 $crate::glue::metadata::<$plugin>(__PACKAGE)
             }
 
             extern "C" fn __instantiate(init: $crate::abi::FfiInit) -> $crate::abi::FfiInitOutcome {
+                $crate::glue::install_panic_hook(__PACKAGE);
                 $crate::glue::instantiate::<$plugin>(__PACKAGE, init)
             }
+
+            // The plugin's name where the host reads it without loading the library; the
+            // section name is `$crate::note::SECTION`.
+            #[used]
+            #[link_section = ".note.plugin-host"]
+            static __PLUGIN_NOTE: $crate::note::PluginNote<
+                { $crate::note::size(env!("CARGO_PKG_NAME").len()) },
+            > = $crate::note::plugin_note(env!("CARGO_PKG_NAME"));
 
             const __MODULE: &__p::WithMetadata<$crate::abi::PluginMod> =
                 &__p::WithMetadata::new($crate::abi::PluginMod {
@@ -212,6 +355,28 @@ mod tests {
             abi_stable::library::ROOT_MODULE_LOADER_NAME,
             "_1as_0lib_1header_0root_bmodule_bloader"
         );
+    }
+
+    #[test]
+    fn the_note_is_an_aligned_elf_note_in_the_documented_section() {
+        use crate::note;
+        const SIZE: usize = note::size("disk-report".len());
+        static NOTE: note::PluginNote<SIZE> = note::plugin_note("disk-report");
+        assert_eq!(std::mem::align_of_val(&NOTE), 4);
+        assert_eq!(SIZE, 12 + 12 + 12);
+        let word = |at: usize| u32::from_ne_bytes([0, 1, 2, 3].map(|i| NOTE.0[at + i]));
+        assert_eq!(word(0), 12);
+        assert_eq!(word(4), 11);
+        assert_eq!(word(8), note::TYPE_PLUGIN_NAME);
+        assert_eq!(&NOTE.0[12..24], b"plugin-host\0");
+        assert_eq!(&NOTE.0[24..], b"disk-report\0");
+        for len in 0..10 {
+            assert_eq!(note::size(len) % 4, 0);
+            assert!(note::size(len) >= 24 + len);
+        }
+        // The macro spells the section name as a literal; keep it the documented one.
+        let attribute = format!("#[link_section = \"{}\"]", note::SECTION);
+        assert!(include_str!("lib.rs").contains(&attribute));
     }
 
     #[test]

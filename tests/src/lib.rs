@@ -47,13 +47,18 @@ pub fn cargo(args: &[&str], dir: &Path, target_dir: Option<&Path>) {
 }
 
 /// Builds the host binary and the hello plugin (debug profile, the workspace target dir).
+///
+/// `E2E_HOST_BIN=/path/to/host` runs the tests against another build of the binary (an older
+/// commit's, to see a test fail before a fix).
 pub fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         cargo(&["build", "-p", "host", "-p", "hello"], root(), None);
         let target = target_dir().join("debug");
         Built {
-            host: target.join("host"),
+            host: std::env::var_os("E2E_HOST_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| target.join("host")),
             hello: target.join("libhello.so"),
         }
     })
@@ -66,6 +71,13 @@ pub fn sysinfo() -> &'static Path {
         cargo(&["build", "-p", "sysinfo"], root(), None);
         target_dir().join("debug/libsysinfo.so")
     })
+}
+
+/// Builds `tests/fixtures/tough`, the plugin that misbehaves on purpose, and returns its
+/// library (shared, never write to it).
+pub fn tough() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| Variant::of("tests/fixtures/tough").build())
 }
 
 /// Serialises builds in the shared variant target directory.
@@ -134,18 +146,74 @@ impl<'a> Variant<'a> {
     /// Builds the variant and returns a private copy of the library, in `out_dir` under
     /// `file_name`.
     pub fn build_into(self, out_dir: &Path, file_name: &str) -> PathBuf {
-        let _serial = variant_lock();
-        let (_work, crate_dir) = self.prepare();
-        let target = target_dir().join("e2e-variants");
-        cargo(&["build", "--lib"], &crate_dir, Some(&target));
-        let package = package_name(&crate_dir);
-        let built = target.join(format!("debug/lib{}.so", package.replace('-', "_")));
+        let built = self.build();
         let out = out_dir.join(file_name);
         // Through a temporary name and a rename, so a watcher sees one complete file.
         let tmp = out_dir.join(format!(".{file_name}.tmp"));
         fs::copy(&built, &tmp).expect("copy the built library");
         fs::rename(&tmp, &out).expect("rename into place");
         out
+    }
+
+    /// Builds the variant, or finds the library an earlier test process built from the very
+    /// same sources, and returns it (in a cache under the target directory: never write to
+    /// it, copy it).
+    pub fn build(self) -> PathBuf {
+        let _serial = variant_lock();
+        // The inputs: the sources, the edits, and the workspace's manifest and lock file.
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            hash_tree(&root().join(self.crate_dir), &mut hasher);
+            hash_tree(&root().join("plugin-api"), &mut hasher);
+            self.edits.hash(&mut hasher);
+            self.api_edits.hash(&mut hasher);
+            fs::read(root().join("Cargo.toml"))
+                .expect("manifest")
+                .hash(&mut hasher);
+            fs::read(root().join("Cargo.lock"))
+                .expect("lock file")
+                .hash(&mut hasher);
+            format!("{:016x}", hasher.finish())
+        };
+        let (_work, crate_dir) = self.prepare();
+        let package = package_name(&crate_dir);
+        let file = format!("lib{}.so", package.replace('-', "_"));
+        let target = target_dir().join("e2e-variants");
+        let cached = target.join("cache").join(&key).join(&file);
+        if cached.exists() {
+            return cached;
+        }
+        cargo(&["build", "--lib"], &crate_dir, Some(&target));
+        let dir = cached.parent().expect("cache dir");
+        fs::create_dir_all(dir).expect("create the cache dir");
+        let tmp = dir.join(format!(".{file}.{}", std::process::id()));
+        fs::copy(target.join("debug").join(&file), &tmp).expect("copy the built library");
+        fs::rename(&tmp, &cached).expect("rename into the cache");
+        cached
+    }
+}
+
+/// Feeds the names and contents of the source files under `dir` (sorted; `target` and
+/// `Cargo.lock` left out) to `hasher`.
+fn hash_tree(dir: &Path, hasher: &mut std::collections::hash_map::DefaultHasher) {
+    use std::hash::Hash;
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name == "target" || name == "Cargo.lock" {
+            continue;
+        }
+        name.hash(hasher);
+        if path.is_dir() {
+            hash_tree(&path, hasher);
+        } else {
+            fs::read(&path).expect("read source").hash(hasher);
+        }
     }
 }
 
@@ -276,7 +344,8 @@ pub fn text(output: &Output) -> (String, String) {
     )
 }
 
-/// A `host serve` process for one test, stopped (SIGTERM) when dropped.
+/// A `host serve` process for one test, killed (SIGKILL) when dropped; [`Server::stop`]
+/// stops it the polite way (SIGTERM).
 pub struct Server {
     child: Option<Child>,
     /// Its control socket.
@@ -289,10 +358,27 @@ pub struct Server {
 impl Server {
     /// Starts `host serve --plugins DIR` with extra arguments, and waits until it answers.
     pub fn start(plugins: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(plugins, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(plugins: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_configured(plugins, extra, |command| {
+            command.envs(env.iter().copied());
+        })
+    }
+
+    /// [`Server::start`], with `configure` applied to the command before it runs.
+    pub fn start_configured(
+        plugins: &Path,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("sock/host.sock");
         let log = dir.path().join("serve.log");
-        let child = Command::new(&built().host)
+        let mut command = Command::new(&built().host);
+        command
             .arg("serve")
             .arg("--plugins")
             .arg(plugins)
@@ -301,9 +387,9 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("host serve starts");
+            .stderr(fs::File::create(&log).expect("log file"));
+        configure(&mut command);
+        let child = command.spawn().expect("host serve starts");
         let server = Server {
             child: Some(child),
             socket,
@@ -374,13 +460,52 @@ impl Server {
 
     /// Sends SIGTERM and waits for the process; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's, which
-        // has not been reaped yet, so it cannot name another process.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        child.wait().map(|s| s.success()).unwrap_or(false)
+        self.signal(libc::SIGTERM);
+        self.wait().is_some_and(|s| s.success())
+    }
+
+    /// Sends `signal` to the process (if it still runs).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our own child's,
+            // which has not been reaped yet, so it cannot name another process.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    /// Waits for the process to exit; its status, once.
+    pub fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take()?.wait().ok()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Calls through the socket and returns the refusal (`ok: false`) or the plugin's error
+    /// as one string, or the result.
+    pub fn call_raw(
+        &self,
+        plugin: &str,
+        callback: &str,
+        input: &str,
+    ) -> Result<host::CallOutcome, String> {
+        let mut client = self.client().ok_or("no connection")?;
+        client
+            .call(plugin, callback, input)
+            .map_err(|e| e.to_string())
     }
 
     /// The process id.
@@ -390,9 +515,12 @@ impl Server {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.exit_status().is_none()
+    }
+
+    /// How the process ended, if it has (it stays reported on later calls).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 }
 
@@ -403,4 +531,38 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// A number from `/proc/PID/status` (`Threads`, `VmRSS` in KiB, ...).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// hello with another default greeting ("Hi") and version 0.2.0, so a reload is visible in
+/// the answer.
+pub fn hello_hi() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        Variant::of("example-plugins/hello")
+            .edit("src/lib.rs", "\"Hello\".to_owned()", "\"Hi\".to_owned()")
+            .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
+            .build()
+    })
+}
+
+/// The names of the threads of process `pid` (at most 15 bytes each, as the kernel keeps
+/// them).
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
 }

@@ -180,9 +180,9 @@ fn panics_in_execute_and_drop_are_reported_and_the_host_goes_on() {
         s.call("droppanic", "greet", ADA).is_ok()
     });
     let err = server.call("droppanic", "execute", "null").unwrap_err();
-    assert_eq!(
-        err,
-        "plugin droppanic panicked in execute: execute exploded"
+    assert!(
+        err.starts_with("plugin droppanic panicked in execute: execute exploded (at src/lib.rs:"),
+        "{err}"
     );
     assert!(server.call("droppanic", "execute", "{}").is_ok());
     fs::remove_file(file).unwrap();
@@ -259,7 +259,13 @@ fn timeouts_stuck_calls_and_the_concurrency_limit() {
             .call("hello", "wait", r#"{"ms":250}"#)
             .map(|o| o.result().is_ok())
     });
-    // However late the long call starts, it runs for 250 ms: keep calling until it ends.
+    server.wait_until(WAIT, "the long call to start", |s| {
+        s.files()
+            .iter()
+            .filter(|f| f.path.ends_with("libhello.so"))
+            .any(|f| f.serving.as_ref().is_some_and(|g| g.in_flight == 1))
+    });
+    // It runs for 250 ms: keep calling until it ends.
     let mut busy = None;
     while !long.is_finished() {
         match greet(&server) {
@@ -474,11 +480,33 @@ fn a_thread_left_running_by_a_replaced_version_keeps_it_mapped_and_is_reported()
     server.wait_until(WAIT, "the old version to be reported still mapped", |s| {
         s.log().contains("still mapped")
     });
-    std::thread::sleep(Duration::from_millis(2000));
+    let files = server.files();
+    assert!(
+        files[0]
+            .retired
+            .iter()
+            .any(|r| r.generation == 1 && r.state == host::RetiredState::StillMapped),
+        "{files:?}"
+    );
+    // Once its threads have ended, the library leaves memory, and the log says so (every
+    // reload looks again; so does a timer, every minute).
+    let mut round = 0;
+    server.wait_until(Duration::from_secs(60), "the release to be logged", |s| {
+        round += 1;
+        let source = if round % 2 == 0 {
+            e2e::hello_hi()
+        } else {
+            built().hello.as_path()
+        };
+        install(source, dir.path(), "libhello.so");
+        std::thread::sleep(Duration::from_millis(100));
+        s.log()
+            .contains("released: the library that stayed mapped after unload has left memory")
+    });
     assert!(
         server.is_running(),
         "the host survives the thread's end:\n{}",
         server.log()
     );
-    assert_eq!(greet(&server).unwrap(), "Hello, Ada!");
+    assert!(greet(&server).is_ok());
 }

@@ -65,6 +65,7 @@ fn library_loads_calls_and_unloads_a_plugin() {
         .call("hello", "greet", r#"{"name":"Ada"}"#)
         .unwrap_err();
     assert_eq!(err.kind, CallErrorKind::UnknownPlugin);
+    assert!(host.wait_for_unloads(std::time::Duration::from_secs(10)));
     assert!(
         !mapped(copies.path()),
         "the library left memory after unload"

@@ -2,9 +2,9 @@
 //! rewritten in place, renamed, broken and removed while calls keep flowing.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -16,16 +16,7 @@ const ADA: &str = r#"{"name":"Ada"}"#;
 
 /// hello with another default greeting ("Hi"), so a reload is visible in the answer.
 fn hi_variant() -> &'static Path {
-    static BUILT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let path = Variant::of("example-plugins/hello")
-            .edit("src/lib.rs", "\"Hello\".to_owned()", "\"Hi\".to_owned()")
-            .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
-            .build_into(dir.path(), "libhello.so");
-        (dir, path)
-    });
-    path
+    e2e::hello_hi()
 }
 
 fn message(server: &Server) -> Result<String, String> {
@@ -317,8 +308,12 @@ fn shutdown_lets_calls_in_flight_finish() {
 
     let mut client = server.client().unwrap();
     let in_flight = thread::spawn(move || client.call("hello", "wait", r#"{"ms":700}"#));
+    // Running, not finished: SIGTERM must arrive while the call is in flight.
     server.wait_until(WAIT, "the call to start", |s| {
-        s.files()[0].serving.as_ref().is_some_and(|g| g.calls >= 2)
+        s.files()[0]
+            .serving
+            .as_ref()
+            .is_some_and(|g| g.in_flight == 1)
     });
     let socket = server.socket.clone();
     assert!(server.stop(), "host serve exits successfully on SIGTERM");

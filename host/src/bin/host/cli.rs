@@ -6,7 +6,13 @@ use clap::{Args, Parser, Subcommand};
 
 /// Hot-loads native plugins and serves their callbacks.
 #[derive(Debug, Parser)]
-#[command(name = "host", version, about, propagate_version = true)]
+#[command(
+    name = "host",
+    version,
+    about,
+    propagate_version = true,
+    after_help = crate::exit::HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

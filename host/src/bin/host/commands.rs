@@ -5,12 +5,16 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use host::config::HostConfig;
 use host::control::{default_socket_path, Client, ClientError};
-use host::{inspect, CallOutcome, FileStatus, Host, HostOptions, LoadOptions};
+use host::{
+    inspect, CallError, CallErrorKind, CallOutcome, FileStatus, Host, HostOptions, LoadOptions,
+    RetiredState,
+};
 
 use crate::cli::{CallArgs, CheckArgs, ListArgs, Target};
+use crate::exit::{Failure, NOT_FOUND, PLUGIN_ERROR, USAGE};
 
 /// A connection to the running host that serves `target`, if one answers.
 ///
@@ -21,7 +25,11 @@ fn running_host(target: &Target) -> Result<Option<Client>> {
     let mut client = match Client::connect(&path) {
         Ok(client) => client,
         Err(err) if target.socket.is_some() && target.plugins.is_none() => {
-            return Err(err).with_context(|| format!("no host answers on {}", path.display()));
+            return Err(Failure::new(
+                NOT_FOUND,
+                format!("no host answers on {}: {err}", path.display()),
+            )
+            .into());
         }
         Err(_) => return Ok(None),
     };
@@ -39,14 +47,18 @@ fn running_host(target: &Target) -> Result<Option<Client>> {
 fn plugins_dir(target: &Target) -> Result<&Path> {
     match &target.plugins {
         Some(dir) => Ok(dir),
-        None => bail!(
-            "no running host answers on {} and no --plugins DIR was given",
-            target
-                .socket
-                .clone()
-                .unwrap_or_else(default_socket_path)
-                .display()
-        ),
+        None => Err(Failure::new(
+            NOT_FOUND,
+            format!(
+                "no running host answers on {} and no --plugins DIR was given",
+                target
+                    .socket
+                    .clone()
+                    .unwrap_or_else(default_socket_path)
+                    .display()
+            ),
+        )
+        .into()),
     }
 }
 
@@ -59,6 +71,7 @@ fn one_shot_host(target: &Target) -> Result<Host> {
         load: load_options(target.allow_insecure_permissions),
         plugins: config.plugins,
         max_message_bytes: config.max_message_bytes,
+        max_log_bytes_per_call: config.max_log_bytes_per_call,
     })?)
 }
 
@@ -82,12 +95,16 @@ fn call_here(host: &Host, args: &CallArgs, input: String) -> Result<CallOutcome>
     });
     match receiver.recv_timeout(timeout) {
         Ok(result) => Ok(result?),
-        Err(_) => bail!(
-            "plugin {}: `{}` did not finish within {} ms (timeout_ms)",
-            args.plugin,
-            args.callback,
-            timeout.as_millis()
-        ),
+        Err(_) => Err(CallError::new(
+            CallErrorKind::Timeout,
+            format!(
+                "plugin {}: `{}` did not finish within {} ms (timeout_ms)",
+                args.plugin,
+                args.callback,
+                timeout.as_millis()
+            ),
+        )
+        .into()),
     }
 }
 
@@ -103,13 +120,13 @@ pub fn call(args: CallArgs) -> Result<ExitCode> {
     let outcome = match running_host(&args.target)? {
         Some(mut client) => match client.call(&args.plugin, &args.callback, &input) {
             Ok(outcome) => outcome,
-            Err(ClientError::Refused(err)) => bail!("{err}"),
+            Err(ClientError::Refused(err)) => return Err(err.into()),
             Err(err) => return Err(err).context("calling the running host"),
         },
         None => {
             let dir = plugins_dir(&args.target)?;
             let host = one_shot_host(&args.target)?;
-            let file = find_plugin(dir, &args.plugin, &args.target)?;
+            let file = find_plugin(dir, &args.plugin)?;
             host.load_file(&file)?;
             call_here(&host, &args, input)?
         }
@@ -134,8 +151,13 @@ fn read_input(args: &CallArgs) -> Result<String> {
         }
         (None, None) => return Ok("null".to_owned()),
     };
-    serde_json::from_str::<&serde_json::value::RawValue>(&input)
-        .with_context(|| format!("the input from {source} is not valid JSON"))?;
+    if let Err(err) = serde_json::from_str::<&serde_json::value::RawValue>(&input) {
+        return Err(Failure::new(
+            USAGE,
+            format!("the input from {source} is not valid JSON: {err}"),
+        )
+        .into());
+    }
     Ok(input)
 }
 
@@ -153,15 +175,16 @@ fn print_outcome(outcome: &CallOutcome, json: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
+            // One line, whatever the plugin put in its message.
             eprintln!(
                 "error: plugin {} (generation {}), `{}`: {} [{}]",
                 outcome.plugin,
                 outcome.generation,
                 outcome.callback,
-                err.message(),
+                err.message().replace(['\r', '\n'], " "),
                 err.kind()
             );
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(PLUGIN_ERROR))
         }
     }
 }
@@ -172,11 +195,11 @@ fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("reading the plugins directory {}", dir.display()))
 }
 
-/// The file in `dir` that declares plugin `name`: `libNAME.so` or `NAME.so` first (checked),
-/// then every other plugin file.
-fn find_plugin(dir: &Path, name: &str, target: &Target) -> Result<PathBuf> {
-    let files = plugin_files(dir)?;
-    let likely = |path: &PathBuf| {
+/// The file in `dir` that declares plugin `name`, found without loading any: plugins record
+/// their name in an ELF note, read straight from the file. A plugin built before the note
+/// existed is matched by its file name (`libNAME.so` or `NAME.so`).
+fn find_plugin(dir: &Path, name: &str) -> Result<PathBuf> {
+    let named_like = |path: &PathBuf| {
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -184,19 +207,22 @@ fn find_plugin(dir: &Path, name: &str, target: &Target) -> Result<PathBuf> {
         let stem = stem.strip_prefix("lib").unwrap_or(stem);
         stem.replace('-', "_") == name.replace('-', "_")
     };
-    let (first, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(likely);
-    let options = load_options(target.allow_insecure_permissions);
-    let mut errors = Vec::new();
-    for file in first.into_iter().chain(rest) {
-        match inspect(&file, &options) {
-            Ok(meta) if meta.name == name => return Ok(file),
-            Ok(_) => {}
-            Err(err) => errors.push(err),
+    let mut unnamed = Vec::new();
+    for file in plugin_files(dir)? {
+        match host::loader::declared_name(&file) {
+            Ok(Some(declared)) if declared == name => return Ok(file),
+            Ok(Some(_)) => {}
+            Ok(None) if named_like(&file) => unnamed.push(file),
+            Ok(None) | Err(_) => {}
         }
     }
-    match errors.iter().find(|e| likely(&e.path().to_owned())) {
-        Some(err) => Err(err.clone().into()),
-        None => bail!("no plugin named {name} in {}", dir.display()),
+    match unnamed.into_iter().next() {
+        Some(file) => Ok(file),
+        None => Err(Failure::new(
+            NOT_FOUND,
+            format!("no plugin named {name} in {}", dir.display()),
+        )
+        .into()),
     }
 }
 
@@ -222,6 +248,9 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
                         metadata,
                         serving: None,
                         last_error,
+                        retired: Vec::new(),
+                        stuck_inits: 0,
+                        removed: false,
                     }
                 })
                 .collect()
@@ -261,7 +290,7 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
             ),
             None => (dash(), dash(), dash()),
         };
-        let (plugin, version, mut status) = match &file.metadata {
+        let (plugin, version, callbacks) = match &file.metadata {
             Some(meta) => (
                 meta.name.clone(),
                 meta.version.clone(),
@@ -272,20 +301,47 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
             ),
             None => (dash(), dash(), String::new()),
         };
+        let mut notes = Vec::new();
         if let Some(stuck) = file.serving.as_ref().map(|s| s.stuck).filter(|n| *n > 0) {
-            status.push_str(&format!(" ({stuck} stuck)"));
+            notes.push(format!("{stuck} stuck"));
         }
-        if running && file.serving.is_none() && file.last_error.is_none() {
-            status.push_str(" (disabled)");
+        for retired in &file.retired {
+            let generation = retired.generation;
+            notes.push(match &retired.state {
+                RetiredState::Draining { in_flight, stuck } if *stuck > 0 => {
+                    format!("generation {generation}: {in_flight} calls draining, {stuck} stuck")
+                }
+                RetiredState::Draining { in_flight, .. } => {
+                    format!("generation {generation}: {in_flight} calls draining")
+                }
+                RetiredState::Unloading => format!("generation {generation}: unloading"),
+                RetiredState::StillMapped => {
+                    format!("generation {generation}: still mapped after unload")
+                }
+                _ => format!("generation {generation}: retired"),
+            });
+        }
+        if file.stuck_inits > 0 {
+            notes.push(format!("{} init stuck", file.stuck_inits));
+        }
+        if file.removed {
+            notes.push("file removed".to_owned());
+        } else if running && file.serving.is_none() && file.last_error.is_none() {
+            notes.push("disabled".to_owned());
+        }
+        let mut status = callbacks;
+        if !notes.is_empty() {
+            let sep = if status.is_empty() { "" } else { " " };
+            status.push_str(&format!("{sep}({})", notes.join("; ")));
         }
         if let Some(err) = &file.last_error {
             let sep = if status.is_empty() { "" } else { "; " };
             status.push_str(&format!("{sep}error: {err}"));
         }
-        let row = [name, plugin, version, gen, loaded, calls, status];
-        rows.push(row);
+        rows.push([name, plugin, version, gen, loaded, calls, status]);
     }
-    let widths: Vec<usize> = (0..5)
+    // Every column but the last is padded to its widest cell.
+    let widths: Vec<usize> = (0..6)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for row in rows {
@@ -332,11 +388,10 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
         writeln!(stdout, "name:        {}", meta.name)?;
         writeln!(stdout, "version:     {}", meta.version)?;
         writeln!(stdout, "description: {}", meta.description)?;
-        writeln!(
-            stdout,
-            "callbacks:   execute, {}",
-            meta.callbacks.join(", ")
-        )?;
+        let callbacks: Vec<&str> = std::iter::once("execute")
+            .chain(meta.callbacks.iter().map(String::as_str))
+            .collect();
+        writeln!(stdout, "callbacks:   {}", callbacks.join(", "))?;
         writeln!(
             stdout,
             "plugin-api:  {} (ABI {})",

@@ -1,8 +1,10 @@
 //! The `host` binary: parses the command line, sets up logging, runs one subcommand, and
-//! turns its error into one line on stderr and a non-zero exit status.
+//! turns its error into one line on stderr and an exit status that says what kind of
+//! failure it was (see `exit`).
 
 mod cli;
 mod commands;
+mod exit;
 mod new;
 mod serve;
 
@@ -15,23 +17,27 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 
+/// What one-shot commands log unless `RUST_LOG` says otherwise: warnings, but not the
+/// plugin's own records (they are part of the outcome, printed by `--json`).
+const ONE_SHOT_LOG: &str = "warn,plugin=off";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Call(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
             commands::call(args)
         }
         Command::List(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
             commands::list(args)
         }
         Command::Check(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
             commands::check(args)
         }
         Command::New(args) => {
-            init_logging("warn", LogFormat::Text);
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
             new::run(args)
         }
         Command::Serve(args) => serve::run(args),
@@ -41,15 +47,15 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line: the chain of contexts, outermost first.
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            exit::code_for(&err)
         }
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`).
-pub(crate) fn init_logging(default_level: &str, format: LogFormat) {
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default_filter`).
+pub(crate) fn init_logging(default_filter: &str, format: LogFormat) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

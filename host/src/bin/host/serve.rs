@@ -1,9 +1,15 @@
 //! `host serve`: load a plugins directory, keep it in step with the disk, and answer on the
 //! control socket until SIGINT or SIGTERM.
+//!
+//! Shutdown has a deadline: on the first signal the host stops accepting connections,
+//! answers new calls with a `shutting_down` error, and lets the calls in flight finish for up
+//! to `shutdown_timeout_ms`. If some are still running then, it names them and exits with a
+//! failure status. A second signal ends the process at once.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use host::config::HostConfig;
@@ -14,6 +20,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::cli::ServeArgs;
+use crate::exit::{Failure, OTHER, USAGE};
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let config = match &args.config {
@@ -32,17 +39,22 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         .plugins
         .or_else(|| config.plugins_dir.as_ref().map(|d| config_dir.join(d)))
         .unwrap_or_else(|| PathBuf::from("plugins"));
-    let dir =
-        fs::canonicalize(&dir).with_context(|| format!("plugins directory {}", dir.display()))?;
-    anyhow::ensure!(
-        dir.is_dir(),
-        "plugins directory {} is not a directory",
-        dir.display()
-    );
+    let dir = fs::canonicalize(&dir)
+        .with_context(|| format!("plugins directory {}", dir.display()))
+        .map_err(|err| Failure::new(USAGE, format!("{err:#}")))?;
+    if !dir.is_dir() {
+        return Err(Failure::new(
+            USAGE,
+            format!("plugins directory {} is not a directory", dir.display()),
+        )
+        .into());
+    }
     let socket = args
         .socket
         .or_else(|| config.socket.as_ref().map(|s| config_dir.join(s)))
         .unwrap_or_else(default_socket_path);
+    let limits = config.server_limits();
+    raise_descriptor_limit(limits.max_connections);
 
     // Before anything else, so a signal during start-up is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
@@ -51,8 +63,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             copy_dir: args.copy_dir,
             allow_insecure_permissions: args.allow_insecure_permissions,
         },
-        plugins: config.plugins,
+        plugins: config.plugins.clone(),
         max_message_bytes: config.max_message_bytes,
+        max_log_bytes_per_call: config.max_log_bytes_per_call,
     })?;
     let watcher = Watcher::start(host.clone(), &dir, args.config.as_deref())
         .with_context(|| format!("watching {}", dir.display()))?;
@@ -61,7 +74,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         pid: std::process::id(),
         plugins_dir: dir.clone(),
     };
-    let server = ControlServer::start(host.clone(), info, &socket, config.max_message_bytes)
+    let server = ControlServer::start(host.clone(), info, &socket, limits)
         .with_context(|| format!("control socket {}", socket.display()))?;
     tracing::info!(
         plugins = host.plugin_names().len(),
@@ -71,10 +84,75 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     );
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);
-    tracing::info!("received signal {signal}: finishing calls in flight, then unloading");
+    let grace = Duration::from_millis(config.shutdown_timeout_ms);
+    let deadline = Instant::now() + grace;
+    tracing::info!(
+        "received signal {signal}: finishing calls in flight (for up to {} ms), then unloading",
+        grace.as_millis()
+    );
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::error!("received signal {signal} again: exiting at once");
+            std::process::exit(128 + signal);
+        }
+    });
+    server.begin_shutdown();
     watcher.stop();
+    let running = server.wait_idle(deadline);
+    if !running.is_empty() {
+        let names: Vec<String> = running.iter().map(ToString::to_string).collect();
+        tracing::error!(
+            "shutdown_timeout_ms ({} ms) passed with {} calls still running: {}; exiting \
+             without unloading",
+            grace.as_millis(),
+            running.len(),
+            names.join("; ")
+        );
+        server.stop();
+        return Ok(ExitCode::from(OTHER));
+    }
     server.stop();
-    host.unload_all();
+    if !host.unload_all(deadline.saturating_duration_since(Instant::now())) {
+        tracing::error!(
+            "shutdown_timeout_ms ({} ms) passed before every plugin was unloaded",
+            grace.as_millis()
+        );
+        return Ok(ExitCode::from(OTHER));
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lets the process open as many descriptors as its hard limit allows (each connection
+/// takes one), and warns when that is fewer than `max_connections` needs.
+fn raise_descriptor_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit within the hard limit, which only root may
+        // exceed; failure leaves the old limit in place.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    // Plugin files, the watcher, the socket, logs: keep some descriptors for the host itself.
+    let spare = 64;
+    if (limit.rlim_cur as usize) < max_connections + spare {
+        tracing::warn!(
+            "this process may open {} descriptors, fewer than max_connections ({max_connections}) \
+             needs: connections past about {} will be refused",
+            limit.rlim_cur,
+            (limit.rlim_cur as usize).saturating_sub(spare)
+        );
+    }
 }

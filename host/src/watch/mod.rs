@@ -12,16 +12,20 @@
 //! * a file created with no write seen yet (a hard link, as cargo makes): after
 //!   [`SETTLE`] without further events;
 //! * a file written but not closed: when it is closed, or after [`WRITE_QUIET`] without
-//!   further writes, and in every case only once no process has it open for writing (Linux
-//!   refuses a read lease until then);
+//!   further writes, and in every case only once no process has it open for writing (see
+//!   `writers`, which asks the kernel without risking a signal);
 //! * a file removed or renamed away: after [`SETTLE`], so that a file replaced by unlinking
 //!   and linking again (cargo's way) is reloaded, not unloaded and loaded.
 //!
-//! In every round, loads are handled before removals, so a rename inside the directory
-//! swaps the plugin atomically instead of leaving a gap. Files that are not `*.so`, and hidden
-//! files (editor swap files, `.tmp` work files), are ignored.
+//! Loads run on up to [`MAX_PARALLEL_LOADS`] threads at once, never on the watcher's own, so a
+//! plugin whose `init` takes seconds delays nothing but itself; loads of one path run one at
+//! a time. A removal waits for the loads that started before it (a rename inside the
+//! directory then swaps the plugin atomically instead of leaving a gap). Files that are not
+//! `*.so`, and hidden files (editor swap files, `.tmp` work files), are ignored.
 
-use std::collections::HashMap;
+pub(crate) mod writers;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -30,14 +34,17 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
-use crate::config::HostConfig;
+use crate::config::{HostConfig, PluginSettings};
 use crate::registry::Host;
+pub use writers::{being_written, lease_signal};
 
 /// How long a newly created file must stay unchanged before it is loaded, when no write was
 /// seen (hard links, `install`).
 pub const SETTLE: Duration = Duration::from_millis(50);
 /// How long a file written but not yet closed must stay unwritten before it is loaded.
 pub const WRITE_QUIET: Duration = Duration::from_millis(500);
+/// How many loads (and reconfigurations) run at once.
+pub const MAX_PARALLEL_LOADS: usize = 4;
 
 /// Whether `path` names a plugin file: `*.so`, not hidden.
 pub fn is_plugin_file(path: &Path) -> bool {
@@ -59,7 +66,19 @@ pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 enum Message {
     Event(notify::Result<notify::Event>),
+    /// A job finished; these files may serve a name now.
+    Done {
+        job: u64,
+        retry: Vec<PathBuf>,
+        /// The file loaded was being written: it is looked at again later.
+        being_written: bool,
+    },
     Stop,
+}
+
+enum Job {
+    Load(PathBuf),
+    Settings(BTreeMap<String, PluginSettings>),
 }
 
 /// Watches a plugins directory (and optionally a `host.toml`) and keeps a [`Host`] in step
@@ -70,9 +89,16 @@ pub struct Watcher {
     _watcher: RecommendedWatcher,
 }
 
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
 impl Watcher {
-    /// Starts watching `dir`, then loads every plugin file already in it. With
-    /// `config_file`, changes to that file are applied with [`Host::apply_settings`].
+    /// Starts watching `dir`, then loads every plugin file already in it, and returns once
+    /// those loads are done. With `config_file`, changes to that file are applied with
+    /// [`Host::apply_settings`].
     pub fn start(host: Host, dir: &Path, config_file: Option<&Path>) -> notify::Result<Watcher> {
         // notify names paths as the directory it was given joined with the file name.
         let dir = &std::fs::canonicalize(dir).map_err(notify::Error::io)?;
@@ -99,12 +125,21 @@ impl Watcher {
             }
             None => None,
         };
+        let (scanned, initial_scan) = mpsc::channel();
         let mut state = WatchState {
             host,
             dir: dir.to_owned(),
             config_file,
             pending: HashMap::new(),
             config_due: None,
+            sender: sender.clone(),
+            running: BTreeMap::new(),
+            queued: VecDeque::new(),
+            settings_queued: None,
+            next_job: 0,
+            removals: Vec::new(),
+            redo: HashSet::new(),
+            scanned: Some(scanned),
         };
         // Everything already there; events from now on are queued and looked at afterwards.
         state.rescan();
@@ -112,6 +147,7 @@ impl Watcher {
             .name("plugin-watch".into())
             .spawn(move || state.run(receiver))
             .map_err(notify::Error::io)?;
+        let _ = initial_scan.recv();
         Ok(Watcher {
             sender,
             thread: Some(thread),
@@ -119,7 +155,7 @@ impl Watcher {
         })
     }
 
-    /// Stops watching. Plugins stay loaded.
+    /// Stops watching. Plugins stay loaded; loads already running finish on their own.
     pub fn stop(mut self) {
         self.stop_inner();
     }
@@ -145,6 +181,22 @@ struct WatchState {
     /// Plugin paths waiting for their content to be complete, with the moment they will be.
     pending: HashMap<PathBuf, Instant>,
     config_due: Option<Instant>,
+    sender: mpsc::Sender<Message>,
+    /// Jobs running, by number, with the path each loads (`None`: a reconfiguration).
+    running: BTreeMap<u64, Option<PathBuf>>,
+    /// Loads waiting for a free thread, in order, numbered like jobs.
+    queued: VecDeque<(u64, PathBuf)>,
+    /// The newest configuration, waiting for the one being applied.
+    settings_queued: Option<BTreeMap<String, PluginSettings>>,
+    /// The number the next job gets. Loads are numbered when queued, so that a removal
+    /// queued after them waits for them even before they start.
+    next_job: u64,
+    /// Paths to unload, each once every job numbered below its barrier has finished.
+    removals: Vec<(PathBuf, u64)>,
+    /// Paths that changed again while being loaded: loaded again afterwards.
+    redo: HashSet<PathBuf>,
+    /// Told when the first scan's loads are done.
+    scanned: Option<mpsc::Sender<()>>,
 }
 
 impl WatchState {
@@ -156,27 +208,50 @@ impl WatchState {
                 None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match message {
-                Ok(Message::Event(Ok(event))) => self.note(event),
-                Ok(Message::Event(Err(err))) => {
-                    tracing::warn!(dir = %self.dir.display(), "watch error: {err}")
-                }
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(message) => self.handle(message),
                 Err(RecvTimeoutError::Timeout) => {}
             }
             // Take whatever else is already queued before acting, so a burst is one round.
             while let Ok(message) = receiver.try_recv() {
                 match message {
-                    Message::Event(Ok(event)) => self.note(event),
-                    Message::Event(Err(err)) => {
-                        tracing::warn!(dir = %self.dir.display(), "watch error: {err}")
-                    }
                     Message::Stop => return,
+                    message => self.handle(message),
                 }
             }
             self.act(Instant::now());
         }
     }
 
+    fn handle(&mut self, message: Message) {
+        match message {
+            Message::Event(Ok(event)) => self.note(event),
+            Message::Event(Err(err)) => {
+                tracing::warn!(dir = %self.dir.display(), "watch error: {err}")
+            }
+            Message::Done {
+                job,
+                retry,
+                being_written,
+            } => {
+                if let Some(Some(path)) = self.running.remove(&job) {
+                    if self.redo.remove(&path) {
+                        self.queue_load(path);
+                    } else if being_written {
+                        // A writer opened it while it was looked at: wait for the writer
+                        // (its close is an event too, which makes it due at once).
+                        self.pending
+                            .entry(path)
+                            .or_insert_with(|| Instant::now() + SETTLE);
+                    }
+                }
+                for path in retry {
+                    self.queue_load(path);
+                }
+            }
+            Message::Stop => {}
+        }
+    }
     /// Records what an event means for the paths it names.
     fn note(&mut self, event: notify::Event) {
         if event.need_rescan() {
@@ -220,7 +295,8 @@ impl WatchState {
         }
     }
 
-    /// Reconciles every path that is due, loads before removals.
+    /// Reconciles every path that is due: loads are queued, removals wait for the loads
+    /// queued before them.
     fn act(&mut self, now: Instant) {
         if self.config_due.is_some_and(|due| due <= now) {
             self.config_due = None;
@@ -232,30 +308,128 @@ impl WatchState {
             .filter(|(_, at)| **at <= now)
             .map(|(path, _)| path.clone())
             .collect();
-        if due.is_empty() {
-            return;
-        }
         for path in &due {
             self.pending.remove(path);
         }
         due.sort();
-        // Present means a directory entry exists, even a link to nowhere (which is an error
-        // to report, not a removal).
-        let (present, gone): (Vec<_>, Vec<_>) =
-            due.into_iter().partition(|p| p.symlink_metadata().is_ok());
-        // However long a writer paused, a file some process still has open for writing is
-        // not complete: wait for its close.
-        let (present, writing): (Vec<_>, Vec<_>) =
-            present.into_iter().partition(|p| !being_written(p));
-        for path in writing {
-            tracing::debug!(file = %path.display(), "still open for writing; waiting");
-            self.pending.insert(path, now + WRITE_QUIET);
+        for path in due {
+            // Present means a directory entry exists, even a link to nowhere (which is an
+            // error to report, not a removal).
+            if path.symlink_metadata().is_err() {
+                self.queue_removal(path);
+            } else if writers::being_written(&path) {
+                // However long a writer paused, a file some process still has open for
+                // writing is not complete: wait for its close.
+                tracing::debug!(file = %path.display(), "still open for writing; waiting");
+                self.pending.insert(path, now + WRITE_QUIET);
+            } else {
+                self.queue_load(path);
+            }
         }
-        for path in present {
-            let _ = self.host.load_file(&path);
+        self.dispatch();
+    }
+
+    fn queue_load(&mut self, path: PathBuf) {
+        // The newest event about a path wins over an older removal.
+        self.removals.retain(|(p, _)| *p != path);
+        if self.running.values().any(|p| p.as_ref() == Some(&path)) {
+            self.redo.insert(path);
+        } else if !self.queued.iter().any(|(_, p)| *p == path) {
+            self.queued.push_back((self.next_job, path));
+            self.next_job += 1;
         }
-        for path in gone {
-            self.host.remove_file(&path);
+    }
+
+    fn queue_removal(&mut self, path: PathBuf) {
+        self.queued.retain(|(_, p)| *p != path);
+        self.redo.remove(&path);
+        self.removals.retain(|(p, _)| *p != path);
+        self.removals.push((path, self.next_job));
+    }
+
+    /// Starts queued jobs while threads are free, and removals whose loads are done.
+    fn dispatch(&mut self) {
+        loop {
+            let oldest = self
+                .running
+                .keys()
+                .chain(self.queued.iter().map(|(number, _)| number))
+                .min()
+                .copied()
+                .unwrap_or(u64::MAX);
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removals)
+                .into_iter()
+                .partition(|(_, barrier)| *barrier <= oldest);
+            self.removals = waiting;
+            for (path, _) in ready {
+                let (_, retry) = self.host.remove_file_deferred(&path);
+                for path in retry {
+                    self.queue_load(path);
+                }
+            }
+            if self.running.len() >= MAX_PARALLEL_LOADS {
+                break;
+            }
+            let job = if let Some(settings) = self.settings_queued.take() {
+                if self.running.values().any(Option::is_none) {
+                    // One reconfiguration at a time: the newest waits for the one running.
+                    self.settings_queued = Some(settings);
+                    match self.queued.pop_front() {
+                        Some((number, path)) => (number, Job::Load(path)),
+                        None => break,
+                    }
+                } else {
+                    let number = self.next_job;
+                    self.next_job += 1;
+                    (number, Job::Settings(settings))
+                }
+            } else {
+                match self.queued.pop_front() {
+                    Some((number, path)) => (number, Job::Load(path)),
+                    None => break,
+                }
+            };
+            self.start(job.0, job.1);
+        }
+        if self.running.is_empty() && self.queued.is_empty() {
+            if let Some(scanned) = self.scanned.take() {
+                let _ = scanned.send(());
+            }
+        }
+    }
+
+    fn start(&mut self, number: u64, job: Job) {
+        let path = match &job {
+            Job::Load(path) => Some(path.clone()),
+            Job::Settings(_) => None,
+        };
+        self.running.insert(number, path);
+        let (host, sender) = (self.host.clone(), self.sender.clone());
+        let work = move || {
+            let (retry, being_written) = match job {
+                Job::Load(path) => {
+                    let (result, retry) = host.load_file_deferred(&path);
+                    let written =
+                        result.is_err_and(|err| err.kind() == crate::LoadErrorKind::BeingWritten);
+                    (retry, written)
+                }
+                Job::Settings(settings) => {
+                    host.apply_settings(settings);
+                    (Vec::new(), false)
+                }
+            };
+            let _ = sender.send(Message::Done {
+                job: number,
+                retry,
+                being_written,
+            });
+        };
+        let spawned = std::thread::Builder::new()
+            .name("plugin-load".into())
+            .spawn(work);
+        if let Err(err) = spawned {
+            tracing::error!("cannot start a thread for a load: {err}; the load is not done");
+            self.running.remove(&number);
         }
     }
 
@@ -265,17 +439,19 @@ impl WatchState {
             Ok(files) => files,
             Err(err) => {
                 tracing::error!(dir = %self.dir.display(), "cannot read the plugins directory: {err}");
+                self.dispatch();
                 return;
             }
         };
-        for path in &files {
-            let _ = self.host.load_file(path);
-        }
-        for status in self.host.status() {
-            if !files.contains(&status.path) {
-                self.host.remove_file(&status.path);
+        for path in self.host.known_files() {
+            if !files.contains(&path) {
+                self.queue_removal(path);
             }
         }
+        for path in files {
+            self.queue_load(path);
+        }
+        self.dispatch();
     }
 
     fn reload_config(&mut self) {
@@ -285,56 +461,16 @@ impl WatchState {
         match HostConfig::load(path) {
             Ok(config) => {
                 tracing::info!(file = %path.display(), "configuration changed; applying plugin settings");
-                self.host.apply_settings(config.plugins);
+                self.settings_queued = Some(config.plugins);
             }
             Err(err) => tracing::error!("{err}; keeping the previous configuration"),
         }
     }
 }
 
-/// Whether some process has `path` open for writing. Linux refuses a read lease on such a
-/// file (`EAGAIN`); where leases are not supported, the answer is no.
-fn being_written(path: &Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    else {
-        return false;
-    };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return false;
-    }
-    let fd = file.as_raw_fd();
-    // SAFETY: `fd` is open, read-only and owned by `file` for both calls; a lease only
-    // changes how the kernel treats later opens of the file, and is released at once.
-    unsafe {
-        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
-            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
-            return false;
-        }
-    }
-    std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_file_open_for_writing_is_seen_as_being_written() {
-        let dir = std::env::temp_dir().join(format!("watch-lease-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("x.so");
-        let writer = std::fs::File::create(&path).unwrap();
-        assert!(being_written(&path));
-        drop(writer);
-        assert!(!being_written(&path));
-        assert!(!being_written(&dir.join("missing.so")));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn only_visible_so_files_are_plugins() {

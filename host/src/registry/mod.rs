@@ -1,0 +1,960 @@
+//! The [`Host`]: which plugin file serves which name, loads prepared outside every lock and
+//! committed in a moment, and the atomic swap of generations.
+//!
+//! Three pieces, with a strict split between readers and writers:
+//!
+//! * the call table (`table`), name → current generation, read by every call without a lock;
+//! * the file book (`files`), path → what was loaded from it, and the rules about what a
+//!   change means, behind the state mutex, which only loads, unloads and listings take, each
+//!   for microseconds;
+//! * the reaper (`crate::reaper`), which drops replaced generations when their last call
+//!   ends.
+//!
+//! A load runs in three steps. *Prepare*, with no lock held: stage the file (read, hash and
+//! copy in one pass, check its ELF structure), `dlopen` it, check its ABI and read its
+//! metadata. *Start*, holding only the plugin name's own load lock (which serialises loads of
+//! one plugin and nothing else): run `init` on a thread of its own, abandoned after
+//! `init_timeout_ms`. *Commit*, under the state mutex: swap the table entry and record the
+//! file. The generation replaced goes to the reaper.
+
+mod files;
+mod table;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
+use crate::config::{PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::generation::Generation;
+use crate::loader::{Library, LoadError, LoadErrorKind, LoadOptions, Metadata};
+use crate::private_dir::CopyDir;
+use crate::reaper::{unix_ms, Reaper, Retired};
+use files::{FileBook, Verdict};
+use table::CallTable;
+
+/// Options for a [`Host`].
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// How files are loaded.
+    pub load: LoadOptions,
+    /// Per-plugin settings, by plugin name.
+    pub plugins: BTreeMap<String, PluginSettings>,
+    /// Largest call input, and largest answer (result, follow-ups and logs together), in
+    /// bytes.
+    pub max_message_bytes: usize,
+    /// Largest total of log records kept from one call or one `init`, in bytes.
+    pub max_log_bytes_per_call: usize,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            load: LoadOptions::default(),
+            plugins: BTreeMap::new(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_log_bytes_per_call: DEFAULT_MAX_LOG_BYTES_PER_CALL,
+        }
+    }
+}
+
+/// The version of one plugin that serves calls right now. Holding it keeps that version
+/// loaded; a reload publishes a new one, and this one drains when its last holder lets go.
+#[derive(Clone)]
+pub struct PluginHandle(Arc<Generation>);
+
+impl std::fmt::Debug for PluginHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHandle")
+            .field("plugin", &self.0.name())
+            .field("generation", &self.0.number())
+            .finish()
+    }
+}
+
+impl PluginHandle {
+    /// Its metadata.
+    pub fn metadata(&self) -> &Metadata {
+        self.0.metadata()
+    }
+
+    /// Its generation number.
+    pub fn generation(&self) -> u64 {
+        self.0.number()
+    }
+
+    /// How long a call may run before its caller should be told it timed out
+    /// (`timeout_ms`). The host's control server enforces it; the plugin sees it as the
+    /// call's deadline.
+    pub fn timeout(&self) -> Duration {
+        self.0.timeout()
+    }
+
+    /// Calls `callback` (`execute` for the entry point) with JSON `input`. `cancelled` is
+    /// what the plugin sees as cancellation; `deadline` what it sees as the deadline.
+    pub fn call(
+        &self,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
+    ) -> Result<CallOutcome, CallError> {
+        self.0.call(callback, input, cancelled, deadline)
+    }
+
+    /// Counts a call whose caller was told it timed out as stuck (shown by
+    /// [`Host::status`]), or, with `false`, counts it back when it finally returns.
+    pub fn mark_stuck(&self, stuck: bool) {
+        self.0.mark_stuck(stuck)
+    }
+
+    pub(crate) fn generation_ref(&self) -> &Arc<Generation> {
+        &self.0
+    }
+}
+
+/// Loads plugin files, serves calls on the current version of each plugin, and swaps
+/// versions in place. Cheap to clone; all clones share one set of plugins.
+///
+/// ```no_run
+/// use host::{Host, HostOptions};
+///
+/// let host = Host::new(HostOptions::default())?;
+/// host.load_file("plugins/libhello.so".as_ref())?;
+/// let outcome = host.call("hello", "greet", r#"{"name":"Ada"}"#)?;
+/// println!("{}", outcome.result().map_err(|e| e.to_string())?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("plugins", &self.plugin_names())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    table: CallTable,
+    state: Mutex<State>,
+    /// One lock per plugin name, held while a version of that plugin is started, so that
+    /// loads of one plugin happen one at a time. Nothing else takes them.
+    load_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Abandoned `init` calls still running, by plugin name.
+    stuck_inits: Arc<Mutex<HashMap<String, u32>>>,
+    reaper: Reaper,
+    copy_dir: CopyDir,
+    options: LoadOptions,
+    budget: Budget,
+}
+
+#[derive(Default)]
+struct State {
+    files: FileBook,
+    /// Last generation number given to each plugin name; never reset, so numbers only grow.
+    generations: HashMap<String, u64>,
+    settings: BTreeMap<String, PluginSettings>,
+}
+
+/// What [`Host::load_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LoadEvent {
+    /// A plugin that was not served before is now.
+    Loaded {
+        /// Plugin name.
+        plugin: String,
+        /// Its version.
+        version: String,
+        /// Its generation.
+        generation: u64,
+    },
+    /// A new version replaced the one being served.
+    Reloaded {
+        /// Plugin name.
+        plugin: String,
+        /// Version replaced.
+        old_version: String,
+        /// Generation replaced.
+        old_generation: u64,
+        /// New version.
+        version: String,
+        /// New generation.
+        generation: u64,
+    },
+    /// The file's content is what is already loaded; nothing was done.
+    Unchanged {
+        /// Plugin name.
+        plugin: String,
+    },
+    /// The plugin is disabled in the configuration; it is not served.
+    Disabled {
+        /// Plugin name.
+        plugin: String,
+    },
+}
+
+/// What a plugin file is serving, as [`Host::status`] reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Serving {
+    /// Current generation.
+    pub generation: u64,
+    /// When it was loaded, in milliseconds since the Unix epoch.
+    pub loaded_at_unix_ms: u64,
+    /// Calls finished by this generation.
+    pub calls: u64,
+    /// Calls running in it now.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// SHA-256 of the file, in hex.
+    pub sha256: String,
+    /// Calls whose caller was told they timed out and that have not returned yet.
+    pub stuck: u64,
+}
+
+/// A plugin file the host knows, as [`Host::status`] reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileStatus {
+    /// The file.
+    pub path: PathBuf,
+    /// The plugin it serves, or else the one it declared last, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    /// What it serves; `None` when it failed to load or is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<Serving>,
+    /// Why its last load failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Older generations loaded from this file that are still in memory: draining calls,
+    /// being unloaded, or kept mapped by a thread of the plugin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<Retired>,
+    /// `init` calls of this file's plugin that overran `init_timeout_ms` and still run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stuck_inits: u32,
+    /// The file is gone; it is listed because generations from it are still in memory.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub removed: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Why [`Host::new`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The directory for private copies cannot be created or is not safe to use.
+    #[error("cannot use a private copy directory: {0}")]
+    CopyDir(std::io::Error),
+    /// The reaper thread cannot be started.
+    #[error("cannot start the reaper thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What a load or removal leaves to do: files that may serve a name now.
+type Retry = Vec<PathBuf>;
+
+impl Host {
+    /// Creates a host with no plugins.
+    pub fn new(options: HostOptions) -> Result<Host, HostError> {
+        let copy_dir =
+            CopyDir::new(options.load.copy_dir.as_deref()).map_err(HostError::CopyDir)?;
+        let reaper = Reaper::start().map_err(HostError::Thread)?;
+        Ok(Host {
+            inner: Arc::new(Inner {
+                table: CallTable::default(),
+                state: Mutex::new(State {
+                    settings: options.plugins,
+                    ..State::default()
+                }),
+                load_locks: Mutex::new(HashMap::new()),
+                stuck_inits: Arc::new(Mutex::new(HashMap::new())),
+                reaper,
+                copy_dir,
+                options: options.load,
+                budget: Budget {
+                    max_message: options.max_message_bytes,
+                    max_log_bytes: options.max_log_bytes_per_call,
+                },
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    /// Loads the plugin file at `path`, or reloads it if its content changed since the last
+    /// load. The new version is loaded and initialised next to the old one and replaces it
+    /// only if that succeeds; on any error the old version keeps serving.
+    pub fn load_file(&self, path: &Path) -> Result<LoadEvent, LoadError> {
+        let (result, retry) = self.load_file_deferred(path);
+        for path in retry {
+            let _ = self.load_file(&path);
+        }
+        result
+    }
+
+    /// [`Host::load_file`], returning the files that should be loaded next instead of
+    /// loading them (the watcher loads them in parallel).
+    pub(crate) fn load_file_deferred(&self, path: &Path) -> (Result<LoadEvent, LoadError>, Retry) {
+        let (result, retry) = match self.load(path) {
+            Ok((event, retry)) => (Ok(event), retry),
+            Err(err) => (Err(err), Vec::new()),
+        };
+        match &result {
+            Ok(event) => log_event(path, event),
+            Err(err) if err.is_repeated() => {}
+            Err(err) if err.kind() == LoadErrorKind::BeingWritten => {
+                tracing::debug!(file = %path.display(), "not loaded yet: {}", err.message());
+            }
+            Err(err) => {
+                tracing::error!(file = %path.display(), "rejected: {}", err.message());
+                if let Some(detail) = err.detail() {
+                    tracing::debug!(file = %path.display(), "rejection detail:\n{detail}");
+                }
+            }
+        }
+        (result, retry)
+    }
+
+    fn load(&self, path: &Path) -> Result<(LoadEvent, Retry), LoadError> {
+        let staged =
+            crate::plugin_file::stage(path, &self.inner.options, self.inner.copy_dir.path())
+                .inspect_err(|err| {
+                    // A file still being written says nothing about its content.
+                    if err.kind() != LoadErrorKind::BeingWritten {
+                        self.state().files.reject(path, None, None, err)
+                    }
+                })?;
+        let sha256 = staged.sha256;
+        {
+            let mut state = self.state();
+            match state.files.verdict(path, &sha256) {
+                Verdict::Load => {}
+                Verdict::Failed(err) => return Err(err),
+                Verdict::Unchanged => {
+                    state.files.unchanged(path);
+                    let plugin = state
+                        .files
+                        .get(path)
+                        .and_then(|e| Some(e.declared.as_ref()?.name.clone()))
+                        .unwrap_or_default();
+                    return Ok((LoadEvent::Unchanged { plugin }, Vec::new()));
+                }
+            }
+        }
+        let library = Library::open(path, staged)
+            .inspect_err(|err| self.state().files.reject(path, Some(sha256), None, err))?;
+        let metadata = library.metadata().clone();
+        self.start_and_commit(path, library, sha256)
+            .inspect_err(|err| {
+                self.state()
+                    .files
+                    .reject(path, Some(sha256), Some(metadata.clone()), err)
+            })
+    }
+
+    /// Decides whether `library`, read from `path`, may serve its plugin, starts it, and
+    /// commits it.
+    fn start_and_commit(
+        &self,
+        path: &Path,
+        library: Library,
+        sha256: [u8; 32],
+    ) -> Result<(LoadEvent, Retry), LoadError> {
+        let metadata = library.metadata().clone();
+        let name = metadata.name.clone();
+        let load_lock = self.load_lock(&name);
+        let _one_at_a_time = lock(&load_lock);
+
+        let (number, settings) = {
+            let mut state = self.state();
+            state.files.claim(path, &name, Path::exists)?;
+            let settings = state.settings.get(&name).cloned().unwrap_or_default();
+            check_pin(path, &name, &settings, &sha256)?;
+            if !settings.enabled {
+                let stopped = self.stop_serving(&mut state, path, &name, None);
+                let previous = state.files.accept(path, &metadata, sha256, false);
+                let retry = self.unload_previous(&mut state, previous);
+                drop(state);
+                self.retire(stopped);
+                return Ok((LoadEvent::Disabled { plugin: name }, retry));
+            }
+            let number = {
+                let last = state.generations.entry(name.clone()).or_default();
+                *last += 1;
+                *last
+            };
+            (number, settings)
+        };
+        let stuck = lock(&self.inner.stuck_inits)
+            .get(&name)
+            .copied()
+            .unwrap_or(0);
+        if stuck > 0 {
+            self.unreserve(&name, number);
+            return Err(LoadError::new(
+                path,
+                LoadErrorKind::InitTimedOut,
+                format!(
+                    "plugin {name}: an earlier init overran init_timeout_ms and is still \
+                     running; no other version is started until it returns"
+                ),
+            ));
+        }
+        let generation = self
+            .start_generation(Arc::new(library), path, number, settings)
+            .inspect_err(|_| self.unreserve(&name, number))?;
+
+        let (replaced, retry) = {
+            let mut state = self.state();
+            let replaced = self.inner.table.replace(&name, Some(Arc::new(generation)));
+            let previous = state.files.accept(path, &metadata, sha256, true);
+            let retry = self.unload_previous(&mut state, previous);
+            (replaced, retry)
+        };
+        let event = match &replaced {
+            Some(old) => LoadEvent::Reloaded {
+                plugin: name.clone(),
+                old_version: old.metadata().version.clone(),
+                old_generation: old.number(),
+                version: metadata.version.clone(),
+                generation: number,
+            },
+            None => LoadEvent::Loaded {
+                plugin: name.clone(),
+                version: metadata.version.clone(),
+                generation: number,
+            },
+        };
+        self.retire(replaced);
+        Ok((event, retry))
+    }
+
+    /// The file that served `previous` now serves another name: `previous` is unloaded, and
+    /// files waiting for that name are returned.
+    fn unload_previous(&self, state: &mut State, previous: Option<String>) -> Retry {
+        let Some(previous) = previous else {
+            return Vec::new();
+        };
+        if let Some(old) = self.inner.table.replace(&previous, None) {
+            tracing::info!(plugin = %previous, generation = old.number(), "unloading: its file now declares another plugin");
+            self.inner.reaper.retire(old);
+        }
+        state.files.waiting_for(&previous)
+    }
+
+    /// Stops serving `name` from `path`, if `path` serves it; returns the generation taken
+    /// out of the table.
+    fn stop_serving(
+        &self,
+        state: &mut State,
+        path: &Path,
+        name: &str,
+        error: Option<&LoadError>,
+    ) -> Option<Arc<Generation>> {
+        let serves = state.files.get(path)?.serves.as_deref() == Some(name);
+        if !serves {
+            return None;
+        }
+        state.files.stop_serving(path, error);
+        self.inner.table.replace(name, None)
+    }
+
+    fn retire(&self, generation: Option<Arc<Generation>>) {
+        if let Some(generation) = generation {
+            self.inner.reaper.retire(generation);
+        }
+    }
+
+    /// Gives back a generation number that was reserved for a start that did not happen.
+    fn unreserve(&self, name: &str, number: u64) {
+        let mut state = self.state();
+        if state.generations.get(name) == Some(&number) {
+            state.generations.insert(name.to_owned(), number - 1);
+        }
+    }
+
+    fn load_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        lock(&self.inner.load_locks)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Runs `init` for a new generation on a thread of its own and waits up to the plugin's
+    /// `init_timeout_ms`. An `init` that overruns is abandoned: the load fails, and the
+    /// thread is counted in `stuck_inits` until it returns (its instance is then dropped).
+    fn start_generation(
+        &self,
+        library: Arc<Library>,
+        path: &Path,
+        number: u64,
+        settings: PluginSettings,
+    ) -> Result<Generation, LoadError> {
+        let name = library.metadata().name.clone();
+        let timeout = Duration::from_millis(settings.init_timeout_ms);
+        let budget = self.inner.budget;
+        let outcome = Arc::new((Mutex::new(Init::Running), Condvar::new()));
+        let spawned = {
+            let (outcome, source, stuck, name) = (
+                outcome.clone(),
+                path.to_owned(),
+                self.inner.stuck_inits.clone(),
+                name.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("init-{name}"))
+                .spawn(move || {
+                    let started = Instant::now();
+                    let result = Generation::start(library, &source, number, settings, budget);
+                    let (state, ready) = &*outcome;
+                    let mut state = lock(state);
+                    if matches!(*state, Init::Abandoned) {
+                        drop(state);
+                        drop(result);
+                        if let Some(count) = lock(&stuck).get_mut(&name) {
+                            *count = count.saturating_sub(1);
+                        }
+                        tracing::warn!(plugin = %name, generation = number,
+                            "abandoned init returned after {} ms; its instance was dropped",
+                            started.elapsed().as_millis());
+                    } else {
+                        *state = Init::Done(Box::new(result));
+                        ready.notify_one();
+                    }
+                })
+        };
+        if let Err(err) = spawned {
+            return Err(LoadError::new(
+                path,
+                LoadErrorKind::Host,
+                format!("cannot start a thread for init: {err}"),
+            ));
+        }
+        let (state, ready) = &*outcome;
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(state);
+        loop {
+            match std::mem::replace(&mut *state, Init::Running) {
+                Init::Done(result) => return *result,
+                Init::Running | Init::Abandoned => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                *state = Init::Abandoned;
+                *lock(&self.inner.stuck_inits)
+                    .entry(name.clone())
+                    .or_default() += 1;
+                return Err(LoadError::new(
+                    path,
+                    LoadErrorKind::InitTimedOut,
+                    format!(
+                        "plugin {name}: init did not return within {} ms (init_timeout_ms); the \
+                         load is refused and its thread is counted as stuck",
+                        timeout.as_millis()
+                    ),
+                ));
+            }
+            state = ready
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Unloads whatever plugin the file at `path` serves, and forgets the file. Calls in
+    /// flight finish on the version they started on. Returns the plugin's name.
+    pub fn remove_file(&self, path: &Path) -> Option<String> {
+        let (name, retry) = self.remove_file_deferred(path);
+        for path in retry {
+            let _ = self.load_file(&path);
+        }
+        name
+    }
+
+    /// [`Host::remove_file`], returning the files that may serve the name now instead of
+    /// loading them.
+    pub(crate) fn remove_file_deferred(&self, path: &Path) -> (Option<String>, Retry) {
+        let (name, retry, old) = {
+            let mut state = self.state();
+            let (name, retry) = state.files.remove(path);
+            let old = name
+                .as_deref()
+                .and_then(|n| self.inner.table.replace(n, None));
+            (name, retry, old)
+        };
+        if let (Some(name), Some(old)) = (&name, old) {
+            tracing::info!(plugin = %name, generation = old.number(), file = %path.display(), "removed: unloading");
+            self.inner.reaper.retire(old);
+        }
+        (name, retry)
+    }
+
+    /// Waits up to `wait` until every version replaced or removed so far has finished its
+    /// calls and been dropped, and its library closed (unloading happens in the background,
+    /// see the module docs). Returns whether that happened in time.
+    pub fn wait_for_unloads(&self, wait: Duration) -> bool {
+        self.inner.reaper.flush(wait)
+    }
+
+    /// Unloads every plugin and waits up to `wait` for the versions still running calls to
+    /// finish and be unloaded. Returns whether everything was unloaded in time.
+    pub fn unload_all(&self, wait: Duration) -> bool {
+        let old = {
+            let mut state = self.state();
+            state.files.clear();
+            self.inner.table.clear()
+        };
+        for generation in old {
+            self.inner.reaper.retire(generation);
+        }
+        self.inner.reaper.flush(wait)
+    }
+
+    /// Replaces the per-plugin settings. Plugins whose configuration changed are started
+    /// again from the library already loaded (a new generation); plugins now disabled, or no
+    /// longer matching a pinned SHA-256, are unloaded; files whose plugin's settings changed
+    /// and that do not serve are loaded again.
+    pub fn apply_settings(&self, settings: BTreeMap<String, PluginSettings>) {
+        let (restarts, retry) = self.apply_settings_deferred(settings);
+        for (name, current) in restarts {
+            self.restart(&name, &current);
+        }
+        for path in retry {
+            let _ = self.load_file(&path);
+        }
+    }
+
+    fn apply_settings_deferred(
+        &self,
+        settings: BTreeMap<String, PluginSettings>,
+    ) -> (Vec<(String, Arc<Generation>)>, Retry) {
+        let mut restarts = Vec::new();
+        let mut retry = Vec::new();
+        let mut stopped = Vec::new();
+        {
+            let mut state = self.state();
+            let old = std::mem::replace(&mut state.settings, settings);
+            let names: BTreeSet<String> =
+                old.keys().chain(state.settings.keys()).cloned().collect();
+            for name in names {
+                let new = state.settings.get(&name).cloned().unwrap_or_default();
+                if old.get(&name).cloned().unwrap_or_default() == new {
+                    continue;
+                }
+                if let Some(current) = self.inner.table.current(&name) {
+                    let path = current.source().to_owned();
+                    let actual = hex(current.library().sha256());
+                    if !new.enabled {
+                        tracing::info!(plugin = %name, generation = current.number(), "unloading: disabled in the configuration");
+                        stopped.extend(self.stop_serving(&mut state, &path, &name, None));
+                    } else if let Err(err) =
+                        check_pin(&path, &name, &new, current.library().sha256())
+                    {
+                        tracing::error!(plugin = %name, generation = current.number(), "unloading: its SHA-256 {actual} does not match the pin in the configuration");
+                        stopped.extend(self.stop_serving(&mut state, &path, &name, Some(&err)));
+                    } else if current.settings() != &new {
+                        restarts.push((name.clone(), current));
+                    }
+                }
+                retry.extend(state.files.retry_declaring(&name));
+            }
+        }
+        for generation in stopped {
+            self.inner.reaper.retire(generation);
+        }
+        (restarts, retry)
+    }
+
+    /// Starts `current`'s library again, with its plugin's current settings, as a new
+    /// generation that replaces it (unless something else replaced it meanwhile).
+    fn restart(&self, name: &str, current: &Arc<Generation>) {
+        let load_lock = self.load_lock(name);
+        let _one_at_a_time = lock(&load_lock);
+        let (number, settings) = {
+            let mut state = self.state();
+            let still = self
+                .inner
+                .table
+                .current(name)
+                .is_some_and(|c| Arc::ptr_eq(&c, current));
+            if !still {
+                return;
+            }
+            let settings = state.settings.get(name).cloned().unwrap_or_default();
+            let last = state.generations.entry(name.to_owned()).or_default();
+            *last += 1;
+            (*last, settings)
+        };
+        let started = self.start_generation(
+            current.library().clone(),
+            current.source(),
+            number,
+            settings,
+        );
+        let generation = match started {
+            Ok(generation) => Arc::new(generation),
+            Err(err) => {
+                self.unreserve(name, number);
+                tracing::error!(plugin = %name, "new configuration rejected, the old one keeps serving: {}", err.message());
+                return;
+            }
+        };
+        let replaced = {
+            let _state = self.state();
+            let still = self
+                .inner
+                .table
+                .current(name)
+                .is_some_and(|c| Arc::ptr_eq(&c, current));
+            if still {
+                self.inner.table.replace(name, Some(generation))
+            } else {
+                Some(generation)
+            }
+        };
+        if replaced.as_ref().is_some_and(|r| Arc::ptr_eq(r, current)) {
+            tracing::info!(plugin = %name, old_generation = current.number(), generation = number, "reconfigured");
+        }
+        self.retire(replaced);
+    }
+
+    /// Calls `callback` of plugin `plugin` with JSON `input` on its current generation.
+    /// `execute` calls the plugin's entry point.
+    ///
+    /// The plugin runs on the calling thread, so its `timeout_ms` cannot be enforced here:
+    /// use [`Host::call_with`] to hand it a deadline and a cancellation flag, or serve calls
+    /// through [`ControlServer`](crate::control::ControlServer), which answers overrunning
+    /// calls with a timeout error on time.
+    pub fn call(
+        &self,
+        plugin: &str,
+        callback: &str,
+        input: &str,
+    ) -> Result<CallOutcome, CallError> {
+        self.call_with(plugin, callback, input, &AtomicBool::new(false), None)
+    }
+
+    /// Like [`Host::call`], with a cancellation flag the plugin can observe and a deadline
+    /// it is told about.
+    pub fn call_with(
+        &self,
+        plugin: &str,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
+    ) -> Result<CallOutcome, CallError> {
+        self.check_input(input)?;
+        // The guard pins this plugin's current generation, and nothing else, for the call.
+        let current = self.inner.table.load(plugin);
+        match current.as_ref().and_then(|guard| guard.as_ref()) {
+            Some(generation) => generation.call(callback, input, cancelled, deadline),
+            None => Err(self.unknown_plugin(plugin)),
+        }
+    }
+
+    pub(crate) fn check_input(&self, input: &str) -> Result<(), CallError> {
+        let max = self.inner.budget.max_message;
+        if input.len() > max {
+            return Err(CallError::new(
+                CallErrorKind::InvalidRequest,
+                format!(
+                    "input of {} bytes is over the limit of {max} (max_message_bytes)",
+                    input.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Like [`Host::call_with`], on a version already looked up with [`Host::plugin`], with
+    /// the host's input size limit applied.
+    pub fn call_with_handle(
+        &self,
+        plugin: &PluginHandle,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
+    ) -> Result<CallOutcome, CallError> {
+        self.check_input(input)?;
+        plugin.call(callback, input, cancelled, deadline)
+    }
+
+    /// The version of `plugin` serving calls now.
+    pub fn plugin(&self, plugin: &str) -> Result<PluginHandle, CallError> {
+        match self.inner.table.current(plugin) {
+            Some(generation) => Ok(PluginHandle(generation)),
+            None => Err(self.unknown_plugin(plugin)),
+        }
+    }
+
+    fn unknown_plugin(&self, plugin: &str) -> CallError {
+        let names = self.plugin_names();
+        let loaded = if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        };
+        CallError::new(
+            CallErrorKind::UnknownPlugin,
+            format!("no plugin named {plugin} is loaded (loaded: {loaded})"),
+        )
+    }
+
+    /// Every plugin file the host knows, with what it serves or why it does not, and the
+    /// older generations from it still in memory.
+    pub fn status(&self) -> Vec<FileStatus> {
+        let mut retired = self.inner.reaper.retired();
+        let stuck_inits = lock(&self.inner.stuck_inits).clone();
+        let state = self.state();
+        let mut files: Vec<FileStatus> = state
+            .files
+            .iter()
+            .map(|(path, entry)| {
+                let serving = entry
+                    .serves
+                    .as_deref()
+                    .and_then(|name| self.inner.table.current(name))
+                    .filter(|g| g.source() == path);
+                let name = serving
+                    .as_ref()
+                    .map(|g| g.name().to_owned())
+                    .or_else(|| Some(entry.declared.as_ref()?.name.clone()));
+                FileStatus {
+                    path: path.clone(),
+                    metadata: serving
+                        .as_ref()
+                        .map(|g| g.metadata().clone())
+                        .or_else(|| entry.declared.clone()),
+                    serving: serving.as_ref().map(|g| Serving {
+                        generation: g.number(),
+                        loaded_at_unix_ms: unix_ms(g.loaded_at()),
+                        calls: g.calls(),
+                        in_flight: g.in_flight(),
+                        sha256: hex(g.library().sha256()),
+                        stuck: g.stuck(),
+                    }),
+                    last_error: entry.error.as_ref().map(|e| e.message().to_owned()),
+                    retired: take_where(&mut retired, |r| r.path == *path),
+                    stuck_inits: name.and_then(|n| stuck_inits.get(&n).copied()).unwrap_or(0),
+                    removed: false,
+                }
+            })
+            .collect();
+        drop(state);
+        while let Some(first) = retired.first() {
+            let path = first.path.clone();
+            files.push(FileStatus {
+                retired: take_where(&mut retired, |r| r.path == path),
+                path,
+                metadata: None,
+                serving: None,
+                last_error: None,
+                stuck_inits: 0,
+                removed: true,
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
+    }
+
+    /// The names of the plugins being served.
+    pub fn plugin_names(&self) -> Vec<String> {
+        self.inner.table.names()
+    }
+
+    /// The plugin files the host knows.
+    pub(crate) fn known_files(&self) -> Vec<PathBuf> {
+        self.state().files.paths()
+    }
+}
+
+/// The state of an `init` running on its own thread.
+enum Init {
+    Running,
+    Done(Box<Result<Generation, LoadError>>),
+    /// Its caller stopped waiting; the thread drops whatever it returns.
+    Abandoned,
+}
+
+fn check_pin(
+    path: &Path,
+    name: &str,
+    settings: &PluginSettings,
+    sha256: &[u8; 32],
+) -> Result<(), LoadError> {
+    let Some(pinned) = &settings.sha256 else {
+        return Ok(());
+    };
+    let actual = hex(sha256);
+    if pinned.eq_ignore_ascii_case(&actual) {
+        return Ok(());
+    }
+    Err(LoadError::new(
+        path,
+        LoadErrorKind::HashMismatch,
+        format!("plugin {name}: SHA-256 is {actual}, but host.toml pins {pinned}"),
+    ))
+}
+
+fn take_where<T>(items: &mut Vec<T>, mut matches: impl FnMut(&T) -> bool) -> Vec<T> {
+    let (taken, kept) = std::mem::take(items).into_iter().partition(|i| matches(i));
+    *items = kept;
+    taken
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn log_event(path: &Path, event: &LoadEvent) {
+    let file = path.display();
+    match event {
+        LoadEvent::Loaded {
+            plugin,
+            version,
+            generation,
+        } => {
+            tracing::info!(%plugin, generation, %file, "loaded {plugin} {version}")
+        }
+        LoadEvent::Reloaded {
+            plugin,
+            old_version,
+            old_generation,
+            version,
+            generation,
+        } => {
+            tracing::info!(%plugin, generation, %file, "reloaded {plugin}: {old_version} (generation {old_generation}) -> {version} (generation {generation})")
+        }
+        LoadEvent::Unchanged { plugin } => {
+            tracing::debug!(%plugin, %file, "unchanged content, not reloaded")
+        }
+        LoadEvent::Disabled { plugin } => {
+            tracing::info!(%plugin, %file, "disabled in the configuration, not loaded")
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
