@@ -9,6 +9,7 @@
 //!       --criterion target/criterion [--smoke]
 //! ```
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,7 +75,19 @@ struct Serve {
 
 impl Serve {
     fn start(host: &Path, dir: PathBuf) -> (Serve, Instant) {
-        let socket = dir.with_extension("sock");
+        Serve::start_with(host, dir, &[])
+    }
+
+    /// [`Serve::start`] with extra arguments for `host serve`.
+    fn start_with(host: &Path, dir: PathBuf, extra: &[&std::ffi::OsStr]) -> (Serve, Instant) {
+        // The socket's directory must be the user's own and closed to others.
+        let run = dir.with_extension("run");
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&run)
+            .expect("socket directory");
+        let socket = run.join("host.sock");
         let started = Instant::now();
         let child = Command::new(host)
             .arg("serve")
@@ -82,6 +95,7 @@ impl Serve {
             .arg(&dir)
             .arg("--socket")
             .arg(&socket)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -104,13 +118,18 @@ impl Serve {
     }
 
     fn rss_kib(&self) -> u64 {
+        self.status("VmRSS")
+    }
+
+    /// A number from the process's `/proc/PID/status` (`VmRSS` in KiB, `Threads`).
+    fn status(&self, field: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
     }
 }
 
@@ -119,6 +138,9 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(run) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(run);
+        }
     }
 }
 
@@ -224,12 +246,9 @@ fn in_process(args: &Args, rows: &mut Vec<Row>) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn socket(args: &Args, rows: &mut Vec<Row>) {
-    let dir = fresh_dir("socket");
-    std::fs::copy(&args.plugin, dir.join("libbench_noop.so")).expect("copy plugin");
-    let (serve, _) = Serve::start(&args.host, dir);
-    let mut client = serve.client();
-    let n = if args.smoke { 200 } else { 20_000 };
+/// Microseconds of each of `n` no-op calls through `client` (after `n / 10` to warm up),
+/// minus the plugin's own time, sorted.
+fn socket_overheads(client: &mut Client, n: usize) -> Vec<f64> {
     let mut overhead = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
         let start = Instant::now();
@@ -240,6 +259,16 @@ fn socket(args: &Args, rows: &mut Vec<Row>) {
         }
     }
     overhead.sort_by(f64::total_cmp);
+    overhead
+}
+
+fn socket(args: &Args, rows: &mut Vec<Row>) {
+    let dir = fresh_dir("socket");
+    std::fs::copy(&args.plugin, dir.join("libbench_noop.so")).expect("copy plugin");
+    let (serve, _) = Serve::start(&args.host, dir);
+    let mut client = serve.client();
+    let n = if args.smoke { 200 } else { 20_000 };
+    let overhead = socket_overheads(&mut client, n);
     let median = percentile(&overhead, 0.5);
     rows.push(row(
         "control-socket request to a running host, minus the plugin's own time",
@@ -249,6 +278,56 @@ fn socket(args: &Args, rows: &mut Vec<Row>) {
         ),
         "<= 50 µs median",
         Some(median <= 50.0),
+    ));
+}
+
+/// 2,000 idle connections held on one `host serve`: what they cost it (threads, resident
+/// memory), and a call's latency on another connection meanwhile.
+fn idle_connections(args: &Args, rows: &mut Vec<Row>) {
+    let idle = 2_000;
+    let dir = fresh_dir("idle");
+    std::fs::copy(&args.plugin, dir.join("libbench_noop.so")).expect("copy plugin");
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, format!("max_connections = {}\n", idle + 100)).expect("config");
+    let (serve, _) = Serve::start_with(&args.host, dir, &["--config".as_ref(), config.as_os_str()]);
+    let mut client = serve.client();
+    let n = if args.smoke { 200 } else { 20_000 };
+    let before = socket_overheads(&mut client, n);
+    let (threads_before, rss_before) = (serve.status("Threads"), serve.rss_kib());
+    let held: Vec<std::os::unix::net::UnixStream> = (0..idle)
+        .map(|_| {
+            std::os::unix::net::UnixStream::connect(&serve.socket)
+                .expect("an idle connection (raise `ulimit -n` to 4096 or more)")
+        })
+        .collect();
+    // Every connection is accepted once a request on a newer one is answered.
+    let mut last = serve.client();
+    last.ping().expect("ping");
+    let (threads, rss) = (serve.status("Threads"), serve.rss_kib());
+    let during = socket_overheads(&mut client, n);
+    drop(held);
+    let _ = std::fs::remove_file(&config);
+    rows.push(row(
+        &format!("`host serve` threads and resident memory, idle vs {idle} idle connections"),
+        format!(
+            "{threads_before} -> {threads} threads, {:.1} MB -> {:.1} MB ({:+.2} KB per connection)",
+            rss_before as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            (rss as f64 - rss_before as f64) / idle as f64
+        ),
+        "no thread per connection",
+        Some(threads <= threads_before + 2),
+    ));
+    let (p50, p99) = (percentile(&during, 0.5), percentile(&during, 0.99));
+    rows.push(row(
+        &format!("control-socket request while {idle} idle connections are held, minus the plugin's own time"),
+        format!(
+            "{p50:.1} µs median (p99 {p99:.1} µs); without them {:.1} µs (p99 {:.1} µs)",
+            percentile(&before, 0.5),
+            percentile(&before, 0.99)
+        ),
+        "<= 50 µs median",
+        Some(p50 <= 50.0),
     ));
 }
 
@@ -397,6 +476,7 @@ fn main() {
     let mut rows = Vec::new();
     in_process(&args, &mut rows);
     socket(&args, &mut rows);
+    idle_connections(&args, &mut rows);
     reloads(&args, &mut rows);
     startup(&args, &mut rows);
     println!("| figure | measured | target | ok |");
