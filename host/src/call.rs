@@ -86,6 +86,12 @@ pub enum CallErrorKind {
     Busy,
     /// The host is shutting down.
     ShuttingDown,
+    /// The plugin's worker process died (a signal, an exit, a kill after its timeout)
+    /// while the call ran, or could not be restarted.
+    Crashed,
+    /// The plugin crashed too often and is not started again until its file changes or
+    /// `host restart` is run.
+    Quarantined,
     /// Anything else.
     Internal,
 }

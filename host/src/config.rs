@@ -20,6 +20,11 @@
 //! timeout_ms = 30000               # callers get a timeout error after this
 //! max_concurrent_calls = 8         # callers past this get a busy error (default: no limit)
 //! init_timeout_ms = 10000          # an init running longer is abandoned, the load refused
+//! isolation = "process"            # or "in-process" (the default)
+//! max_memory_mb = 512              # worker processes: address space limit (RLIMIT_AS)
+//! kill_after_ms = 2000             # worker processes: kill a call this long past its timeout
+//! max_restarts = 5                 # worker processes: crashes within restart_window_ms
+//! restart_window_ms = 60000        #   that quarantine the plugin
 //! sha256 = "..."                   # optional: only this exact file is loaded
 //! ```
 //!
@@ -163,8 +168,44 @@ pub struct PluginSettings {
     /// absent. A call whose caller was told it timed out no longer counts.
     pub max_concurrent_calls: Option<usize>,
     /// How long `init` may run, in milliseconds; past it the load is refused and the thread
-    /// running `init` is counted as stuck.
+    /// running `init` is counted as stuck (in a worker process: the worker is killed).
     pub init_timeout_ms: u64,
+    /// Where the plugin runs: in the host's process (the default), or in a worker process
+    /// of its own that may crash without taking the host down.
+    pub isolation: Isolation,
+    /// Worker processes only: the most address space the worker may use, in MiB
+    /// (`RLIMIT_AS`); an allocation past it fails and the call gets a `crashed` error
+    /// saying so. No limit when absent.
+    pub max_memory_mb: Option<u64>,
+    /// Worker processes only: how long after its timeout a call that has not returned gets
+    /// before its worker is killed and replaced.
+    pub kill_after_ms: u64,
+    /// Worker processes only: this many crashes within `restart_window_ms` quarantine the
+    /// plugin until its file changes or `host restart` is run.
+    pub max_restarts: u32,
+    /// Worker processes only: the window in which crashes count towards `max_restarts`.
+    pub restart_window_ms: u64,
+}
+
+/// Where a plugin's code runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// In the host's own process: the fastest calls, but a plugin that crashes takes the
+    /// host with it.
+    #[default]
+    InProcess,
+    /// In a worker process of its own, supervised by the host.
+    Process,
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::InProcess => "in-process",
+            Isolation::Process => "process",
+        })
+    }
 }
 
 impl Default for PluginSettings {
@@ -176,6 +217,11 @@ impl Default for PluginSettings {
             timeout_ms: 30_000,
             max_concurrent_calls: None,
             init_timeout_ms: 10_000,
+            isolation: Isolation::InProcess,
+            max_memory_mb: None,
+            kill_after_ms: 2_000,
+            max_restarts: 5,
+            restart_window_ms: 60_000,
         }
     }
 }
@@ -278,6 +324,12 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         let hello = &config.plugins["hello"];
         assert!(!hello.enabled);
+        assert_eq!(hello.isolation, Isolation::InProcess);
+        let isolated = parse("[plugins.x]\nisolation = \"process\"\nmax_memory_mb = 64\n").unwrap();
+        assert_eq!(isolated.plugins["x"].isolation, Isolation::Process);
+        assert_eq!(isolated.plugins["x"].max_memory_mb, Some(64));
+        let err = parse("[plugins.x]\nisolation = \"sandbox\"\n").unwrap_err();
+        assert!(err.contains("key `plugins.x.isolation`"), "{err}");
         assert_eq!(hello.config_json(), r#"{"greeting":"Hi","n":3}"#);
     }
 

@@ -1,12 +1,14 @@
 //! Generations: one loaded version of a plugin, from `init` to unload.
 //!
-//! A [`Generation`] owns a plugin instance and a reference to the library it came from.
-//! Callers hold an `Arc<Generation>` (or an arc-swap guard on it) for the length of one call,
-//! so a call runs entirely on one version. When a new version replaces it, the registry hands
-//! the old one to the reaper, which waits until no call holds it any more and then drops it
-//! on a thread of its own: the plugin value is dropped (a panic in its `Drop` is caught and
-//! reported), the handler is dropped, and when no generation uses the library any more it is
-//! closed. No caller ever pays for an unload.
+//! A [`Generation`] owns a running instance of a plugin and what it was made from. In
+//! process, that is the plugin instance (its handler) and the library it came from; isolated,
+//! it is a [`Supervised`] worker process and the private copy it loads. Callers hold an
+//! `Arc<Generation>` for the length of one call, so a call runs entirely on one version.
+//! When a new version replaces it, the registry hands the old one to the reaper, which waits
+//! until no call holds it any more and then drops it on a thread of its own: in process, the
+//! plugin value is dropped (a panic in its `Drop` is caught and reported), the handler is
+//! dropped, and when no generation uses the library any more it is closed; isolated, the
+//! worker is asked to exit and reaped. No caller ever pays for an unload.
 
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
@@ -19,14 +21,15 @@ use plugin_api::abi::{FfiCallContext, HandlerBox};
 use plugin_api::{ErrorKind, Level, LogRecord};
 
 use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
-use crate::config::PluginSettings;
+use crate::config::{Isolation, PluginSettings};
+use crate::isolation::{Supervised, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
+use crate::plugin_file::KeptCopy;
 
 /// One loaded and initialised version of a plugin.
 pub(crate) struct Generation {
     number: u64,
-    handler: ManuallyDrop<HandlerBox>,
-    library: ManuallyDrop<Arc<Library>>,
+    backend: Backend,
     source: PathBuf,
     settings: PluginSettings,
     budget: Budget,
@@ -41,8 +44,27 @@ pub(crate) struct Generation {
     stuck: AtomicU64,
 }
 
+/// Where a generation's plugin code runs.
+enum Backend {
+    InProcess {
+        handler: ManuallyDrop<HandlerBox>,
+        library: ManuallyDrop<Arc<Library>>,
+    },
+    Worker(Supervised),
+}
+
+/// What a generation was made from, to start another one from (a new configuration).
+#[derive(Debug, Clone)]
+pub(crate) enum Origin {
+    /// A library opened in this process.
+    Library(Arc<Library>),
+    /// A private copy worker processes open.
+    Copy(Arc<KeptCopy>),
+}
+
 impl Generation {
-    /// Runs the plugin's `init` and returns the new generation.
+    /// Runs the plugin's `init` in this process and returns the new generation, with what
+    /// `init` logged (replayed into the host's log).
     pub(crate) fn start(
         library: Arc<Library>,
         source: &Path,
@@ -51,19 +73,78 @@ impl Generation {
         budget: Budget,
     ) -> Result<Generation, LoadError> {
         let name = library.metadata().name.clone();
-        let (handler, logs) = library.instantiate(&settings.config_json(), number, &budget);
+        let (generation, logs) =
+            match Generation::start_local(library, source, number, settings, budget) {
+                Ok((generation, logs)) => (Ok(generation), logs),
+                Err((err, logs)) => (Err(err), logs),
+            };
         replay_logs(&name, number, &logs);
-        let handler = handler.map_err(|err| {
-            LoadError::new(
-                source,
-                LoadErrorKind::InitFailed,
-                format!("plugin {name}: init failed: {err}"),
-            )
-        })?;
-        Ok(Generation {
-            number,
+        generation
+    }
+
+    /// Runs the plugin's `init` in this process; the records it logged are returned, not
+    /// replayed (a worker process sends them to its host).
+    pub(crate) fn start_local(
+        library: Arc<Library>,
+        source: &Path,
+        number: u64,
+        settings: PluginSettings,
+        budget: Budget,
+    ) -> Result<(Generation, Vec<LogRecord>), (LoadError, Vec<LogRecord>)> {
+        let name = library.metadata().name.clone();
+        let (handler, logs) = library.instantiate(&settings.config_json(), number, &budget);
+        let handler = match handler {
+            Ok(handler) => handler,
+            Err(err) => {
+                let err = LoadError::new(
+                    source,
+                    LoadErrorKind::InitFailed,
+                    format!("plugin {name}: init failed: {err}"),
+                );
+                return Err((err, logs));
+            }
+        };
+        let backend = Backend::InProcess {
             handler: ManuallyDrop::new(handler),
             library: ManuallyDrop::new(library),
+        };
+        Ok((
+            Generation::new(backend, source, number, settings, budget),
+            logs,
+        ))
+    }
+
+    /// Starts a worker process for an isolated generation, which runs the plugin's `init`
+    /// there. Bounded by `init_timeout_ms` (the worker is killed past it).
+    pub(crate) fn start_isolated(spec: WorkerSpec) -> Result<Generation, LoadError> {
+        let (source, number, settings, budget) = (
+            spec.source.clone(),
+            spec.generation,
+            spec.settings.clone(),
+            spec.budget,
+        );
+        let plugin = spec.plugin.clone();
+        let (supervised, logs) = Supervised::start(spec)?;
+        replay_logs(&plugin, number, &logs);
+        Ok(Generation::new(
+            Backend::Worker(supervised),
+            &source,
+            number,
+            settings,
+            budget,
+        ))
+    }
+
+    fn new(
+        backend: Backend,
+        source: &Path,
+        number: u64,
+        settings: PluginSettings,
+        budget: Budget,
+    ) -> Generation {
+        Generation {
+            number,
+            backend,
             source: source.to_owned(),
             settings,
             budget,
@@ -72,7 +153,7 @@ impl Generation {
             finished: StripedCounter::default(),
             slots_taken: AtomicUsize::new(0),
             stuck: AtomicU64::new(0),
-        })
+        }
     }
 
     pub(crate) fn number(&self) -> u64 {
@@ -80,15 +161,63 @@ impl Generation {
     }
 
     pub(crate) fn metadata(&self) -> &Metadata {
-        self.library.metadata()
+        match &self.backend {
+            Backend::InProcess { library, .. } => library.metadata(),
+            Backend::Worker(supervised) => supervised.metadata(),
+        }
     }
 
     pub(crate) fn name(&self) -> &str {
-        &self.library.metadata().name
+        &self.metadata().name
     }
 
-    pub(crate) fn library(&self) -> &Arc<Library> {
-        &self.library
+    /// The library, for a generation that runs in this process.
+    pub(crate) fn library(&self) -> Option<&Arc<Library>> {
+        match &self.backend {
+            Backend::InProcess { library, .. } => Some(library),
+            Backend::Worker(_) => None,
+        }
+    }
+
+    /// What it was made from.
+    pub(crate) fn origin(&self) -> Origin {
+        match &self.backend {
+            Backend::InProcess { library, .. } => Origin::Library(Arc::clone(library)),
+            Backend::Worker(supervised) => Origin::Copy(supervised.copy().clone()),
+        }
+    }
+
+    /// SHA-256 of the file it was loaded from.
+    pub(crate) fn sha256(&self) -> &[u8; 32] {
+        match &self.backend {
+            Backend::InProcess { library, .. } => library.sha256(),
+            Backend::Worker(supervised) => supervised.copy().sha256(),
+        }
+    }
+
+    /// Where it runs.
+    pub(crate) fn isolation(&self) -> Isolation {
+        match &self.backend {
+            Backend::InProcess { .. } => Isolation::InProcess,
+            Backend::Worker(_) => Isolation::Process,
+        }
+    }
+
+    /// Its worker process, for an isolated generation.
+    pub(crate) fn worker_status(&self) -> Option<WorkerStatus> {
+        match &self.backend {
+            Backend::InProcess { .. } => None,
+            Backend::Worker(supervised) => Some(supervised.status()),
+        }
+    }
+
+    /// Clears a quarantine and starts a fresh worker (isolated generations only); returns
+    /// its pid.
+    pub(crate) fn restart_worker(&self) -> Option<Result<u32, CallError>> {
+        match &self.backend {
+            Backend::InProcess { .. } => None,
+            Backend::Worker(supervised) => Some(supervised.restart()),
+        }
     }
 
     pub(crate) fn source(&self) -> &Path {
@@ -165,17 +294,66 @@ impl Generation {
         deadline: Option<SystemTime>,
     ) -> Result<CallOutcome, CallError> {
         let _slot = self.enter()?;
-        Ok(self.run(callback, input, cancelled, deadline))
+        self.run(callback, input, cancelled, deadline)
     }
 
-    /// Runs one call, whatever the concurrency limit (the caller took care of it).
+    /// Runs one call, whatever the concurrency limit (the caller took care of it), and sends
+    /// its log records to the host's log. An isolated call always has a deadline: the one
+    /// given, or `timeout_ms` from now.
     pub(crate) fn run(
         &self,
         callback: &str,
         input: &str,
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
+    ) -> Result<CallOutcome, CallError> {
+        let (outcome, worker_pid) = match &self.backend {
+            Backend::InProcess { .. } => {
+                (self.run_local(callback, input, cancelled, deadline), None)
+            }
+            Backend::Worker(supervised) => {
+                let deadline = deadline.unwrap_or_else(|| SystemTime::now() + self.timeout());
+                self.started.increment();
+                let result = supervised.call(callback, input, cancelled, deadline);
+                self.finished.increment();
+                let (outcome, pid) = result?;
+                (outcome, Some(pid))
+            }
+        };
+        let name = self.name();
+        match worker_pid {
+            None => replay_logs(name, self.number, &outcome.logs),
+            Some(pid) => {
+                let _span = tracing::info_span!("worker", worker_pid = pid).entered();
+                replay_logs(name, self.number, &outcome.logs);
+            }
+        }
+        if let Some(err) = outcome
+            .error
+            .as_ref()
+            .filter(|e| e.kind() == ErrorKind::Panicked)
+        {
+            tracing::warn!(target: "plugin", plugin = name, generation = self.number, "{}", err.message());
+        }
+        Ok(outcome)
+    }
+
+    /// Runs one call in this process; nothing is logged (a worker process sends the records
+    /// to its host with the outcome).
+    ///
+    /// # Panics
+    ///
+    /// On an isolated generation, which has no plugin in this process.
+    pub(crate) fn run_local(
+        &self,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
     ) -> CallOutcome {
+        let Backend::InProcess { handler, .. } = &self.backend else {
+            unreachable!("run_local on an isolated generation");
+        };
         self.started.increment();
         let ctx = FfiCallContext {
             cancelled,
@@ -185,24 +363,15 @@ impl Generation {
         };
         let started = Instant::now();
         let ffi = if callback == "execute" {
-            self.handler.execute(RStr::from(input), &ctx)
+            handler.execute(RStr::from(input), &ctx)
         } else {
-            self.handler
-                .callback(RStr::from(callback), RStr::from(input), &ctx)
+            handler.callback(RStr::from(callback), RStr::from(input), &ctx)
         };
         let elapsed_us = started.elapsed().as_micros() as u64;
         let name = self.name();
         let owned = self.budget.outcome(name, &ffi);
         drop(ffi);
         self.finished.increment();
-        replay_logs(name, self.number, &owned.logs);
-        if let Some(err) = owned
-            .error
-            .as_ref()
-            .filter(|e| e.kind() == ErrorKind::Panicked)
-        {
-            tracing::warn!(target: "plugin", plugin = name, generation = self.number, "{}", err.message());
-        }
         CallOutcome {
             plugin: name.to_owned(),
             callback: callback.to_owned(),
@@ -218,14 +387,17 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        if let Some(err) = self.handler.shutdown().into_option() {
-            tracing::warn!("{}", err.message);
-        }
-        // SAFETY: neither field is used again. The handler points into the library, so it is
-        // dropped first; dropping the last `Arc<Library>` then closes the library.
-        unsafe {
-            ManuallyDrop::drop(&mut self.handler);
-            ManuallyDrop::drop(&mut self.library);
+        // An isolated generation's `Supervised` stops its worker when dropped.
+        if let Backend::InProcess { handler, library } = &mut self.backend {
+            if let Some(err) = handler.shutdown().into_option() {
+                tracing::warn!("{}", err.message);
+            }
+            // SAFETY: neither field is used again. The handler points into the library, so
+            // it is dropped first; dropping the last `Arc<Library>` then closes the library.
+            unsafe {
+                ManuallyDrop::drop(handler);
+                ManuallyDrop::drop(library);
+            }
         }
     }
 }

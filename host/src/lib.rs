@@ -13,6 +13,7 @@
 //! * `generation` owns one loaded version, from `init` to unload; `call` bounds what comes
 //!   back from it;
 //! * `reaper` drains, drops and unloads replaced generations off every caller's path;
+//! * [`isolation`] runs a generation in a supervised worker process instead;
 //! * [`watch`] turns changes in a plugins directory into loads, reloads and unloads;
 //! * [`control`] is the Unix-socket protocol `host serve` speaks and `host call` uses;
 //! * [`config`] reads `host.toml`.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod control;
 mod elf;
 mod generation;
+pub mod isolation;
 pub mod loader;
 mod plugin_file;
 mod private_dir;

@@ -66,6 +66,20 @@ pub struct Metadata {
     pub abi_version: String,
 }
 
+impl Metadata {
+    /// What is known of a plugin that was never opened: its name.
+    pub(crate) fn named(name: &str) -> Metadata {
+        Metadata {
+            name: name.to_owned(),
+            version: String::new(),
+            description: String::new(),
+            callbacks: Vec::new(),
+            api_version: String::new(),
+            abi_version: String::new(),
+        }
+    }
+}
+
 /// What kind of problem stopped a load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,7 +145,7 @@ impl LoadError {
         self.repeated
     }
 
-    fn with_detail(mut self, detail: impl Into<String>) -> Self {
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
     }
@@ -185,14 +199,25 @@ impl Library {
     /// metadata. The copy's name is unlinked once it is mapped.
     pub(crate) fn open(path: &Path, staged: StagedFile) -> Result<Library, LoadError> {
         staged.check_structure(path)?;
-        let copy_path = staged.copy_path.clone();
+        let opened = Library::open_at(path, &staged.copy_path, staged.sha256);
+        // The mapping keeps the unlinked copy alive; the name is not needed any more.
+        drop(staged);
+        opened
+    }
+
+    /// Opens the private copy at `copy_path` of the plugin file at `path` (staged and
+    /// checked already, with hash `sha256`), checks it and reads its metadata. The copy is
+    /// left where it is (a worker process opens the copy its host keeps).
+    pub(crate) fn open_at(
+        path: &Path,
+        copy_path: &Path,
+        sha256: [u8; 32],
+    ) -> Result<Library, LoadError> {
+        let copy_path = copy_path.to_owned();
         // SAFETY: opening a library runs its initialisers. That is the one thing a plugin host
         // must trust the plugin with; the file passed the ownership checks, and the copy lives
         // in a directory only this user can write.
         let opened = unsafe { RawLibrary::open(Some(&copy_path), RTLD_NOW | RTLD_LOCAL) };
-        let sha256 = staged.sha256;
-        // The mapping keeps the unlinked copy alive; the name is not needed any more.
-        drop(staged);
         let raw = opened.map_err(|err| {
             let text = err.to_string();
             let hint = if text.contains("failed to map segment") {

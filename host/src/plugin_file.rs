@@ -47,7 +47,43 @@ impl StagedFile {
 
 impl Drop for StagedFile {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.copy_path);
+        if !self.copy_path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.copy_path);
+        }
+    }
+}
+
+impl StagedFile {
+    /// Keeps the copy on disk for worker processes to open (the host never opens it).
+    pub(crate) fn keep(mut self) -> KeptCopy {
+        KeptCopy {
+            path: std::mem::take(&mut self.copy_path),
+            sha256: self.sha256,
+        }
+    }
+}
+
+/// A private copy kept on disk while an isolated generation may start a worker from it;
+/// removed when dropped.
+#[derive(Debug)]
+pub(crate) struct KeptCopy {
+    path: PathBuf,
+    sha256: [u8; 32],
+}
+
+impl KeptCopy {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+}
+
+impl Drop for KeptCopy {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 

@@ -149,8 +149,9 @@ struct Draining {
 
 struct Unloading {
     info: Retired,
-    library: Weak<Library>,
-    copy_path: PathBuf,
+    /// The library, for a generation that ran in this process (an isolated one has its
+    /// worker stopped instead).
+    library: Option<(Weak<Library>, PathBuf)>,
     thread: JoinHandle<()>,
     started: Instant,
     reported_slow: bool,
@@ -259,8 +260,9 @@ impl State {
             state: RetiredState::Unloading,
             retired_at_unix_ms: unix_ms(since),
         };
-        let library = Arc::downgrade(generation.library());
-        let copy_path = generation.library().copy_path().to_owned();
+        let library = generation
+            .library()
+            .map(|library| (Arc::downgrade(library), library.copy_path().to_owned()));
         let (plugin, number) = (info.plugin.clone(), info.generation);
         let spawned = std::thread::Builder::new()
             .name(format!("unload-{plugin}-{number}"))
@@ -273,7 +275,6 @@ impl State {
             Ok(thread) => self.unloading.push(Unloading {
                 info,
                 library,
-                copy_path,
                 thread,
                 started: Instant::now(),
                 reported_slow: false,
@@ -289,7 +290,6 @@ impl State {
         let Unloading {
             info,
             library,
-            copy_path,
             thread,
             ..
         } = unloading;
@@ -297,6 +297,10 @@ impl State {
         let _span =
             tracing::info_span!("drain", plugin = %info.plugin, generation = info.generation)
                 .entered();
+        let Some((library, copy_path)) = library else {
+            tracing::info!("unloaded: its worker process was stopped");
+            return false;
+        };
         if library.strong_count() > 0 {
             // Another generation (a reconfigured one) still uses the library.
             tracing::info!("unloaded; the library stays, a newer generation uses it");

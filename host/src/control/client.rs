@@ -139,6 +139,17 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("response without files".into()))
     }
 
+    /// Starts `plugin` afresh (see [`Host::restart_plugin`](crate::Host::restart_plugin));
+    /// returns what the host did, in one line.
+    pub fn restart(&mut self, plugin: &str) -> Result<String, ClientError> {
+        self.request(&Request {
+            plugin: Some(plugin.to_owned()),
+            ..Request::new(Op::Restart)
+        })?
+        .message
+        .ok_or_else(|| ClientError::Protocol("response without a message".into()))
+    }
+
     /// Asks the host who it is.
     pub fn ping(&mut self) -> Result<HostInfo, ClientError> {
         self.request(&Request::new(Op::Ping))?

@@ -42,6 +42,9 @@ pub enum Op {
     List,
     /// Who is there?
     Ping,
+    /// Start a plugin afresh: a new worker process (lifting a quarantine) for an isolated
+    /// plugin, a new generation for an in-process one. Needs `plugin`.
+    Restart,
 }
 
 impl Request {
@@ -73,6 +76,9 @@ pub struct Response {
     /// For `ping`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostInfo>,
+    /// For `restart`: what was done, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// When `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<CallError>,
@@ -98,6 +104,7 @@ impl Response {
             outcome: None,
             files: None,
             host: None,
+            message: None,
             error: None,
         }
     }
@@ -165,6 +172,13 @@ pub fn decode_request(line: &[u8]) -> Result<Request, CallError> {
             "protocol version {} is not supported; this host speaks {PROTOCOL_VERSION}",
             request.v
         )));
+    }
+    if request.op == Op::Restart {
+        match &request.plugin {
+            Some(plugin) if plugin_api::is_valid_name(plugin) => {}
+            Some(_) => return Err(invalid("invalid plugin name for restart".into())),
+            None => return Err(invalid("a restart needs `plugin`".into())),
+        }
     }
     if request.op == Op::Call {
         let (Some(plugin), Some(callback)) = (&request.plugin, &request.callback) else {

@@ -29,7 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::protocol::{decode_request, too_large, HostInfo, Op, Response};
 use crate::call::{CallError, CallErrorKind};
-use crate::config::ServerLimits;
+use crate::config::{Isolation, ServerLimits};
 use crate::generation::Generation;
 use crate::registry::{Host, PluginHandle};
 
@@ -562,6 +562,24 @@ async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
             host: Some(shared.info.clone()),
             ..Response::new()
         },
+        Op::Restart if shared.shutting_down.load(Ordering::Relaxed) => Response::error(
+            CallError::new(CallErrorKind::ShuttingDown, "the host is shutting down"),
+        ),
+        Op::Restart => {
+            // Starting a worker or an init runs plugin code: never on the runtime's threads.
+            let (host, plugin) = (shared.host.clone(), request.plugin.unwrap_or_default());
+            match tokio::task::spawn_blocking(move || host.restart_plugin(&plugin)).await {
+                Ok(Ok(message)) => Response {
+                    message: Some(message),
+                    ..Response::new()
+                },
+                Ok(Err(err)) => Response::error(err),
+                Err(_) => Response::error(CallError::new(
+                    CallErrorKind::Internal,
+                    "the restart's thread ended without an answer",
+                )),
+            }
+        }
     }
 }
 
@@ -651,7 +669,11 @@ async fn call(
                 state
                     .phase
                     .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire);
-            if finished.is_err() {
+            if finished.is_err() && generation.isolation() == Isolation::Process {
+                // The worker call gave up at its deadline too; the worker is killed later
+                // if the plugin does not return.
+                generation.mark_stuck(false);
+            } else if finished.is_err() {
                 generation.mark_stuck(false);
                 tracing::warn!(
                     plugin = generation.name(),
@@ -680,9 +702,15 @@ async fn call(
                     "call timed out: `{callback}`"
                 );
                 let mut error = timeout_error(&handle, &callback);
-                error
-                    .message
-                    .push_str("; it was told to cancel and counts as stuck until it returns");
+                error.message.push_str(match generation.isolation() {
+                    Isolation::InProcess => {
+                        "; it was told to cancel and counts as stuck until it returns"
+                    }
+                    Isolation::Process => {
+                        "; it was told to cancel, and its worker process is killed if it has \
+                         not returned kill_after_ms later"
+                    }
+                });
                 return Response::error(error);
             }
             // It finished at the very moment the deadline passed: its answer is on the way.
@@ -692,7 +720,7 @@ async fn call(
     drop(slot);
     match outcome {
         // The plugin noticed the deadline itself, a moment before the server did.
-        Ok(outcome)
+        Ok(Ok(outcome))
             if started.elapsed() >= timeout
                 && outcome
                     .error
@@ -701,10 +729,11 @@ async fn call(
         {
             Response::error(timeout_error(&handle, &callback))
         }
-        Ok(outcome) => Response {
+        Ok(Ok(outcome)) => Response {
             outcome: Some(outcome),
             ..Response::new()
         },
+        Ok(Err(err)) => Response::error(err),
         Err(_) => Response::error(CallError::new(
             CallErrorKind::Internal,
             format!("plugin {plugin}: the call's thread ended without an answer"),

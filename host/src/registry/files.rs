@@ -214,6 +214,15 @@ impl FileBook {
         retry
     }
 
+    /// The file at `path` is to be loaded again although its content is unchanged (its
+    /// plugin moves in or out of a worker process). Returns it, to be loaded.
+    pub(crate) fn reload(&mut self, path: &Path) -> Option<PathBuf> {
+        let entry = self.files.get_mut(path)?;
+        entry.accepted_sha256 = None;
+        entry.failed_sha256 = None;
+        Some(path.to_owned())
+    }
+
     /// Every path the book knows.
     pub(crate) fn paths(&self) -> Vec<PathBuf> {
         self.files.keys().cloned().collect()

@@ -29,9 +29,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
+use crate::config::Isolation;
 use crate::config::{PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES};
-use crate::generation::Generation;
+use crate::generation::{Generation, Origin};
+use crate::isolation::{IsolationOptions, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, LoadOptions, Metadata};
+use crate::plugin_file::{KeptCopy, StagedFile};
 use crate::private_dir::CopyDir;
 use crate::reaper::{unix_ms, Reaper, Retired};
 use files::{FileBook, Verdict};
@@ -49,6 +52,8 @@ pub struct HostOptions {
     pub max_message_bytes: usize,
     /// Largest total of log records kept from one call or one `init`, in bytes.
     pub max_log_bytes_per_call: usize,
+    /// How isolated plugins are run (and whether every plugin is).
+    pub isolation: IsolationOptions,
 }
 
 impl Default for HostOptions {
@@ -58,6 +63,7 @@ impl Default for HostOptions {
             plugins: BTreeMap::new(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_log_bytes_per_call: DEFAULT_MAX_LOG_BYTES_PER_CALL,
+            isolation: IsolationOptions::default(),
         }
     }
 }
@@ -153,6 +159,7 @@ struct Inner {
     reaper: Reaper,
     copy_dir: CopyDir,
     options: LoadOptions,
+    isolation: IsolationOptions,
     budget: Budget,
 }
 
@@ -219,6 +226,12 @@ pub struct Serving {
     pub sha256: String,
     /// Calls whose caller was told they timed out and that have not returned yet.
     pub stuck: u64,
+    /// Where it runs.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Its worker process, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerStatus>,
 }
 
 /// A plugin file the host knows, as [`Host::status`] reports it.
@@ -288,6 +301,7 @@ impl Host {
                 reaper,
                 copy_dir,
                 options: options.load,
+                isolation: options.isolation,
                 budget: Budget {
                     max_message: options.max_message_bytes,
                     max_log_bytes: options.max_log_bytes_per_call,
@@ -360,15 +374,57 @@ impl Host {
                 }
             }
         }
-        let library = Library::open(path, staged)
+        let prepared = self
+            .prepare(path, staged)
             .inspect_err(|err| self.state().files.reject(path, Some(sha256), None, err))?;
-        let metadata = library.metadata().clone();
-        self.start_and_commit(path, library, sha256)
+        let metadata = prepared.metadata().cloned();
+        self.start_and_commit(path, prepared, sha256)
             .inspect_err(|err| {
                 self.state()
                     .files
-                    .reject(path, Some(sha256), Some(metadata.clone()), err)
+                    .reject(path, Some(sha256), metadata.clone(), err)
             })
+    }
+
+    /// Opens a staged file in this process, or keeps its copy for a worker process if its
+    /// plugin is isolated (it is then never opened here). Which plugin it is, for an
+    /// isolated one, comes from the name note in its file.
+    fn prepare(&self, path: &Path, staged: StagedFile) -> Result<Prepared, LoadError> {
+        let declared = crate::elf::declared_name_in_file(&staged.copy_path)
+            .ok()
+            .flatten();
+        let isolated = match &declared {
+            Some(name) => self.isolation_of(name) == Isolation::Process,
+            None => self.inner.isolation.isolate_all,
+        };
+        if !isolated {
+            return Library::open(path, staged).map(Prepared::Library);
+        }
+        staged.check_structure(path)?;
+        let Some(name) = declared else {
+            return Err(LoadError::new(
+                path,
+                LoadErrorKind::InvalidMetadata,
+                "cannot run in a worker process: the file has no plugin-name note (it was \
+                 built against a plugin-api older than 0.1.0's note); rebuild it, or run it \
+                 in-process",
+            ));
+        };
+        Ok(Prepared::Isolated {
+            copy: Arc::new(staged.keep()),
+            name,
+        })
+    }
+
+    /// Where the plugin named `name` is to run.
+    fn isolation_of(&self, name: &str) -> Isolation {
+        if self.inner.isolation.isolate_all {
+            return Isolation::Process;
+        }
+        self.state()
+            .settings
+            .get(name)
+            .map_or(Isolation::InProcess, |s| s.isolation)
     }
 
     /// Decides whether `library`, read from `path`, may serve its plugin, starts it, and
@@ -376,11 +432,10 @@ impl Host {
     fn start_and_commit(
         &self,
         path: &Path,
-        library: Library,
+        prepared: Prepared,
         sha256: [u8; 32],
     ) -> Result<(LoadEvent, Retry), LoadError> {
-        let metadata = library.metadata().clone();
-        let name = metadata.name.clone();
+        let name = prepared.name().to_owned();
         let load_lock = self.load_lock(&name);
         let _one_at_a_time = lock(&load_lock);
 
@@ -391,6 +446,10 @@ impl Host {
             check_pin(path, &name, &settings, &sha256)?;
             if !settings.enabled {
                 let stopped = self.stop_serving(&mut state, path, &name, None);
+                let metadata = prepared
+                    .metadata()
+                    .cloned()
+                    .unwrap_or_else(|| Metadata::named(&name));
                 let previous = state.files.accept(path, &metadata, sha256, false);
                 let retry = self.unload_previous(&mut state, previous);
                 drop(state);
@@ -419,9 +478,14 @@ impl Host {
                 ),
             ));
         }
+        let origin = match prepared {
+            Prepared::Library(library) => Origin::Library(Arc::new(library)),
+            Prepared::Isolated { copy, .. } => Origin::Copy(copy),
+        };
         let generation = self
-            .start_generation(Arc::new(library), path, number, settings)
+            .start_generation(&name, origin, path, number, settings)
             .inspect_err(|_| self.unreserve(&name, number))?;
+        let metadata = generation.metadata().clone();
 
         let (replaced, retry) = {
             let mut state = self.state();
@@ -504,11 +568,27 @@ impl Host {
     /// thread is counted in `stuck_inits` until it returns (its instance is then dropped).
     fn start_generation(
         &self,
-        library: Arc<Library>,
+        name: &str,
+        origin: Origin,
         path: &Path,
         number: u64,
         settings: PluginSettings,
     ) -> Result<Generation, LoadError> {
+        let library = match origin {
+            Origin::Library(library) => library,
+            // In a worker: its init is bounded by killing the worker, no thread is left.
+            Origin::Copy(copy) => {
+                return Generation::start_isolated(WorkerSpec {
+                    plugin: name.to_owned(),
+                    program: self.inner.isolation.program(),
+                    copy,
+                    source: path.to_owned(),
+                    generation: number,
+                    settings,
+                    budget: self.inner.budget,
+                });
+            }
+        };
         let name = library.metadata().name.clone();
         let timeout = Duration::from_millis(settings.init_timeout_ms);
         let budget = self.inner.budget;
@@ -662,15 +742,22 @@ impl Host {
                 }
                 if let Some(current) = self.inner.table.current(&name) {
                     let path = current.source().to_owned();
-                    let actual = hex(current.library().sha256());
+                    let actual = hex(current.sha256());
+                    let isolation = if self.inner.isolation.isolate_all {
+                        Isolation::Process
+                    } else {
+                        new.isolation
+                    };
                     if !new.enabled {
                         tracing::info!(plugin = %name, generation = current.number(), "unloading: disabled in the configuration");
                         stopped.extend(self.stop_serving(&mut state, &path, &name, None));
-                    } else if let Err(err) =
-                        check_pin(&path, &name, &new, current.library().sha256())
-                    {
+                    } else if let Err(err) = check_pin(&path, &name, &new, current.sha256()) {
                         tracing::error!(plugin = %name, generation = current.number(), "unloading: its SHA-256 {actual} does not match the pin in the configuration");
                         stopped.extend(self.stop_serving(&mut state, &path, &name, Some(&err)));
+                    } else if current.isolation() != isolation {
+                        // In or out of a worker: loaded again from its file, as a reload.
+                        tracing::info!(plugin = %name, generation = current.number(), "isolation changed to {isolation}: loading it again");
+                        retry.extend(state.files.reload(&path));
                     } else if current.settings() != &new {
                         restarts.push((name.clone(), current));
                     }
@@ -704,12 +791,8 @@ impl Host {
             *last += 1;
             (*last, settings)
         };
-        let started = self.start_generation(
-            current.library().clone(),
-            current.source(),
-            number,
-            settings,
-        );
+        let started =
+            self.start_generation(name, current.origin(), current.source(), number, settings);
         let generation = match started {
             Ok(generation) => Arc::new(generation),
             Err(err) => {
@@ -735,6 +818,37 @@ impl Host {
             tracing::info!(plugin = %name, old_generation = current.number(), generation = number, "reconfigured");
         }
         self.retire(replaced);
+    }
+
+    /// Starts plugin `plugin` afresh (`host restart`): an isolated plugin gets a new worker
+    /// process, and a quarantine is lifted; an in-process one is started again from its
+    /// library as a new generation. Returns what was done, in one line.
+    pub fn restart_plugin(&self, plugin: &str) -> Result<String, CallError> {
+        let current = self
+            .inner
+            .table
+            .current(plugin)
+            .ok_or_else(|| self.unknown_plugin(plugin))?;
+        if let Some(restarted) = current.restart_worker() {
+            let pid = restarted?;
+            tracing::info!(%plugin, generation = current.number(), worker_pid = pid, "restarted by request");
+            return Ok(format!(
+                "restarted plugin {plugin} (generation {}): worker pid {pid}",
+                current.number()
+            ));
+        }
+        self.restart(plugin, &current);
+        match self.inner.table.current(plugin) {
+            Some(now) if !Arc::ptr_eq(&now, &current) => Ok(format!(
+                "restarted plugin {plugin}: generation {} -> {}",
+                current.number(),
+                now.number()
+            )),
+            _ => Err(CallError::new(
+                CallErrorKind::Internal,
+                format!("plugin {plugin} could not be started again; the old generation keeps serving (see the host's log)"),
+            )),
+        }
     }
 
     /// Calls `callback` of plugin `plugin` with JSON `input` on its current generation.
@@ -851,8 +965,10 @@ impl Host {
                         loaded_at_unix_ms: unix_ms(g.loaded_at()),
                         calls: g.calls(),
                         in_flight: g.in_flight(),
-                        sha256: hex(g.library().sha256()),
+                        sha256: hex(g.sha256()),
                         stuck: g.stuck(),
+                        isolation: g.isolation(),
+                        worker: g.worker_status(),
                     }),
                     last_error: entry.error.as_ref().map(|e| e.message().to_owned()),
                     retired: take_where(&mut retired, |r| r.path == *path),
@@ -886,6 +1002,31 @@ impl Host {
     /// The plugin files the host knows.
     pub(crate) fn known_files(&self) -> Vec<PathBuf> {
         self.state().files.paths()
+    }
+}
+
+/// A version of a plugin ready to start.
+enum Prepared {
+    /// Opened in this process.
+    Library(Library),
+    /// Staged for worker processes, which open it; `name` is what its note declares.
+    Isolated { copy: Arc<KeptCopy>, name: String },
+}
+
+impl Prepared {
+    fn name(&self) -> &str {
+        match self {
+            Prepared::Library(library) => &library.metadata().name,
+            Prepared::Isolated { name, .. } => name,
+        }
+    }
+
+    /// The metadata, once known (an isolated plugin's comes from its worker).
+    fn metadata(&self) -> Option<&Metadata> {
+        match self {
+            Prepared::Library(library) => Some(library.metadata()),
+            Prepared::Isolated { .. } => None,
+        }
     }
 }
 

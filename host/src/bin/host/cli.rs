@@ -36,6 +36,18 @@ pub enum Command {
     New(NewArgs),
     /// Serve plugins from a directory, reloading them when their files change.
     Serve(ServeArgs),
+    /// Start a plugin of the running host afresh: a new worker process for an isolated
+    /// plugin (lifting a quarantine), a new generation for an in-process one.
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Plugin name.
+    pub plugin: String,
+    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// Where to find plugins: a running host, or a directory.
@@ -70,6 +82,9 @@ pub struct CallArgs {
     /// Print the whole outcome (result or error, follow-ups, logs, timing) as JSON.
     #[arg(long)]
     pub json: bool,
+    /// For a one-shot call from --plugins: run the plugin in a worker process.
+    #[arg(long)]
+    pub isolated: bool,
     #[command(flatten)]
     pub target: Target,
 }
@@ -128,4 +143,7 @@ pub struct ServeArgs {
     /// Load plugin files even if others could have written them (warn instead).
     #[arg(long)]
     pub allow_insecure_permissions: bool,
+    /// Run every plugin in a worker process of its own, whatever host.toml says.
+    #[arg(long)]
+    pub isolate_all: bool,
 }

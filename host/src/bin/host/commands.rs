@@ -8,12 +8,14 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use host::config::HostConfig;
 use host::control::{default_socket_path, Client, ClientError};
+use host::isolation::IsolationOptions;
+use host::isolation::WorkerStatus;
 use host::{
     inspect, CallError, CallErrorKind, CallOutcome, FileStatus, Host, HostOptions, LoadOptions,
     RetiredState,
 };
 
-use crate::cli::{CallArgs, CheckArgs, ListArgs, Target};
+use crate::cli::{CallArgs, CheckArgs, ListArgs, RestartArgs, Target};
 use crate::exit::{Failure, NOT_FOUND, PLUGIN_ERROR, USAGE};
 
 /// A connection to the running host that serves `target`, if one answers.
@@ -62,7 +64,7 @@ fn plugins_dir(target: &Target) -> Result<&Path> {
     }
 }
 
-fn one_shot_host(target: &Target) -> Result<Host> {
+fn one_shot_host(target: &Target, isolate_all: bool) -> Result<Host> {
     let config = match &target.config {
         Some(path) => HostConfig::load(path)?,
         None => HostConfig::default(),
@@ -72,6 +74,10 @@ fn one_shot_host(target: &Target) -> Result<Host> {
         plugins: config.plugins,
         max_message_bytes: config.max_message_bytes,
         max_log_bytes_per_call: config.max_log_bytes_per_call,
+        isolation: IsolationOptions {
+            isolate_all,
+            ..IsolationOptions::default()
+        },
     })?)
 }
 
@@ -125,7 +131,7 @@ pub fn call(args: CallArgs) -> Result<ExitCode> {
         },
         None => {
             let dir = plugins_dir(&args.target)?;
-            let host = one_shot_host(&args.target)?;
+            let host = one_shot_host(&args.target, args.isolated)?;
             let file = find_plugin(dir, &args.plugin)?;
             host.load_file(&file)?;
             call_here(&host, &args, input)?
@@ -302,6 +308,9 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
             None => (dash(), dash(), String::new()),
         };
         let mut notes = Vec::new();
+        if let Some(worker) = file.serving.as_ref().and_then(|s| s.worker.as_ref()) {
+            notes.push(worker_note(worker));
+        }
         if let Some(stuck) = file.serving.as_ref().map(|s| s.stuck).filter(|n| *n > 0) {
             notes.push(format!("{stuck} stuck"));
         }
@@ -351,6 +360,48 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
         writeln!(out, "{}", row[6])?;
     }
     Ok(())
+}
+
+/// An isolated generation's worker, as one note: `process, pid 4242, 1 restart, 1 crash`.
+fn worker_note(worker: &WorkerStatus) -> String {
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut note = match worker.pid {
+        Some(pid) => format!("process, pid {pid}"),
+        None => "process, no worker running".to_owned(),
+    };
+    if worker.restarts > 0 {
+        note.push_str(&format!(
+            ", {}",
+            count(worker.restarts, "restart", "restarts")
+        ));
+    }
+    if worker.crashes > 0 {
+        note.push_str(&format!(", {}", count(worker.crashes, "crash", "crashes")));
+    }
+    if let Some(reason) = &worker.quarantined {
+        note.push_str(&format!(", QUARANTINED: {reason}"));
+    } else if let Some(last) = &worker.last_crash {
+        note.push_str(&format!(", last crash: {last}"));
+    }
+    note
+}
+
+pub fn restart(args: RestartArgs) -> Result<ExitCode> {
+    let path = args.socket.unwrap_or_else(default_socket_path);
+    let mut client = Client::connect(&path).map_err(|err| {
+        Failure::new(
+            NOT_FOUND,
+            format!("no host answers on {}: {err}", path.display()),
+        )
+    })?;
+    match client.restart(&args.plugin) {
+        Ok(message) => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ClientError::Refused(err)) => Err(err.into()),
+        Err(err) => Err(err).context("asking the running host to restart the plugin"),
+    }
 }
 
 /// How long ago a Unix-epoch millisecond timestamp was, as `42s ago`, `3m ago`, `5h ago`.

@@ -9,7 +9,8 @@ use host::{CallError, CallErrorKind, LoadError};
 pub const OTHER: u8 = 1;
 /// The command line, an input or a configuration file is invalid.
 pub const USAGE: u8 = 2;
-/// The plugin ran and returned an error (or panicked).
+/// The plugin ran and returned an error (or panicked, or its worker process crashed, or it
+/// is quarantined).
 pub const PLUGIN_ERROR: u8 = 3;
 /// No such plugin, or no running host answers.
 pub const NOT_FOUND: u8 = 4;
@@ -24,7 +25,7 @@ Exit status:
   0  success
   1  any other failure
   2  usage error: bad arguments, input that is not JSON, an invalid host.toml
-  3  the plugin returned an error (or panicked)
+  3  the plugin returned an error (or panicked, or its worker process crashed)
   4  no such plugin, or no running host answers
   5  timeout, busy, or the host is shutting down: try again later
   6  a plugin file could not be loaded or failed its checks";
@@ -86,6 +87,7 @@ fn for_call_error(err: &CallError) -> u8 {
         CallErrorKind::UnknownPlugin => NOT_FOUND,
         CallErrorKind::InvalidRequest => USAGE,
         CallErrorKind::Timeout | CallErrorKind::Busy | CallErrorKind::ShuttingDown => TRY_AGAIN,
+        CallErrorKind::Crashed | CallErrorKind::Quarantined => PLUGIN_ERROR,
         _ => OTHER,
     }
 }

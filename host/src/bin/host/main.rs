@@ -22,6 +22,17 @@ use crate::cli::{Cli, Command};
 const ONE_SHOT_LOG: &str = "warn,plugin=off";
 
 fn main() -> ExitCode {
+    // A worker process for an isolated plugin (started by `host serve`, never by hand).
+    if std::env::args_os().nth(1).as_deref() == Some(host::isolation::WORKER_ARG.as_ref()) {
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("warn"))
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .init();
+        return host::isolation::worker_main();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Call(args) => {
@@ -41,6 +52,10 @@ fn main() -> ExitCode {
             new::run(args)
         }
         Command::Serve(args) => serve::run(args),
+        Command::Restart(args) => {
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
+            commands::restart(args)
+        }
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use host::config::HostConfig;
 use host::control::{default_socket_path, ControlServer, HostInfo};
+use host::isolation::IsolationOptions;
 use host::watch::Watcher;
 use host::{Host, HostOptions, LoadOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -66,6 +67,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         plugins: config.plugins.clone(),
         max_message_bytes: config.max_message_bytes,
         max_log_bytes_per_call: config.max_log_bytes_per_call,
+        isolation: IsolationOptions {
+            isolate_all: args.isolate_all,
+            ..IsolationOptions::default()
+        },
     })?;
     let watcher = Watcher::start(host.clone(), &dir, args.config.as_deref())
         .with_context(|| format!("watching {}", dir.display()))?;
