@@ -340,6 +340,44 @@ fn swap_in(dir: &Path, source: &Path) -> Instant {
     started
 }
 
+/// Reload latency of an isolated plugin under `host serve --isolate-all`: rename into the
+/// directory to the first call answered by the new version's worker.
+fn isolated_reloads(args: &Args, rows: &mut Vec<Row>) {
+    let n = if args.smoke { 10 } else { 100 };
+    let dir = fresh_dir("isolated-reload");
+    std::fs::copy(&args.plugin, dir.join("libbench_noop.so")).expect("copy plugin");
+    let (serve, _) = Serve::start_with(&args.host, dir.clone(), &["--isolate-all".as_ref()]);
+    let mut client = serve.client();
+    let variants = [(&args.variant, "b"), (&args.plugin, "a")];
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let (source, expected) = variants[i % 2];
+        let started = swap_in(&dir, source);
+        loop {
+            let answered = client
+                .call("bench-noop", "variant", "null")
+                .ok()
+                .and_then(|o| {
+                    o.result()
+                        .ok()
+                        .map(|r| r.get() == format!("\"{expected}\""))
+                });
+            if answered == Some(true) {
+                break;
+            }
+        }
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    rows.push(row(
+        &format!("isolated reload: rename into the directory to first call answered by the new worker ({n} reloads)"),
+        format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        "p50 <= 25 ms, p99 <= 100 ms",
+        Some(p50 <= 25.0 && p99 <= 100.0),
+    ));
+}
+
 fn reloads(args: &Args, rows: &mut Vec<Row>) {
     let (latency_n, load_n, total) = if args.smoke {
         (10, 20, 40)
@@ -471,7 +509,156 @@ fn startup(args: &Args, rows: &mut Vec<Row>) {
     ));
 }
 
+/// The ~100-byte record the echo figures send.
+const RECORD: &str = r#"{"id":42,"host":"web-7","service":"checkout","status":"degraded","latency_ms":12.5,"tags":["eu","canary"]}"#;
+
+/// The peer of the isolated-call figure: a child process (this binary, `--echo-child`)
+/// that answers each JSON line on stdin with the same JSON on stdout, decoded and encoded
+/// as the plugin does.
+fn echo_child() {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { return };
+        let value: serde_json::Value = serde_json::from_str(&line).expect("JSON in");
+        serde_json::to_writer(&mut stdout, &value).expect("JSON out");
+        stdout.write_all(b"\n").expect("write");
+        stdout.flush().expect("flush");
+    }
+}
+
+/// A library host whose plugins all run in worker processes (the host binary).
+fn isolated_host(args: &Args, settings: host::config::PluginSettings) -> (host::Host, PathBuf) {
+    let dir = fresh_dir("isolated");
+    let file = dir.join("libbench_noop.so");
+    std::fs::copy(&args.plugin, &file).expect("copy plugin");
+    let mut options = host::HostOptions::default();
+    options.isolation.isolate_all = true;
+    options.isolation.worker_program = Some(args.host.clone());
+    options.plugins.insert("bench-noop".into(), settings);
+    let host = host::Host::new(options).expect("host");
+    host.load_file(&file).expect("an isolated load");
+    (host, dir)
+}
+
+fn isolation(args: &Args, rows: &mut Vec<Row>) {
+    use std::io::{BufRead, BufReader, Write};
+    let (host, dir) = isolated_host(args, host::config::PluginSettings::default());
+    let mut child = Command::new(std::env::current_exe().expect("this binary"))
+        .arg("--echo-child")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the echo child");
+    let mut to_child = child.stdin.take().expect("stdin");
+    let mut from_child = BufReader::new(child.stdout.take().expect("stdout"));
+    let n = if args.smoke { 300 } else { 20_000 };
+    let (mut ours, mut theirs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut line = String::new();
+    // Interleaved, one of each per round, after a warm-up.
+    for i in 0..n + n / 10 {
+        let start = Instant::now();
+        let outcome = host
+            .call("bench-noop", "echo", RECORD)
+            .expect("isolated echo");
+        std::hint::black_box(outcome.result().expect("echoed"));
+        let a = start.elapsed().as_secs_f64() * 1e6;
+        let start = Instant::now();
+        to_child.write_all(RECORD.as_bytes()).expect("to child");
+        to_child.write_all(b"\n").expect("to child");
+        line.clear();
+        from_child.read_line(&mut line).expect("from child");
+        let b = start.elapsed().as_secs_f64() * 1e6;
+        if i >= n / 10 {
+            ours.push(a);
+            theirs.push(b);
+        }
+    }
+    drop(to_child);
+    let _ = child.wait();
+    ours.sort_by(f64::total_cmp);
+    theirs.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
+    let (c50, c99) = (percentile(&theirs, 0.5), percentile(&theirs, 0.99));
+    rows.push(row(
+        "isolated `Host::call`, ~100-byte JSON echo (vs a child process echoing JSON lines over a pipe, same run)",
+        format!("p50 {p50:.1} µs, p99 {p99:.1} µs (child: p50 {c50:.1} µs, p99 {c99:.1} µs)"),
+        "p50 <= 25 µs and faster than the child",
+        Some(p50 <= 25.0 && p50 < c50),
+    ));
+
+    // Throughput, 1 thread then 2 threads, on the one worker.
+    let seconds = if args.smoke { 0.2 } else { 2.0 };
+    let rate = |threads: usize| {
+        let stop = AtomicBool::new(false);
+        let count = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        host.call("bench-noop", "echo", RECORD).expect("echo");
+                        n += 1;
+                    }
+                    count.fetch_add(n, Ordering::Relaxed);
+                });
+            }
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            stop.store(true, Ordering::Relaxed);
+        });
+        count.load(Ordering::Relaxed) as f64 / seconds
+    };
+    let one = rate(1);
+    let two = rate(2);
+    rows.push(row(
+        "isolated calls per second, 2 threads vs 1 thread, ~100-byte echo",
+        format!(
+            "{:.0}k/s vs {:.0}k/s = {:.2}x",
+            two / 1000.0,
+            one / 1000.0,
+            two / one
+        ),
+        "(measured, no target)",
+        None,
+    ));
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Crash to serving again: a call that kills the worker, then calls until one is served.
+    let settings = host::config::PluginSettings {
+        max_restarts: u32::MAX,
+        restart_window_ms: 1,
+        ..host::config::PluginSettings::default()
+    };
+    let (host, dir) = isolated_host(args, settings);
+    let rounds = if args.smoke { 10 } else { 200 };
+    let mut back = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let err = host
+            .call("bench-noop", "exit", "null")
+            .expect_err("the worker exits");
+        assert_eq!(err.kind, host::CallErrorKind::Crashed, "{err}");
+        let start = Instant::now();
+        while host.call("bench-noop", "noop", "null").is_err() {}
+        back.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    back.sort_by(f64::total_cmp);
+    let p50 = percentile(&back, 0.5);
+    rows.push(row(
+        &format!("isolated plugin, worker crash to serving again ({rounds} crashes)"),
+        format!("p50 {p50:.2} ms, p99 {:.2} ms", percentile(&back, 0.99)),
+        "p50 <= 50 ms",
+        Some(p50 <= 50.0),
+    ));
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--echo-child") {
+        return echo_child();
+    }
     let args = args();
     let mut rows = Vec::new();
     in_process(&args, &mut rows);
@@ -479,6 +666,8 @@ fn main() {
     idle_connections(&args, &mut rows);
     reloads(&args, &mut rows);
     startup(&args, &mut rows);
+    isolation(&args, &mut rows);
+    isolated_reloads(&args, &mut rows);
     println!("| figure | measured | target | ok |");
     println!("|---|---|---|---|");
     for r in rows {

@@ -3,7 +3,9 @@
 //! * `noop`: takes `null`, returns `null`, does nothing;
 //! * `echo`: returns its input, a record of about 100 bytes of JSON;
 //! * `variant`: which build this is (`BENCH_VARIANT` at compile time), so a benchmark can
-//!   tell two builds apart after a reload.
+//!   tell two builds apart after a reload;
+//! * `exit`: ends the process it runs in, for the crash-to-serving figure of isolated
+//!   plugins (never call it in-process).
 
 use plugin_api::{export_plugin, Callbacks, Context, InitContext, Plugin, PluginError};
 use serde::{Deserialize, Serialize};
@@ -38,7 +40,8 @@ impl Plugin for Noop {
         callbacks
             .add("noop", Noop::noop)
             .add("echo", Noop::echo)
-            .add("variant", Noop::variant);
+            .add("variant", Noop::variant)
+            .add("exit", Noop::exit);
     }
 }
 
@@ -55,6 +58,10 @@ impl Noop {
 
     fn variant(&self, _ctx: &Context<'_>, _input: ()) -> Result<&'static str, PluginError> {
         Ok(option_env!("BENCH_VARIANT").unwrap_or("a"))
+    }
+
+    fn exit(&self, _ctx: &Context<'_>, _input: ()) -> Result<(), PluginError> {
+        std::process::exit(1)
     }
 }
 
