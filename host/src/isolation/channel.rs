@@ -57,6 +57,11 @@ pub(crate) enum ToWorker {
         input: Box<RawValue>,
         /// The call's deadline, in milliseconds since the Unix epoch (0: none).
         deadline_unix_ms: u64,
+        /// No other call of the host's is in flight on this worker: the worker may run it
+        /// on the thread that read it (the host rings the doorbell for anything that
+        /// comes meanwhile).
+        #[serde(default)]
+        alone: bool,
     },
     /// The caller of call `id` gave up: tell the plugin to cancel it.
     Cancel { id: u64 },

@@ -3,8 +3,10 @@
 //!
 //! Calls share the channel by id. There is no reader thread: a caller waiting for its answer
 //! becomes the channel's reader if nobody else is reading, hands on any answer that is not
-//! its own, and lets the next waiter read when it has its own. A lone call therefore costs
-//! one wake-up each way, as a plain pipe to a child would.
+//! its own, and lets the next waiter read when it has its own. A lone call polls for its
+//! answer a moment before it sleeps, and the worker runs it on the thread that read it
+//! (see `worker`), so it usually costs no wake-up at all; a frame sent while another call is
+//! in flight also rings the worker's doorbell.
 //!
 //! A *watch* thread per worker waits for the process to exit (a pidfd), logs what it writes
 //! on stdout and stderr (with plugin, generation and worker pid), and kills it when a call
@@ -13,7 +15,7 @@
 //! in flight on it with a `crashed` error naming the reason and their callback.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -64,6 +66,9 @@ pub(crate) struct Worker {
     pid: u32,
     label: Label,
     writer: Mutex<UnixStream>,
+    /// Rung after a frame that may arrive while the worker runs a call on its reading
+    /// thread (see `worker`).
+    doorbell: UnixStream,
     reader: Mutex<FrameReader>,
     state: Mutex<State>,
     changed: Condvar,
@@ -137,6 +142,7 @@ impl Worker {
         let Spawned {
             child,
             channel,
+            doorbell,
             output,
         } = spawn::spawn(spec)
             .map_err(|err| host_error(&spec.program.display().to_string(), err))?;
@@ -146,12 +152,16 @@ impl Worker {
             .try_clone()
             .map_err(|err| host_error("channel", err))?;
         let wake = eventfd().map_err(|err| host_error("eventfd", err))?;
+        doorbell
+            .set_nonblocking(true)
+            .map_err(|err| host_error("doorbell", err))?;
         let pidfd = spawn::pidfd(pid).map_err(|err| host_error("pidfd", err))?;
         let init_timeout = Duration::from_millis(request.settings.init_timeout_ms);
         let worker = Arc::new(Worker {
             pid,
             label: label.clone(),
             writer: Mutex::new(channel),
+            doorbell,
             reader: Mutex::new(FrameReader::new(reader, limit)),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -277,13 +287,14 @@ impl Worker {
                 format!("input is not JSON: {err}"),
             )
         })?;
-        {
+        let alone = {
             let mut state = lock(&self.state);
             if let Some(exit) = &state.exit {
                 return Err(self.crashed(&describe(&Some(exit.clone())), callback));
             }
             state.pending.insert(id, Pending { answer: None });
-        }
+            state.pending.len() == 1
+        };
         let frame = ToWorker::Call {
             id,
             callback: callback.to_owned(),
@@ -291,8 +302,9 @@ impl Worker {
             deadline_unix_ms: deadline
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis().max(1) as u64),
+            alone,
         };
-        if write_frame(&lock(&self.writer), &frame).is_err() {
+        if self.send(&frame, !alone).is_err() {
             // The process is going; its exit says why.
             lock(&self.state).closed = true;
         }
@@ -375,7 +387,7 @@ impl Worker {
         });
         drop(state);
         self.wake_watch();
-        let _ = write_frame(&lock(&self.writer), &ToWorker::Cancel { id });
+        let _ = self.send(&ToWorker::Cancel { id }, true);
         CallError::new(
             CallErrorKind::Timeout,
             format!(
@@ -389,6 +401,16 @@ impl Worker {
                 self.label.kill_after_ms
             ),
         )
+    }
+
+    /// Writes `frame`, and rings the doorbell after it if the worker may be busy.
+    fn send(&self, frame: &ToWorker, ring: bool) -> io::Result<()> {
+        write_frame(&lock(&self.writer), frame)?;
+        if ring {
+            // A full doorbell has rung already; that is enough.
+            let _ = (&self.doorbell).write(&[1]);
+        }
+        Ok(())
     }
 
     fn crashed(&self, reason: &str, callback: &str) -> CallError {

@@ -3,9 +3,10 @@
 //!
 //! * The program is the host binary itself (`/proc/self/exe`, so a binary replaced on disk
 //!   since the host started never mismatches), run with the hidden `__worker` argument.
-//! * Descriptors: the channel is the worker's fd 3; stdout and stderr are one pipe the
-//!   supervisor reads (and logs); stdin is `/dev/null`. Every other descriptor is marked
-//!   close-on-exec before `exec`, whoever opened it, so nothing else is inherited.
+//! * Descriptors: the channel is the worker's fd 3 and its doorbell fd 4 (see `worker`);
+//!   stdout and stderr are one pipe the supervisor reads (and logs); stdin is `/dev/null`.
+//!   Every other descriptor is marked close-on-exec before `exec`, whoever opened it, so
+//!   nothing else is inherited.
 //! * Environment: cleared, then only [`PASSED_ENV`] is passed on, plus `MALLOC_ARENA_MAX=2`
 //!   under a memory limit (glibc reserves 64 MiB of address space per malloc arena, which an
 //!   address-space limit counts).
@@ -19,6 +20,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -30,6 +32,8 @@ pub const WORKER_ARG: &str = "__worker";
 
 /// The descriptor the channel is in the worker.
 pub(crate) const CHANNEL_FD: RawFd = 3;
+/// The descriptor the doorbell is in the worker.
+pub(crate) const DOORBELL_FD: RawFd = 4;
 
 /// Environment variables a worker inherits from the host; all others are dropped.
 pub const PASSED_ENV: &[&str] = &[
@@ -59,7 +63,9 @@ pub(crate) struct SpawnSpec {
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) child: Child,
-    pub(crate) channel: std::os::unix::net::UnixStream,
+    pub(crate) channel: UnixStream,
+    /// Rung (one byte) when a frame comes while the worker may be busy running a call.
+    pub(crate) doorbell: UnixStream,
     pub(crate) output: OwnedFd,
 }
 
@@ -67,7 +73,11 @@ type Request = (Command, mpsc::Sender<io::Result<Child>>);
 
 /// Starts a worker as `spec` says.
 pub(crate) fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
-    let (channel, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let (channel, theirs) = UnixStream::pair()?;
+    let (doorbell, their_doorbell) = UnixStream::pair()?;
+    // Far above 3 and 4, so that moving them there in the child overwrites neither.
+    let theirs = high_copy(&theirs)?;
+    let their_doorbell = high_copy(&their_doorbell)?;
     let (output, output_write) = pipe()?;
     let mut command = Command::new(&spec.program);
     command
@@ -80,7 +90,7 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     if spec.max_memory_mb.is_some() {
         command.env("MALLOC_ARENA_MAX", "2");
     }
-    let their_fd = theirs.as_raw_fd();
+    let (their_fd, their_bell) = (theirs.as_raw_fd(), their_doorbell.as_raw_fd());
     let limit = spec
         .max_memory_mb
         .map(|mb| mb.saturating_mul(1024 * 1024) as libc::rlim_t);
@@ -108,17 +118,14 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
                     return Err(io::Error::last_os_error());
                 }
             }
-            if their_fd == CHANNEL_FD {
-                // dup2 onto itself would keep close-on-exec set.
-                let flags = libc::fcntl(CHANNEL_FD, libc::F_GETFD);
-                libc::fcntl(CHANNEL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(their_fd, CHANNEL_FD) < 0 {
+            // Both are far above 3 and 4 (see `high_copy`); dup2 clears close-on-exec.
+            if libc::dup2(their_fd, CHANNEL_FD) < 0 || libc::dup2(their_bell, DOORBELL_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // Everything above the channel closes at exec, whoever opened it without
-            // O_CLOEXEC (std's own error pipe among them, which must stay open until exec).
+            // Everything above them closes at exec, whoever opened it without O_CLOEXEC
+            // (std's own error pipe among them, which must stay open until exec).
             libc::close_range(
-                CHANNEL_FD as libc::c_uint + 1,
+                DOORBELL_FD as libc::c_uint + 1,
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
             );
@@ -126,12 +133,24 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         });
     }
     let child = spawn_on_spawner(command)?;
-    drop(theirs);
+    drop((theirs, their_doorbell));
     Ok(Spawned {
         child,
         channel,
+        doorbell,
         output,
     })
+}
+
+/// A close-on-exec copy of `fd` numbered 100 or more.
+fn high_copy(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one or -1.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new open descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 /// The variables of [`PASSED_ENV`] that are set in the host.

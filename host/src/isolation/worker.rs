@@ -3,15 +3,20 @@
 //! in-process loading, runs its `init`, and serves its calls until told to stop or until the
 //! host is gone.
 //!
-//! Calls run on a small pool of threads that take turns reading the channel: the thread
-//! that reads a call hands the reading on to an idle thread (or a new one, up to the
-//! plugin's `max_concurrent_calls`, 64 without one) and runs the call itself. A cancellation
-//! sets the call's flag, which the plugin sees as `ctx.is_cancelled()`.
+//! Calls run on a small pool of threads that take turns reading the channel. A call the
+//! host sent while no other call of its was in flight (`alone`) runs on the thread that read
+//! it, and nobody reads meanwhile: a lone call costs no hand-off between threads. For
+//! anything the host sends while a call runs (another call, a cancellation), it rings the
+//! *doorbell*, a second socket on which one thread waits and wakes a reader. Any other call
+//! hands the reading on to an idle thread (or a new one, up to the plugin's
+//! `max_concurrent_calls`, 64 without one) before it runs. A cancellation sets the call's
+//! flag, which the plugin sees as `ctx.is_cancelled()`.
 //!
 //! The worker exits at once (`_exit`, without running the plugin's destructors) when the
 //! channel reaches its end: the host has died or given up on it.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -21,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::channel::{write_frame, FrameReader, FromWorker, LoadRequest, ToWorker, ENVELOPE_BYTES};
-use super::spawn::CHANNEL_FD;
+use super::spawn::{CHANNEL_FD, DOORBELL_FD};
 use crate::call::{Budget, CallError, CallErrorKind};
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::generation::Generation;
@@ -98,6 +103,17 @@ pub fn worker_main() -> ExitCode {
         cancels: Mutex::new(HashMap::new()),
         running: AtomicUsize::new(0),
     });
+    // SAFETY: descriptor 4 is the doorbell the host set up for this process; nothing else
+    // in this process owns it.
+    let bell = unsafe { UnixStream::from_raw_fd(DOORBELL_FD) };
+    let ringing = serving.clone();
+    if std::thread::Builder::new()
+        .name("doorbell".into())
+        .spawn(move || ringing.doorbell(bell))
+        .is_err()
+    {
+        exit_now(1);
+    }
     serving.serve();
     exit_now(0)
 }
@@ -174,8 +190,14 @@ impl Serving {
                     callback,
                     input,
                     deadline_unix_ms,
+                    alone,
                 })) => {
-                    if self.hand_on_reading() {
+                    if alone {
+                        // The doorbell brings a reader if anything comes meanwhile.
+                        lock(&self.pool).leader = false;
+                        reading = false;
+                        self.run(id, &callback, input.get(), deadline_unix_ms);
+                    } else if self.hand_on_reading() {
                         reading = false;
                         self.run(id, &callback, input.get(), deadline_unix_ms);
                     } else {
@@ -197,6 +219,36 @@ impl Serving {
                     exit_now(0)
                 }
             }
+        }
+    }
+
+    /// The doorbell thread: each ring brings a reader to the channel if nobody reads it.
+    fn doorbell(self: Arc<Serving>, bell: UnixStream) {
+        let mut rings = [0u8; 64];
+        loop {
+            match (&bell).read(&mut rings) {
+                Ok(0) => exit_now(0),
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => exit_now(0),
+            }
+            let mut pool = lock(&self.pool);
+            if pool.leader {
+                continue;
+            }
+            if pool.idle > 0 {
+                self.turn.notify_one();
+            } else if pool.threads < pool.max_threads {
+                let serving = self.clone();
+                if std::thread::Builder::new()
+                    .name("call".into())
+                    .spawn(move || serving.serve())
+                    .is_ok()
+                {
+                    pool.threads += 1;
+                }
+            }
+            // Otherwise every thread runs a call; the first to finish reads next.
         }
     }
 
