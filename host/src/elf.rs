@@ -93,7 +93,6 @@ pub(crate) fn check_head(bytes: &[u8], len: u64) -> Result<(), String> {
 /// The plugin name `bytes` (a whole library file) declares in its `plugin-host` note, if it
 /// has one and the name is valid ([`plugin_api::is_valid_name`]). Anything else (not a
 /// 64-bit little-endian ELF file, no such note, a malformed file) is `None`.
-#[allow(dead_code)] // Only the tests read a name from bytes; the host reads files.
 pub(crate) fn declared_name(bytes: &[u8]) -> Option<String> {
     declared_name_in(&bytes).ok().flatten()
 }

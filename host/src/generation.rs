@@ -22,6 +22,7 @@ use plugin_api::{ErrorKind, Level, LogRecord};
 
 use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
 use crate::config::{Isolation, PluginSettings};
+use crate::digest::Digest;
 use crate::isolation::{Supervised, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
 use crate::plugin_file::KeptCopy;
@@ -187,11 +188,11 @@ impl Generation {
         }
     }
 
-    /// SHA-256 of the file it was loaded from.
-    pub(crate) fn sha256(&self) -> &[u8; 32] {
+    /// What identifies the content it was loaded from.
+    pub(crate) fn digest(&self) -> &Digest {
         match &self.backend {
-            Backend::InProcess { library, .. } => library.sha256(),
-            Backend::Worker(supervised) => supervised.copy().sha256(),
+            Backend::InProcess { library, .. } => library.digest(),
+            Backend::Worker(supervised) => supervised.copy().digest(),
         }
     }
 

@@ -31,6 +31,7 @@
 mod call;
 pub mod config;
 pub mod control;
+mod digest;
 mod elf;
 mod generation;
 pub mod isolation;

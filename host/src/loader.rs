@@ -33,6 +33,7 @@ use plugin_api::{is_valid_name, LogRecord, PluginError};
 use serde::{Deserialize, Serialize};
 
 use crate::call::Budget;
+use crate::digest::Digest;
 use crate::plugin_file::StagedFile;
 use crate::private_dir::CopyDir;
 
@@ -181,7 +182,7 @@ pub struct Library {
     raw: ManuallyDrop<RawLibrary>,
     module: PluginModRef,
     metadata: Metadata,
-    sha256: [u8; 32],
+    digest: Digest,
     copy_path: PathBuf,
 }
 
@@ -199,19 +200,19 @@ impl Library {
     /// metadata. The copy's name is unlinked once it is mapped.
     pub(crate) fn open(path: &Path, staged: StagedFile) -> Result<Library, LoadError> {
         staged.check_structure(path)?;
-        let opened = Library::open_at(path, &staged.copy_path, staged.sha256);
+        let opened = Library::open_at(path, &staged.copy_path, staged.digest.clone());
         // The mapping keeps the unlinked copy alive; the name is not needed any more.
         drop(staged);
         opened
     }
 
     /// Opens the private copy at `copy_path` of the plugin file at `path` (staged and
-    /// checked already, with hash `sha256`), checks it and reads its metadata. The copy is
+    /// checked already, with `digest`), checks it and reads its metadata. The copy is
     /// left where it is (a worker process opens the copy its host keeps).
     pub(crate) fn open_at(
         path: &Path,
         copy_path: &Path,
-        sha256: [u8; 32],
+        digest: Digest,
     ) -> Result<Library, LoadError> {
         let copy_path = copy_path.to_owned();
         // SAFETY: opening a library runs its initialisers. That is the one thing a plugin host
@@ -240,7 +241,7 @@ impl Library {
             raw: ManuallyDrop::new(raw),
             module,
             metadata,
-            sha256,
+            digest,
             copy_path,
         })
     }
@@ -272,9 +273,9 @@ impl Library {
         &self.metadata
     }
 
-    /// SHA-256 of the file it was loaded from.
-    pub fn sha256(&self) -> &[u8; 32] {
-        &self.sha256
+    /// What identifies the content it was loaded from.
+    pub(crate) fn digest(&self) -> &Digest {
+        &self.digest
     }
 }
 
@@ -505,7 +506,7 @@ pub fn inspect(path: &Path, options: &LoadOptions) -> Result<Metadata, LoadError
             format!("cannot create the private copy directory: {err}"),
         )
     })?;
-    let staged = crate::plugin_file::stage(path, options, copy_dir.path())?;
+    let staged = crate::plugin_file::stage(path, options, copy_dir.path(), &|_| false)?;
     let library = Library::open(path, staged)?;
     Ok(library.metadata.clone())
 }

@@ -155,7 +155,7 @@ fn every_way_a_worker_dies_fails_only_its_call_and_the_next_call_is_served() {
 
 #[test]
 fn a_crash_fails_every_call_in_flight_on_that_worker_each_naming_its_callback() {
-    let (_dir, server) = serve(CRASHY, &[]);
+    let (_dir, server) = serve("[plugins.tough]\nisolation = \"process\"\n", &[]);
     let waiting = {
         let mut client = server.client().unwrap();
         thread::spawn(move || client.call("tough", "wait", r#"{"ms":5000}"#))

@@ -554,10 +554,20 @@ async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
             let input = request.input.unwrap_or_else(null);
             call(shared, &plugin, callback, input).await
         }
-        Op::List => Response {
-            files: Some(shared.host.status()),
-            ..Response::new()
-        },
+        // A listing may compute SHA-256s left for later: not on the runtime's threads.
+        Op::List => {
+            let host = shared.host.clone();
+            match tokio::task::spawn_blocking(move || host.status()).await {
+                Ok(files) => Response {
+                    files: Some(files),
+                    ..Response::new()
+                },
+                Err(_) => Response::error(CallError::new(
+                    CallErrorKind::Internal,
+                    "the listing's thread ended without an answer",
+                )),
+            }
+        }
         Op::Ping => Response {
             host: Some(shared.info.clone()),
             ..Response::new()

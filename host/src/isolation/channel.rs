@@ -32,8 +32,6 @@ pub(crate) struct LoadRequest {
     pub(crate) copy: PathBuf,
     /// The plugin file it was copied from, for messages.
     pub(crate) source: PathBuf,
-    /// SHA-256 of the copy, in hex.
-    pub(crate) sha256: String,
     /// The generation number the host gave this version.
     pub(crate) generation: u64,
     /// The plugin's settings (its configuration for `init` among them).

@@ -251,7 +251,6 @@ impl Shared {
         let request = LoadRequest {
             copy: spec.copy.path().to_owned(),
             source: spec.source.clone(),
-            sha256: crate::registry::hex(spec.copy.sha256()),
             generation: spec.generation,
             settings: spec.settings.clone(),
             max_message_bytes: spec.budget.max_message,

@@ -29,6 +29,7 @@ use super::channel::{write_frame, FrameReader, FromWorker, LoadRequest, ToWorker
 use super::spawn::{CHANNEL_FD, DOORBELL_FD};
 use crate::call::{Budget, CallError, CallErrorKind};
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::digest::Digest;
 use crate::generation::Generation;
 use crate::loader::{Library, LoadError};
 
@@ -122,8 +123,7 @@ pub fn worker_main() -> ExitCode {
 fn load(
     request: &LoadRequest,
 ) -> Result<(Generation, Vec<plugin_api::LogRecord>), (LoadError, Vec<plugin_api::LogRecord>)> {
-    let sha256 = parse_hex(&request.sha256).unwrap_or([0; 32]);
-    let library = Library::open_at(&request.source, &request.copy, sha256)
+    let library = Library::open_at(&request.source, &request.copy, Digest::none())
         .map_err(|err| (err, Vec::new()))?;
     let budget = Budget {
         max_message: request.max_message_bytes,
@@ -330,29 +330,6 @@ fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hashes_travel_as_hex() {
-        let hash = [0xab; 32];
-        assert_eq!(parse_hex(&crate::registry::hex(&hash)), Some(hash));
-        assert_eq!(parse_hex("zz"), None);
-    }
 }

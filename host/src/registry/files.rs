@@ -24,14 +24,14 @@ use crate::loader::{LoadError, LoadErrorKind, Metadata};
 pub(crate) struct FileEntry {
     /// The name this file serves now, if a generation from it is in the call table.
     pub(crate) serves: Option<String>,
-    /// Hash of the content accepted last: served, or found disabled.
-    pub(crate) accepted_sha256: Option<[u8; 32]>,
+    /// Content hash of what was accepted last: served, or found disabled.
+    pub(crate) accepted: Option<u128>,
     /// What the content read last declared, whether it loaded or not.
     pub(crate) declared: Option<Metadata>,
     /// Why the last attempt failed.
     pub(crate) error: Option<LoadError>,
-    /// Hash of the content that failed, so that it is not tried again until it changes.
-    pub(crate) failed_sha256: Option<[u8; 32]>,
+    /// Content hash of what failed, so that it is not tried again until it changes.
+    pub(crate) failed: Option<u128>,
 }
 
 /// What to do with content just read from a path.
@@ -60,18 +60,16 @@ impl FileBook {
         self.files.iter()
     }
 
-    /// Decides what content with hash `sha256`, just read from `path`, calls for.
-    pub(crate) fn verdict(&self, path: &Path, sha256: &[u8; 32]) -> Verdict {
+    /// Decides what content with hash `content`, just read from `path`, calls for.
+    pub(crate) fn verdict(&self, path: &Path, content: u128) -> Verdict {
         let Some(entry) = self.files.get(path) else {
             return Verdict::Load;
         };
-        if entry.accepted_sha256.as_ref() == Some(sha256) {
+        if entry.accepted == Some(content) {
             return Verdict::Unchanged;
         }
         match &entry.error {
-            Some(err) if entry.failed_sha256.as_ref() == Some(sha256) => {
-                Verdict::Failed(err.clone().repeated())
-            }
+            Some(err) if entry.failed == Some(content) => Verdict::Failed(err.clone().repeated()),
             _ => Verdict::Load,
         }
     }
@@ -81,7 +79,7 @@ impl FileBook {
     pub(crate) fn unchanged(&mut self, path: &Path) {
         if let Some(entry) = self.files.get_mut(path) {
             entry.error = None;
-            entry.failed_sha256 = None;
+            entry.failed = None;
         }
     }
 
@@ -120,32 +118,32 @@ impl FileBook {
     }
 
     /// Records that `path` now serves `name` (or, with `serving` false, that its plugin is
-    /// disabled) from content `sha256`. Returns the name it served before, if that was
+    /// disabled) from content `content`. Returns the name it served before, if that was
     /// another one: that plugin must stop being served.
     pub(crate) fn accept(
         &mut self,
         path: &Path,
         metadata: &Metadata,
-        sha256: [u8; 32],
+        content: u128,
         serving: bool,
     ) -> Option<String> {
         let entry = self.files.entry(path.to_owned()).or_default();
         let previous = entry.serves.take().filter(|p| *p != metadata.name);
         entry.serves = serving.then(|| metadata.name.clone());
-        entry.accepted_sha256 = Some(sha256);
+        entry.accepted = Some(content);
         entry.declared = Some(metadata.clone());
         entry.error = None;
-        entry.failed_sha256 = None;
+        entry.failed = None;
         previous
     }
 
-    /// Records a failed attempt on `path`: content `sha256` (if it was read) failed with
+    /// Records a failed attempt on `path`: content `content` (if it was read) failed with
     /// `error`, after declaring `declared` (if it got that far). What the file serves is
     /// unchanged.
     pub(crate) fn reject(
         &mut self,
         path: &Path,
-        sha256: Option<[u8; 32]>,
+        content: Option<u128>,
         declared: Option<Metadata>,
         error: &LoadError,
     ) {
@@ -153,7 +151,7 @@ impl FileBook {
         if declared.is_some() {
             entry.declared = declared;
         }
-        entry.failed_sha256 = sha256;
+        entry.failed = content;
         entry.error = Some(error.clone());
     }
 
@@ -163,7 +161,7 @@ impl FileBook {
         if let Some(entry) = self.files.get_mut(path) {
             entry.serves = None;
             if let Some(error) = error {
-                entry.failed_sha256 = entry.accepted_sha256.take();
+                entry.failed = entry.accepted.take();
                 entry.error = Some(error.clone());
             }
         }
@@ -192,7 +190,7 @@ impl FileBook {
                 .as_ref()
                 .is_some_and(|e| e.kind() == LoadErrorKind::NameConflict);
             if conflicted && entry.declared.as_ref().is_some_and(|m| m.name == name) {
-                entry.failed_sha256 = None;
+                entry.failed = None;
                 waiting.push(path.clone());
             }
         }
@@ -206,8 +204,8 @@ impl FileBook {
         let mut retry = Vec::new();
         for (path, entry) in &mut self.files {
             if entry.serves.is_none() && entry.declared.as_ref().is_some_and(|m| m.name == name) {
-                entry.failed_sha256 = None;
-                entry.accepted_sha256 = None;
+                entry.failed = None;
+                entry.accepted = None;
                 retry.push(path.clone());
             }
         }
@@ -218,8 +216,8 @@ impl FileBook {
     /// plugin moves in or out of a worker process). Returns it, to be loaded.
     pub(crate) fn reload(&mut self, path: &Path) -> Option<PathBuf> {
         let entry = self.files.get_mut(path)?;
-        entry.accepted_sha256 = None;
-        entry.failed_sha256 = None;
+        entry.accepted = None;
+        entry.failed = None;
         Some(path.to_owned())
     }
 
@@ -253,8 +251,8 @@ mod tests {
         PathBuf::from(format!("/plugins/{name}"))
     }
 
-    const A: [u8; 32] = [1; 32];
-    const B: [u8; 32] = [2; 32];
+    const A: u128 = 1;
+    const B: u128 = 2;
 
     fn failure(path: &Path, kind: LoadErrorKind) -> LoadError {
         LoadError::new(path, kind, "it failed")
@@ -263,26 +261,26 @@ mod tests {
     #[test]
     fn served_content_is_unchanged_and_failed_content_is_not_retried() {
         let mut book = FileBook::default();
-        assert!(matches!(book.verdict(&p("x.so"), &A), Verdict::Load));
+        assert!(matches!(book.verdict(&p("x.so"), A), Verdict::Load));
         assert_eq!(book.accept(&p("x.so"), &meta("x"), A, true), None);
-        assert!(matches!(book.verdict(&p("x.so"), &A), Verdict::Unchanged));
+        assert!(matches!(book.verdict(&p("x.so"), A), Verdict::Unchanged));
 
         let err = failure(&p("x.so"), LoadErrorKind::InitFailed);
         book.reject(&p("x.so"), Some(B), Some(meta("x")), &err);
-        match book.verdict(&p("x.so"), &B) {
+        match book.verdict(&p("x.so"), B) {
             Verdict::Failed(err) => assert!(err.is_repeated()),
             other => panic!("{other:?}"),
         }
         // The old content is still what the file serves; when it comes back, the failure
         // is forgotten.
         assert_eq!(book.get(&p("x.so")).unwrap().serves.as_deref(), Some("x"));
-        assert!(matches!(book.verdict(&p("x.so"), &A), Verdict::Unchanged));
+        assert!(matches!(book.verdict(&p("x.so"), A), Verdict::Unchanged));
         book.unchanged(&p("x.so"));
         assert!(book.get(&p("x.so")).unwrap().error.is_none());
         book.reject(&p("x.so"), Some(B), Some(meta("x")), &err);
         // Content that failed before the hash was known is always tried again.
         book.reject(&p("x.so"), None, None, &err);
-        assert!(matches!(book.verdict(&p("x.so"), &B), Verdict::Load));
+        assert!(matches!(book.verdict(&p("x.so"), B), Verdict::Load));
     }
 
     #[test]
@@ -298,7 +296,7 @@ mod tests {
         let (name, waiting) = book.remove(&p("a.so"));
         assert_eq!(name.as_deref(), Some("hello"));
         assert_eq!(waiting, vec![p("b.so")]);
-        assert!(matches!(book.verdict(&p("b.so"), &B), Verdict::Load));
+        assert!(matches!(book.verdict(&p("b.so"), B), Verdict::Load));
     }
 
     #[test]
@@ -318,7 +316,7 @@ mod tests {
         book.accept(&p("a.so"), &meta("hello"), A, true);
         let err = book.claim(&p("b.so"), "hello", |_| true).unwrap_err();
         book.reject(&p("b.so"), Some(B), Some(meta("hello")), &err);
-        let previous = book.accept(&p("b.so"), &meta("other"), [3; 32], true);
+        let previous = book.accept(&p("b.so"), &meta("other"), 3, true);
         assert_eq!(previous, None, "b.so never served hello");
         assert_eq!(
             book.server_of("hello", &p("b.so")),
@@ -343,13 +341,13 @@ mod tests {
         book.reject(&p("a.so"), Some(A), Some(meta("hello")), &err);
         book.accept(&p("b.so"), &meta("sleepy"), B, false);
         book.accept(&p("c.so"), &meta("other"), B, true);
-        assert!(matches!(book.verdict(&p("a.so"), &A), Verdict::Failed(_)));
-        assert!(matches!(book.verdict(&p("b.so"), &B), Verdict::Unchanged));
+        assert!(matches!(book.verdict(&p("a.so"), A), Verdict::Failed(_)));
+        assert!(matches!(book.verdict(&p("b.so"), B), Verdict::Unchanged));
 
         assert_eq!(book.retry_declaring("hello"), vec![p("a.so")]);
-        assert!(matches!(book.verdict(&p("a.so"), &A), Verdict::Load));
+        assert!(matches!(book.verdict(&p("a.so"), A), Verdict::Load));
         assert_eq!(book.retry_declaring("sleepy"), vec![p("b.so")]);
-        assert!(matches!(book.verdict(&p("b.so"), &B), Verdict::Load));
+        assert!(matches!(book.verdict(&p("b.so"), B), Verdict::Load));
         assert!(book.retry_declaring("other").is_empty(), "c.so serves it");
     }
 
@@ -363,6 +361,6 @@ mod tests {
         book.stop_serving(&p("a.so"), Some(&err));
         let entry = book.get(&p("a.so")).unwrap();
         assert_eq!(entry.serves, None);
-        assert!(matches!(book.verdict(&p("a.so"), &A), Verdict::Failed(_)));
+        assert!(matches!(book.verdict(&p("a.so"), A), Verdict::Failed(_)));
     }
 }

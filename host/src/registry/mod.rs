@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
 use crate::config::Isolation;
 use crate::config::{PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::digest::Digest;
 use crate::generation::{Generation, Origin};
 use crate::isolation::{IsolationOptions, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, LoadOptions, Metadata};
@@ -222,8 +223,10 @@ pub struct Serving {
     /// Calls running in it now.
     #[serde(default)]
     pub in_flight: u64,
-    /// SHA-256 of the file, in hex.
-    pub sha256: String,
+    /// SHA-256 of the file, in hex, once known (it is computed in the background, unless a
+    /// pin needs it at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Calls whose caller was told they timed out and that have not returned yet.
     pub stuck: u64,
     /// Where it runs.
@@ -349,18 +352,31 @@ impl Host {
     }
 
     fn load(&self, path: &Path) -> Result<(LoadEvent, Retry), LoadError> {
-        let staged =
-            crate::plugin_file::stage(path, &self.inner.options, self.inner.copy_dir.path())
-                .inspect_err(|err| {
-                    // A file still being written says nothing about its content.
-                    if err.kind() != LoadErrorKind::BeingWritten {
-                        self.state().files.reject(path, None, None, err)
-                    }
-                })?;
-        let sha256 = staged.sha256;
+        // A pin needs the SHA-256 now; otherwise it is computed in the background.
+        let wants_sha256 = |declared: Option<&str>| {
+            let state = self.state();
+            match declared {
+                Some(name) => state.settings.get(name).is_some_and(|s| s.sha256.is_some()),
+                None => state.settings.values().any(|s| s.sha256.is_some()),
+            }
+        };
+        let staged = crate::plugin_file::stage(
+            path,
+            &self.inner.options,
+            self.inner.copy_dir.path(),
+            &wants_sha256,
+        )
+        .inspect_err(|err| {
+            // A file still being written says nothing about its content.
+            if err.kind() != LoadErrorKind::BeingWritten {
+                self.state().files.reject(path, None, None, err)
+            }
+        })?;
+        let digest = staged.digest.clone();
+        let content = digest.content();
         {
             let mut state = self.state();
-            match state.files.verdict(path, &sha256) {
+            match state.files.verdict(path, content) {
                 Verdict::Load => {}
                 Verdict::Failed(err) => return Err(err),
                 Verdict::Unchanged => {
@@ -376,13 +392,13 @@ impl Host {
         }
         let prepared = self
             .prepare(path, staged)
-            .inspect_err(|err| self.state().files.reject(path, Some(sha256), None, err))?;
+            .inspect_err(|err| self.state().files.reject(path, Some(content), None, err))?;
         let metadata = prepared.metadata().cloned();
-        self.start_and_commit(path, prepared, sha256)
+        self.start_and_commit(path, prepared, &digest)
             .inspect_err(|err| {
                 self.state()
                     .files
-                    .reject(path, Some(sha256), metadata.clone(), err)
+                    .reject(path, Some(content), metadata.clone(), err)
             })
     }
 
@@ -390,9 +406,7 @@ impl Host {
     /// plugin is isolated (it is then never opened here). Which plugin it is, for an
     /// isolated one, comes from the name note in its file.
     fn prepare(&self, path: &Path, staged: StagedFile) -> Result<Prepared, LoadError> {
-        let declared = crate::elf::declared_name_in_file(&staged.copy_path)
-            .ok()
-            .flatten();
+        let declared = staged.declared.clone();
         let isolated = match &declared {
             Some(name) => self.isolation_of(name) == Isolation::Process,
             None => self.inner.isolation.isolate_all,
@@ -433,24 +447,35 @@ impl Host {
         &self,
         path: &Path,
         prepared: Prepared,
-        sha256: [u8; 32],
+        digest: &Digest,
     ) -> Result<(LoadEvent, Retry), LoadError> {
         let name = prepared.name().to_owned();
         let load_lock = self.load_lock(&name);
         let _one_at_a_time = lock(&load_lock);
 
+        // Staging computed the SHA-256 if a pin wanted it; for a pin added since, it is
+        // computed now, outside the lock.
+        let pinned = || {
+            self.state()
+                .settings
+                .get(&name)
+                .is_some_and(|s| s.sha256.is_some())
+        };
+        let sha256 = digest
+            .sha256_now()
+            .or_else(|| pinned().then(|| digest.sha256()).flatten());
         let (number, settings) = {
             let mut state = self.state();
             state.files.claim(path, &name, Path::exists)?;
             let settings = state.settings.get(&name).cloned().unwrap_or_default();
-            check_pin(path, &name, &settings, &sha256)?;
+            check_pin(path, &name, &settings, sha256)?;
             if !settings.enabled {
                 let stopped = self.stop_serving(&mut state, path, &name, None);
                 let metadata = prepared
                     .metadata()
                     .cloned()
                     .unwrap_or_else(|| Metadata::named(&name));
-                let previous = state.files.accept(path, &metadata, sha256, false);
+                let previous = state.files.accept(path, &metadata, digest.content(), false);
                 let retry = self.unload_previous(&mut state, previous);
                 drop(state);
                 self.retire(stopped);
@@ -490,7 +515,7 @@ impl Host {
         let (replaced, retry) = {
             let mut state = self.state();
             let replaced = self.inner.table.replace(&name, Some(Arc::new(generation)));
-            let previous = state.files.accept(path, &metadata, sha256, true);
+            let previous = state.files.accept(path, &metadata, digest.content(), true);
             let retry = self.unload_previous(&mut state, previous);
             (replaced, retry)
         };
@@ -730,6 +755,15 @@ impl Host {
         let mut restarts = Vec::new();
         let mut retry = Vec::new();
         let mut stopped = Vec::new();
+        // A pin checks the SHA-256 of what serves: compute any left for later before taking
+        // the lock.
+        for (name, new) in &settings {
+            if new.sha256.is_some() {
+                if let Some(current) = self.inner.table.current(name) {
+                    current.digest().sha256();
+                }
+            }
+        }
         {
             let mut state = self.state();
             let old = std::mem::replace(&mut state.settings, settings);
@@ -742,7 +776,8 @@ impl Host {
                 }
                 if let Some(current) = self.inner.table.current(&name) {
                     let path = current.source().to_owned();
-                    let actual = hex(current.sha256());
+                    let sha256 = current.digest().sha256_now();
+                    let actual = sha256.map_or_else(|| "unknown".to_owned(), |s| hex(&s));
                     let isolation = if self.inner.isolation.isolate_all {
                         Isolation::Process
                     } else {
@@ -751,7 +786,7 @@ impl Host {
                     if !new.enabled {
                         tracing::info!(plugin = %name, generation = current.number(), "unloading: disabled in the configuration");
                         stopped.extend(self.stop_serving(&mut state, &path, &name, None));
-                    } else if let Err(err) = check_pin(&path, &name, &new, current.sha256()) {
+                    } else if let Err(err) = check_pin(&path, &name, &new, sha256) {
                         tracing::error!(plugin = %name, generation = current.number(), "unloading: its SHA-256 {actual} does not match the pin in the configuration");
                         stopped.extend(self.stop_serving(&mut state, &path, &name, Some(&err)));
                     } else if current.isolation() != isolation {
@@ -938,6 +973,10 @@ impl Host {
     /// Every plugin file the host knows, with what it serves or why it does not, and the
     /// older generations from it still in memory.
     pub fn status(&self) -> Vec<FileStatus> {
+        // SHA-256s left for later are computed now, before any lock is taken.
+        for (_, generation) in self.inner.table.snapshot() {
+            generation.digest().sha256();
+        }
         let mut retired = self.inner.reaper.retired();
         let stuck_inits = lock(&self.inner.stuck_inits).clone();
         let state = self.state();
@@ -965,7 +1004,7 @@ impl Host {
                         loaded_at_unix_ms: unix_ms(g.loaded_at()),
                         calls: g.calls(),
                         in_flight: g.in_flight(),
-                        sha256: hex(g.sha256()),
+                        sha256: g.digest().sha256_now().map(|s| hex(&s)),
                         stuck: g.stuck(),
                         isolation: g.isolation(),
                         worker: g.worker_status(),
@@ -1042,12 +1081,19 @@ fn check_pin(
     path: &Path,
     name: &str,
     settings: &PluginSettings,
-    sha256: &[u8; 32],
+    sha256: Option<[u8; 32]>,
 ) -> Result<(), LoadError> {
     let Some(pinned) = &settings.sha256 else {
         return Ok(());
     };
-    let actual = hex(sha256);
+    let Some(sha256) = sha256 else {
+        return Err(LoadError::new(
+            path,
+            LoadErrorKind::HashMismatch,
+            format!("plugin {name}: host.toml pins its SHA-256, which could not be computed"),
+        ));
+    };
+    let actual = hex(&sha256);
     if pinned.eq_ignore_ascii_case(&actual) {
         return Ok(());
     }
