@@ -12,6 +12,8 @@ use plugin_api::abi::{FfiFollowUp, FfiLogRecord, FfiOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::small::SmallStr;
+
 use plugin_api::{ErrorKind, FollowUp, Level, LogRecord, PluginError};
 
 /// The longest error message kept from a plugin, in bytes.
@@ -25,14 +27,14 @@ const RECORD_OVERHEAD: usize = 48;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallOutcome {
     /// The plugin called.
-    pub plugin: String,
+    pub plugin: Name,
     /// The callback called (`execute` for the entry point).
-    pub callback: String,
+    pub callback: Name,
     /// The generation of the plugin that served the call.
     pub generation: u64,
     /// The result, as JSON, when the call succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Box<RawValue>>,
+    pub result: Option<Json>,
     /// The plugin's error, when the call failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<PluginError>,
@@ -40,13 +42,16 @@ pub struct CallOutcome {
     pub follow_ups: Vec<FollowUp>,
     /// Records the plugin logged during the call.
     pub logs: Vec<LogRecord>,
-    /// Time spent in the plugin, in microseconds.
+    /// Time spent in the plugin, in microseconds, when the call was timed: calls served by
+    /// the control server and calls run in a worker process are; an in-process
+    /// [`Host::call`](crate::Host::call) is not (0), because timing it would cost a sixth of
+    /// a no-op call. Time it yourself where you need it.
     pub elapsed_us: u64,
 }
 
 impl CallOutcome {
     /// The result as a `Result`.
-    pub fn result(&self) -> Result<&RawValue, &PluginError> {
+    pub fn result(&self) -> Result<&Json, &PluginError> {
         match (&self.result, &self.error) {
             (_, Some(err)) => Err(err),
             (Some(result), None) => Ok(result),
@@ -55,10 +60,130 @@ impl CallOutcome {
     }
 }
 
-fn null() -> &'static RawValue {
-    // A constant that is valid JSON.
-    static NULL: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
-    NULL.get_or_init(|| RawValue::from_string("null".to_owned()).expect("`null` is JSON"))
+fn null() -> &'static Json {
+    static NULL: std::sync::OnceLock<Json> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| Json(SmallStr::new("null")))
+}
+
+/// A plugin's or a callback's name in an outcome: a `str`, kept inline when short.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Name(SmallStr);
+
+impl Name {
+    /// A name holding a copy of `name`.
+    pub fn new(name: &str) -> Name {
+        Name(SmallStr::new(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|name| Name(SmallStr::from_string(name)))
+    }
+}
+
+/// JSON text a plugin returned, copied out of its library.
+///
+/// It is not parsed on the call path (the plugin's glue wrote it with serde_json); it is
+/// checked when it is written into a message, and a result that is not JSON fails that
+/// message instead of producing a broken one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Json(SmallStr);
+
+impl Json {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Parses it into `T`.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.get())
+    }
+
+    pub(crate) fn from_text(text: &str) -> Json {
+        Json(SmallStr::new(text))
+    }
+}
+
+impl std::fmt::Debug for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Json({})", self.get())
+    }
+}
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_str(self.get()).map_err(|err| {
+            serde::ser::Error::custom(format!(
+                "a plugin returned a result that is not JSON: {err}"
+            ))
+        })?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Ok(Json(SmallStr::from_string(
+            Box::<str>::from(raw).into_string(),
+        )))
+    }
 }
 
 /// Why the host could not run a call at all.
@@ -117,7 +242,7 @@ pub(crate) struct Budget {
 
 /// What the host keeps of one call's answer.
 pub(crate) struct Owned {
-    pub(crate) result: Option<Box<RawValue>>,
+    pub(crate) result: Option<Json>,
     pub(crate) error: Option<PluginError>,
     pub(crate) follow_ups: Vec<FollowUp>,
     pub(crate) logs: Vec<LogRecord>,
@@ -143,17 +268,10 @@ impl Budget {
                     self.max_message
                 )));
             }
-            ROk(json) => match RawValue::from_string(json.as_str().to_owned()) {
-                Ok(raw) => {
-                    result = Some(raw);
-                    follow_ups = ffi.follow_ups.iter().map(FollowUp::from).collect();
-                }
-                Err(err) => {
-                    error = Some(PluginError::failed(format!(
-                        "plugin {plugin} returned a result that is not JSON: {err}"
-                    )))
-                }
-            },
+            ROk(json) => {
+                result = Some(Json::from_text(json.as_str()));
+                follow_ups = ffi.follow_ups.iter().map(FollowUp::from).collect();
+            }
             RErr(err) => {
                 let message = cut(err.message.as_str(), MAX_ERROR_MESSAGE);
                 error = Some(PluginError::new(ErrorKind::from_code(err.kind), message));

@@ -14,14 +14,15 @@ use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use abi_stable::std_types::RStr;
 use plugin_api::abi::{FfiCallContext, HandlerBox};
 use plugin_api::{ErrorKind, Level, LogRecord};
 
-use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
+use crate::call::{Budget, CallError, CallErrorKind, CallOutcome, Name};
 use crate::config::{Isolation, PluginSettings};
+use crate::counter::Counter;
 use crate::digest::Digest;
 use crate::isolation::{Supervised, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
@@ -37,8 +38,8 @@ pub(crate) struct Generation {
     loaded_at: SystemTime,
     /// Calls started and calls finished; striped, so that concurrent callers do not share a
     /// cache line. Their difference is the number of calls running.
-    started: StripedCounter,
-    finished: StripedCounter,
+    started: Counter,
+    finished: Counter,
     /// Calls holding one of the plugin's `max_concurrent_calls` slots.
     slots_taken: AtomicUsize,
     /// Calls whose caller was told they timed out, and that have not returned yet.
@@ -150,8 +151,8 @@ impl Generation {
             settings,
             budget,
             loaded_at: SystemTime::now(),
-            started: StripedCounter::default(),
-            finished: StripedCounter::default(),
+            started: Counter::default(),
+            finished: Counter::default(),
             slots_taken: AtomicUsize::new(0),
             stuck: AtomicU64::new(0),
         }
@@ -362,26 +363,24 @@ impl Generation {
                 .and_then(|d| d.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_millis().max(1) as u64),
         };
-        let started = Instant::now();
         let ffi = if callback == "execute" {
             handler.execute(RStr::from(input), &ctx)
         } else {
             handler.callback(RStr::from(callback), RStr::from(input), &ctx)
         };
-        let elapsed_us = started.elapsed().as_micros() as u64;
         let name = self.name();
         let owned = self.budget.outcome(name, &ffi);
         drop(ffi);
         self.finished.increment();
         CallOutcome {
-            plugin: name.to_owned(),
-            callback: callback.to_owned(),
+            plugin: Name::new(name),
+            callback: Name::new(callback),
             generation: self.number,
             result: owned.result,
             error: owned.error,
             follow_ups: owned.follow_ups,
             logs: owned.logs,
-            elapsed_us,
+            elapsed_us: 0,
         }
     }
 }
@@ -413,32 +412,6 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// A counter that many threads increment without contending: each thread adds to one of
-/// several cache-line-sized stripes, and reading sums them.
-#[derive(Default)]
-struct StripedCounter([Stripe; STRIPES]);
-
-const STRIPES: usize = 16;
-
-#[derive(Default)]
-#[repr(align(64))]
-struct Stripe(AtomicU64);
-
-impl StripedCounter {
-    fn increment(&self) {
-        thread_local!(static STRIPE: usize = {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
-        });
-        let stripe = STRIPE.with(|s| *s);
-        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
-    }
-}
-
 /// Sends a plugin's log records to the host's `tracing` output, tagged with the plugin's
 /// name and generation.
 pub(crate) fn replay_logs(plugin: &str, generation: u64, logs: &[LogRecord]) {
@@ -451,23 +424,5 @@ pub(crate) fn replay_logs(plugin: &str, generation: u64, logs: &[LogRecord]) {
             Level::Debug => tracing::debug!(target: "plugin", plugin, generation, "{message}"),
             Level::Trace => tracing::trace!(target: "plugin", plugin, generation, "{message}"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn striped_counters_add_up_across_threads() {
-        let counter = Arc::new(StripedCounter::default());
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let counter = counter.clone();
-                std::thread::spawn(move || (0..1000).for_each(|_| counter.increment()))
-            })
-            .collect();
-        threads.into_iter().for_each(|t| t.join().unwrap());
-        assert_eq!(counter.sum(), 4000);
     }
 }

@@ -29,8 +29,10 @@
 //! ```
 
 mod call;
+mod clock;
 pub mod config;
 pub mod control;
+mod counter;
 mod digest;
 mod elf;
 mod generation;
@@ -40,9 +42,10 @@ mod plugin_file;
 mod private_dir;
 mod reaper;
 mod registry;
+mod small;
 pub mod watch;
 
-pub use call::{CallError, CallErrorKind, CallOutcome, MAX_ERROR_MESSAGE};
+pub use call::{CallError, CallErrorKind, CallOutcome, Json, Name, MAX_ERROR_MESSAGE};
 pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata};
 pub use reaper::{Retired, RetiredState};
 pub use registry::{FileStatus, Host, HostError, HostOptions, LoadEvent, PluginHandle, Serving};

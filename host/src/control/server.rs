@@ -29,6 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::protocol::{decode_request, too_large, HostInfo, Op, Response};
 use crate::call::{CallError, CallErrorKind};
+use crate::clock::Stopwatch;
 use crate::config::{Isolation, ServerLimits};
 use crate::generation::Generation;
 use crate::registry::{Host, PluginHandle};
@@ -672,7 +673,14 @@ async fn call(
         );
         let deadline = SystemTime::now() + timeout;
         tokio::task::spawn_blocking(move || {
-            let outcome = generation.run(&callback, input.get(), &state.cancelled, Some(deadline));
+            let watch = Stopwatch::start();
+            let mut outcome =
+                generation.run(&callback, input.get(), &state.cancelled, Some(deadline));
+            if let Ok(outcome) = &mut outcome {
+                if outcome.elapsed_us == 0 {
+                    outcome.elapsed_us = watch.elapsed_us();
+                }
+            }
             drop(thread);
             lock(&shared.running).remove(&id);
             let finished =

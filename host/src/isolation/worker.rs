@@ -28,6 +28,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::channel::{write_frame, FrameReader, FromWorker, LoadRequest, ToWorker, ENVELOPE_BYTES};
 use super::spawn::{CHANNEL_FD, DOORBELL_FD};
 use crate::call::{Budget, CallError, CallErrorKind};
+use crate::clock::Stopwatch;
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::digest::Digest;
 use crate::generation::Generation;
@@ -63,6 +64,7 @@ pub fn worker_main() -> ExitCode {
         _ => exit_now(1),
     };
     reader.set_limit(request.max_message_bytes + ENVELOPE_BYTES);
+    crate::clock::init();
     let generation = match load(&request) {
         Ok((generation, logs)) => {
             let ready = FromWorker::Ready {
@@ -297,7 +299,9 @@ impl Serving {
         self.running.fetch_add(1, Ordering::Relaxed);
         let deadline =
             (deadline_unix_ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(deadline_unix_ms));
-        let outcome = generation.run_local(callback, input, &cancelled, deadline);
+        let watch = Stopwatch::start();
+        let mut outcome = generation.run_local(callback, input, &cancelled, deadline);
+        outcome.elapsed_us = watch.elapsed_us();
         self.running.fetch_sub(1, Ordering::Relaxed);
         lock(&self.cancels).remove(&id);
         drop(generation);

@@ -289,6 +289,7 @@ type Retry = Vec<PathBuf>;
 impl Host {
     /// Creates a host with no plugins.
     pub fn new(options: HostOptions) -> Result<Host, HostError> {
+        crate::clock::init();
         let copy_dir =
             CopyDir::new(options.load.copy_dir.as_deref()).map_err(HostError::CopyDir)?;
         let reaper = Reaper::start().map_err(HostError::Thread)?;

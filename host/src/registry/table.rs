@@ -11,14 +11,13 @@
 //! Writers (loads, unloads, reconfiguration) are serialised by the registry's state lock;
 //! readers never wait for them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
 use crate::generation::Generation;
 
-type Slots = HashMap<String, Arc<ArcSwapOption<Generation>>>;
+type Slots = rustc_hash::FxHashMap<String, Arc<ArcSwapOption<Generation>>>;
 
 /// Plugin name → current generation.
 #[derive(Default)]
@@ -91,7 +90,7 @@ impl CallTable {
 
     /// Empties the table; returns what was serving.
     pub(crate) fn clear(&self) -> Vec<Arc<Generation>> {
-        let slots = self.slots.swap(Arc::new(Slots::new()));
+        let slots = self.slots.swap(Arc::new(Slots::default()));
         slots.values().filter_map(|slot| slot.swap(None)).collect()
     }
 }
