@@ -6,7 +6,11 @@
 //! * `handler/direct_noop`: the same callback work (decode `null`, call, encode `null`)
 //!   through a plain Rust `dyn` call, the reference;
 //! * `host/call_echo_100b`: `Host::call` on the real cdylib, loaded with `dlopen`, with a
-//!   ~100-byte JSON input and output: the path `host serve` uses for every request.
+//!   ~100-byte JSON input and output: the path `host serve` uses for every request;
+//! * `host/call_noop`: `Host::call` of the no-op callback (`null` in, `null` out);
+//! * `host/typed_noop`: a `TypedCall` of the typed no-op callback (no bytes in or out);
+//! * `direct/echo_100b`: the echo's serde work (decode the record, encode it) through a
+//!   plain Rust `dyn` call, the reference for the echo.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -23,6 +27,16 @@ trait Callback {
 }
 
 struct DirectNoop(bench_noop::Noop);
+
+/// The reference for the echo: decode the ~100-byte record and encode it again.
+struct DirectEcho;
+
+impl Callback for DirectEcho {
+    fn call(&self, input: &str) -> Result<String, String> {
+        let record: bench_noop::Record = serde_json::from_str(input).map_err(|e| e.to_string())?;
+        serde_json::to_string(&record).map_err(|e| e.to_string())
+    }
+}
 
 impl Callback for DirectNoop {
     fn call(&self, input: &str) -> Result<String, String> {
@@ -86,6 +100,29 @@ fn host_call(c: &mut Criterion) {
                     .expect("echo"),
             )
         })
+    });
+    group.bench_function("call_noop", |b| {
+        b.iter(|| {
+            black_box(
+                host.call("bench-noop", "noop", black_box("null"))
+                    .expect("noop"),
+            )
+        })
+    });
+    let mut typed = host.typed("bench-noop", "noop_bytes").expect("typed noop");
+    let mut out = Vec::with_capacity(64);
+    group.bench_function("typed_noop", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(typed.call(black_box(b""), &mut out).expect("typed noop"))
+        })
+    });
+    group.finish();
+
+    let direct: Box<dyn Callback> = Box::new(DirectEcho);
+    let mut group = c.benchmark_group("direct");
+    group.bench_function("echo_100b", |b| {
+        b.iter(|| black_box(direct.call(black_box(input)).expect("echo")))
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);

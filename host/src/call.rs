@@ -7,8 +7,7 @@
 //! records past the per-call budget (`max_log_bytes_per_call`, and never past what is left of
 //! `max_message_bytes`) are dropped, with a last record saying how many.
 
-use abi_stable::std_types::{RErr, ROk};
-use plugin_api::abi::{FfiFollowUp, FfiLogRecord, FfiOutcome};
+use plugin_api::abi::{FfiError, FfiFollowUp, FfiLogRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -203,6 +202,8 @@ pub struct CallError {
 pub enum CallErrorKind {
     /// No loaded plugin has that name.
     UnknownPlugin,
+    /// The plugin has no such callback (for typed calls: no such typed callback).
+    UnknownCallback,
     /// The request is malformed (bad name, bad JSON, too large).
     InvalidRequest,
     /// The call did not finish before its deadline.
@@ -249,13 +250,20 @@ pub(crate) struct Owned {
 }
 
 impl Budget {
-    /// Copies what plugin `plugin` returned out of its library, within the limits.
-    pub(crate) fn outcome(&self, plugin: &str, ffi: &FfiOutcome) -> Owned {
-        let follow_up_bytes: usize = ffi.follow_ups.iter().map(follow_up_size).sum();
-        let (mut result, mut error, mut follow_ups) = (None, None, Vec::new());
-        match &ffi.result {
-            ROk(json) if json.len() + follow_up_bytes > self.max_message => {
-                let what = if ffi.follow_ups.is_empty() {
+    /// Copies what plugin `plugin` returned out of its library, within the limits: its JSON
+    /// result's bytes (`Ok`) or its error, its follow-ups and its logs.
+    pub(crate) fn outcome(
+        &self,
+        plugin: &str,
+        result: Result<&[u8], &FfiError>,
+        ffi_follow_ups: &[FfiFollowUp],
+        ffi_logs: &[FfiLogRecord],
+    ) -> Owned {
+        let follow_up_bytes: usize = ffi_follow_ups.iter().map(follow_up_size).sum();
+        let (mut result_json, mut error, mut follow_ups) = (None, None, Vec::new());
+        match result {
+            Ok(json) if json.len() + follow_up_bytes > self.max_message => {
+                let what = if ffi_follow_ups.is_empty() {
                     format!("{} bytes", json.len())
                 } else {
                     format!(
@@ -268,14 +276,21 @@ impl Budget {
                     self.max_message
                 )));
             }
-            ROk(json) => {
-                result = Some(Json::from_text(json.as_str()));
-                follow_ups = ffi.follow_ups.iter().map(FollowUp::from).collect();
-            }
-            RErr(err) => {
+            Ok(json) => match std::str::from_utf8(json) {
+                Ok(json) => {
+                    result_json = Some(Json::from_text(json));
+                    follow_ups = ffi_follow_ups.iter().map(FollowUp::from).collect();
+                }
+                Err(err) => {
+                    error = Some(PluginError::failed(format!(
+                        "plugin {plugin} returned a result that is not UTF-8: {err}"
+                    )))
+                }
+            },
+            Err(err) => {
                 let message = cut(err.message.as_str(), MAX_ERROR_MESSAGE);
                 error = Some(PluginError::new(ErrorKind::from_code(err.kind), message));
-                follow_ups = ffi.follow_ups.iter().map(FollowUp::from).collect();
+                follow_ups = ffi_follow_ups.iter().map(FollowUp::from).collect();
             }
         }
         let kept_follow_ups = if follow_ups.is_empty() {
@@ -283,12 +298,12 @@ impl Budget {
         } else {
             follow_up_bytes
         };
-        let used = result.as_ref().map_or(0, |r| r.get().len())
+        let used = result_json.as_ref().map_or(0, |r| r.get().len())
             + error.as_ref().map_or(0, |e| e.message().len())
             + kept_follow_ups;
-        let logs = self.logs(&ffi.logs, used);
+        let logs = self.logs(ffi_logs, used);
         Owned {
-            result,
+            result: result_json,
             error,
             follow_ups,
             logs,
@@ -349,8 +364,16 @@ pub(crate) fn cut(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use abi_stable::std_types::{RResult, RVec};
-    use plugin_api::abi::FfiError;
+    use abi_stable::std_types::{RErr, ROk, RResult, RVec};
+    use plugin_api::abi::{FfiError, FfiOutcome};
+
+    fn outcome(budget: &Budget, ffi: &FfiOutcome) -> Owned {
+        let result = match &ffi.result {
+            ROk(json) => Ok(json.as_bytes()),
+            RErr(err) => Err(err),
+        };
+        budget.outcome("p", result, &ffi.follow_ups, &ffi.logs)
+    }
 
     fn record(message: String) -> FfiLogRecord {
         FfiLogRecord {
@@ -374,7 +397,7 @@ mod tests {
             max_message: 1 << 20,
             max_log_bytes: 10 * (9 + RECORD_OVERHEAD),
         };
-        let owned = budget.outcome("p", &ffi(ROk("1".into()), 1000));
+        let owned = outcome(&budget, &ffi(ROk("1".into()), 1000));
         assert_eq!(owned.logs.len(), 11);
         assert_eq!(owned.logs[9].message, "line 0009");
         let last = &owned.logs[10];
@@ -394,7 +417,7 @@ mod tests {
             max_log_bytes: 1 << 20,
         };
         // The result fits, so the logs get what is left of the 100 bytes: one record.
-        let owned = budget.outcome("p", &ffi(ROk("[1,2,3]".into()), 5));
+        let owned = outcome(&budget, &ffi(ROk("[1,2,3]".into()), 5));
         assert!(owned.result.is_some());
         assert_eq!(owned.logs.len(), 2, "{:?}", owned.logs);
         assert!(owned.logs[1].message.starts_with("4 log records"));
@@ -405,7 +428,7 @@ mod tests {
             callback: "c".into(),
             input_json: "0".repeat(200).into(),
         });
-        let owned = budget.outcome("p", &big);
+        let owned = outcome(&budget, &big);
         assert!(owned.result.is_none() && owned.follow_ups.is_empty());
         let err = owned.error.unwrap();
         assert!(
@@ -422,8 +445,8 @@ mod tests {
             max_log_bytes: 0,
         };
         let message = "é".repeat(MAX_ERROR_MESSAGE);
-        let owned = budget.outcome(
-            "p",
+        let owned = outcome(
+            &budget,
             &ffi(
                 RErr(FfiError {
                     kind: ErrorKind::Failed.code(),

@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use abi_stable::std_types::RStr;
+use std::cell::RefCell;
+
+use abi_stable::std_types::{RErr, ROk, RSlice, RStr, RVec};
 use plugin_api::abi::{FfiCallContext, HandlerBox};
-use plugin_api::{ErrorKind, Level, LogRecord};
+use plugin_api::{ErrorKind, FollowUp, Level, LogRecord, PluginError};
 
 use crate::call::{Budget, CallError, CallErrorKind, CallOutcome, Name};
 use crate::config::{Isolation, PluginSettings};
@@ -357,20 +359,17 @@ impl Generation {
             unreachable!("run_local on an isolated generation");
         };
         self.started.increment();
-        let ctx = FfiCallContext {
-            cancelled,
-            deadline_unix_ms: deadline
-                .and_then(|d| d.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis().max(1) as u64),
-        };
-        let ffi = if callback == "execute" {
-            handler.execute(RStr::from(input), &ctx)
-        } else {
-            handler.callback(RStr::from(callback), RStr::from(input), &ctx)
-        };
+        let ctx = call_context(cancelled, deadline);
         let name = self.name();
-        let owned = self.budget.outcome(name, &ffi);
-        drop(ffi);
+        let owned = with_buffer(|out| {
+            let status = handler.call_json(RStr::from(callback), RStr::from(input), out, &ctx);
+            let result = match &status.result {
+                ROk(()) => Ok(out.as_slice()),
+                RErr(err) => Err(err),
+            };
+            self.budget
+                .outcome(name, result, &status.follow_ups, &status.logs)
+        });
         self.finished.increment();
         CallOutcome {
             plugin: Name::new(name),
@@ -383,6 +382,114 @@ impl Generation {
             elapsed_us: 0,
         }
     }
+
+    /// The index of typed callback `callback`, if this in-process generation has one.
+    pub(crate) fn typed_index(&self, callback: &str) -> Option<u32> {
+        match &self.backend {
+            Backend::InProcess { handler, .. } => {
+                handler.typed_index(RStr::from(callback)).into_option()
+            }
+            Backend::Worker(_) => None,
+        }
+    }
+
+    /// Runs typed callback `index` in this process, appending its output to `out`; its logs
+    /// go to the host's log.
+    pub(crate) fn run_bytes(
+        &self,
+        index: u32,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        cancelled: &AtomicBool,
+    ) -> Result<TypedOutcome, PluginError> {
+        let Backend::InProcess { handler, .. } = &self.backend else {
+            return Err(PluginError::new(
+                ErrorKind::UnknownCallback,
+                "typed calls run in-process only; this plugin runs in a worker process",
+            ));
+        };
+        self.started.increment();
+        let ctx = call_context(cancelled, None);
+        let start = out.len();
+        let mut buffer = RVec::from(std::mem::take(out));
+        let status = handler.call_bytes(index, RSlice::from(input), &mut buffer, &ctx);
+        *out = buffer.into_vec();
+        self.finished.increment();
+        let name = self.name();
+        let result = match &status.result {
+            ROk(()) if out.len() - start > self.budget.max_message => {
+                out.truncate(start);
+                Err(PluginError::failed(format!(
+                    "plugin {name} wrote more than {} bytes (max_message_bytes)",
+                    self.budget.max_message
+                )))
+            }
+            ROk(()) => Ok(()),
+            RErr(err) => {
+                out.truncate(start);
+                Err(PluginError::new(
+                    ErrorKind::from_code(err.kind),
+                    crate::call::cut(err.message.as_str(), crate::call::MAX_ERROR_MESSAGE),
+                ))
+            }
+        };
+        if status.logs.is_empty() && status.follow_ups.is_empty() {
+            return result.map(|()| TypedOutcome::default());
+        }
+        let used = out.len() - start;
+        let logs = self.budget.logs(&status.logs, used);
+        replay_logs(name, self.number, &logs);
+        result.map(|()| TypedOutcome {
+            logs,
+            follow_ups: status.follow_ups.iter().map(FollowUp::from).collect(),
+        })
+    }
+}
+
+/// What a typed call returns besides its output bytes: usually nothing (and no allocation).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TypedOutcome {
+    /// Records the plugin logged during the call.
+    pub logs: Vec<LogRecord>,
+    /// Calls the plugin asked to be made next.
+    pub follow_ups: Vec<FollowUp>,
+}
+
+fn call_context(cancelled: &AtomicBool, deadline: Option<SystemTime>) -> FfiCallContext<'_> {
+    FfiCallContext {
+        cancelled,
+        deadline_unix_ms: deadline
+            .and_then(|d| d.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis().max(1) as u64),
+    }
+}
+
+/// Runs `f` with this thread's result buffer, empty: plugins write JSON results into it
+/// (ABI 1.1), so that a call allocates nothing for them on either side. A buffer that grew
+/// past 64 KiB for a large result is not kept.
+fn with_buffer<R>(f: impl FnOnce(&mut RVec<u8>) -> R) -> R {
+    thread_local! {
+        static BUFFER: RefCell<RVec<u8>> = const { RefCell::new(RVec::new()) };
+    }
+    const KEEP: usize = 64 * 1024;
+    // Taken out for the call (a call inside a call, or a thread on its way out, gets a new
+    // one), and put back.
+    let mut buffer = BUFFER
+        .try_with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)).ok())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    buffer.clear();
+    let result = f(&mut buffer);
+    if buffer.capacity() <= KEEP {
+        let _ = BUFFER.try_with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                *b = buffer;
+            }
+        });
+    }
+    result
 }
 
 impl Drop for Generation {

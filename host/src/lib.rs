@@ -43,9 +43,12 @@ mod private_dir;
 mod reaper;
 mod registry;
 mod small;
+mod typed;
 pub mod watch;
 
 pub use call::{CallError, CallErrorKind, CallOutcome, Json, Name, MAX_ERROR_MESSAGE};
+pub use generation::TypedOutcome;
 pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata};
 pub use reaper::{Retired, RetiredState};
 pub use registry::{FileStatus, Host, HostError, HostOptions, LoadEvent, PluginHandle, Serving};
+pub use typed::{TypedCall, TypedError};

@@ -331,8 +331,6 @@ fn root_module(raw: &RawLibrary, path: &Path) -> Result<(PluginModRef, VersionNu
 
     let _serialised = LOAD_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     reset_layout_checking_state();
-    // ABI_MINOR is 0 today, which makes this comparison trivially true.
-    #[allow(clippy::absurd_extreme_comparisons)]
     let module = if version.minor >= ABI_MINOR {
         header.init_root_module::<PluginModRef>()
     } else {

@@ -31,18 +31,22 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RStr, RString, RVec},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 
 /// Major version of the plugin ABI. A plugin with another major never loads.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version of the plugin ABI. A host loads plugins of any minor of its major.
-pub const ABI_MINOR: u32 = 0;
+///
+/// * 1.0: [`PluginMod`], and [`Handler`] up to [`Handler::shutdown`].
+/// * 1.1: [`Handler::call_json`] (results written into the host's buffer) and the typed,
+///   JSON-free calls [`Handler::typed_index`] and [`Handler::call_bytes`].
+pub const ABI_MINOR: u32 = 1;
 /// [`ABI_MAJOR`] and [`ABI_MINOR`] as the version string written into every plugin's header.
 ///
 /// Must stay equal to `"{ABI_MAJOR}.{ABI_MINOR}.0"`; a unit test checks it.
-pub const ABI_VERSION: &str = "1.0.0";
+pub const ABI_VERSION: &str = "1.1.0";
 
 /// The root module every plugin library exports.
 ///
@@ -133,6 +137,32 @@ pub struct FfiOutcome {
     pub logs: RVec<FfiLogRecord>,
 }
 
+/// What a call that wrote its result into a buffer of the host's returns (ABI 1.1).
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiStatus {
+    /// Success (the result is in the buffer), or the error.
+    pub result: RResult<(), FfiError>,
+    /// Calls the plugin asks the host to make next.
+    pub follow_ups: RVec<FfiFollowUp>,
+    /// Log records written during the call, in order.
+    pub logs: RVec<FfiLogRecord>,
+}
+
+impl FfiStatus {
+    /// A failed call with no logs or follow-ups.
+    pub fn error(kind: crate::ErrorKind, message: impl Into<RString>) -> FfiStatus {
+        FfiStatus {
+            result: abi_stable::std_types::RErr(FfiError {
+                kind: kind.code(),
+                message: message.into(),
+            }),
+            follow_ups: RVec::new(),
+            logs: RVec::new(),
+        }
+    }
+}
+
 /// A call the plugin asks the host to make after this one.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
@@ -184,4 +214,65 @@ pub trait Handler: Send + Sync {
     /// the handler itself is dropped; calls after it fail.
     #[sabi(last_prefix_field)]
     fn shutdown(&mut self) -> ROption<FfiError>;
+
+    /// (ABI 1.1) Runs `callback` (`execute` for the entry point) with JSON input, like
+    /// [`Handler::callback`], but writes the JSON result into `out`, a buffer the host owns
+    /// and reuses: the plugin allocates nothing for the result, and the host frees nothing.
+    ///
+    /// The default body, which a plugin of ABI 1.0 answers with, calls the 1.0 methods and
+    /// copies their result.
+    fn call_json(
+        &self,
+        callback: RStr<'_>,
+        input: RStr<'_>,
+        out: &mut RVec<u8>,
+        ctx: &FfiCallContext<'_>,
+    ) -> FfiStatus {
+        let outcome = if callback.as_str() == "execute" {
+            self.execute(input, ctx)
+        } else {
+            self.callback(callback, input, ctx)
+        };
+        let FfiOutcome {
+            result,
+            follow_ups,
+            logs,
+        } = outcome;
+        let result = match result {
+            abi_stable::std_types::ROk(json) => {
+                out.extend_from_slice(json.as_bytes());
+                abi_stable::std_types::ROk(())
+            }
+            abi_stable::std_types::RErr(err) => abi_stable::std_types::RErr(err),
+        };
+        FfiStatus {
+            result,
+            follow_ups,
+            logs,
+        }
+    }
+
+    /// (ABI 1.1) The index of typed callback `name` for [`Handler::call_bytes`], if the
+    /// plugin has one by that name. The default (ABI 1.0): none.
+    fn typed_index(&self, name: RStr<'_>) -> ROption<u32> {
+        let _ = name;
+        ROption::RNone
+    }
+
+    /// (ABI 1.1) Runs typed callback `index` (see [`Handler::typed_index`]) with `input`
+    /// as bytes, appending its output bytes to `out`: no JSON on either side. The default
+    /// (ABI 1.0): an error, the plugin has no typed callbacks.
+    fn call_bytes(
+        &self,
+        index: u32,
+        input: RSlice<'_, u8>,
+        out: &mut RVec<u8>,
+        ctx: &FfiCallContext<'_>,
+    ) -> FfiStatus {
+        let _ = (index, input, out, ctx);
+        FfiStatus::error(
+            crate::ErrorKind::UnknownCallback,
+            "the plugin has no typed callbacks (it was built against plugin ABI 1.0)",
+        )
+    }
 }

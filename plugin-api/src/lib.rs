@@ -118,7 +118,7 @@ pub mod testing;
 
 pub use context::{Context, FollowUp, InitContext, Level, LogRecord};
 pub use error::{ErrorKind, PluginError};
-pub use plugin::{Callbacks, Plugin};
+pub use plugin::{BytesCallback, Callbacks, Output, Plugin};
 
 /// This crate's version, as recorded in every plugin's metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,7 +4,7 @@
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use abi_stable::std_types::{RErr, ROk, RStr};
+use abi_stable::std_types::{RErr, ROk, RSlice, RStr, RVec};
 
 use crate::abi::{FfiCallContext, FfiInit, FfiOutcome, HandlerBox};
 use crate::glue::{instantiate, Package};
@@ -97,14 +97,51 @@ impl<P: Plugin> Harness<P> {
 
     /// Calls a named callback (`execute` calls the entry point).
     pub fn call(&self, callback: &str, input: serde_json::Value) -> Outcome {
-        let ctx = FfiCallContext {
+        let input = input.to_string();
+        let mut out = RVec::new();
+        let status = self.handler.call_json(
+            RStr::from(callback),
+            RStr::from(input.as_str()),
+            &mut out,
+            &self.context(),
+        );
+        let result = match &status.result {
+            ROk(()) => serde_json::from_slice(&out)
+                .map_err(|err| PluginError::failed(format!("plugin returned invalid JSON: {err}"))),
+            RErr(err) => Err(PluginError::from(err)),
+        };
+        Outcome {
+            result,
+            logs: status.logs.iter().map(LogRecord::from).collect(),
+            follow_ups: status.follow_ups.iter().map(FollowUp::from).collect(),
+        }
+    }
+
+    /// Calls a typed callback (see [`Callbacks::add_bytes`](crate::Callbacks::add_bytes))
+    /// with `input`; its output bytes, or its error (also for a name that is not a typed
+    /// callback).
+    pub fn call_bytes(&self, callback: &str, input: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let Some(index) = self.handler.typed_index(RStr::from(callback)).into_option() else {
+            return Err(PluginError::new(
+                crate::ErrorKind::UnknownCallback,
+                format!("no typed callback `{callback}`"),
+            ));
+        };
+        let mut out = RVec::new();
+        let status = self
+            .handler
+            .call_bytes(index, RSlice::from(input), &mut out, &self.context());
+        match &status.result {
+            ROk(()) => Ok(out.into_vec()),
+            RErr(err) => Err(PluginError::from(err)),
+        }
+    }
+
+    fn context(&self) -> FfiCallContext<'_> {
+        FfiCallContext {
             cancelled: &self.cancelled,
             deadline_unix_ms: 0,
-        };
-        let input = input.to_string();
-        self.handler
-            .callback(RStr::from(callback), RStr::from(input.as_str()), &ctx)
-            .into()
+        }
     }
 
     /// Marks every later call as cancelled, as a caller that went away would.

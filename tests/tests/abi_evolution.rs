@@ -7,21 +7,22 @@ use e2e::{plugins_dir, Variant};
 use host::{Host, HostOptions, LoadErrorKind};
 use serde_json::Value;
 
-/// A plugin-api copy one minor ahead: a root-module field and a Handler method appended.
+/// A plugin-api copy one minor ahead (1.2): a root-module field and a Handler method
+/// appended.
 fn next_minor(greeting: &str) -> Variant<'_> {
     Variant::of("example-plugins/hello")
         .edit("src/lib.rs", "\"Hello\".to_owned()", format!("{greeting:?}.to_owned()"))
-        .edit_api("src/abi.rs", "pub const ABI_MINOR: u32 = 0;", "pub const ABI_MINOR: u32 = 1;")
-        .edit_api("src/abi.rs", "pub const ABI_VERSION: &str = \"1.0.0\";", "pub const ABI_VERSION: &str = \"1.1.0\";")
+        .edit_api("src/abi.rs", "pub const ABI_MINOR: u32 = 1;", "pub const ABI_MINOR: u32 = 2;")
+        .edit_api("src/abi.rs", "pub const ABI_VERSION: &str = \"1.1.0\";", "pub const ABI_VERSION: &str = \"1.2.0\";")
         .edit_api(
             "src/abi.rs",
             "pub instantiate: extern \"C\" fn(init: FfiInit) -> FfiInitOutcome,",
-            "pub instantiate: extern \"C\" fn(init: FfiInit) -> FfiInitOutcome,\n    /// New in 1.1.\n    pub capabilities: extern \"C\" fn() -> u64,",
+            "pub instantiate: extern \"C\" fn(init: FfiInit) -> FfiInitOutcome,\n    /// New in 1.2.\n    pub capabilities: extern \"C\" fn() -> u64,",
         )
         .edit_api(
             "src/abi.rs",
-            "fn shutdown(&mut self) -> ROption<FfiError>;",
-            "fn shutdown(&mut self) -> ROption<FfiError>;\n\n    /// New in 1.1.\n    fn ping(&self) -> u32 {\n        11\n    }",
+            "\"the plugin has no typed callbacks (it was built against plugin ABI 1.0)\",\n        )\n    }",
+            "\"the plugin has no typed callbacks (it was built against plugin ABI 1.0)\",\n        )\n    }\n\n    /// New in 1.2.\n    fn ping(&self) -> u32 {\n        12\n    }",
         )
         .edit_api(
             "src/lib.rs",
@@ -47,10 +48,10 @@ fn a_plugin_of_a_later_minor_loads_and_alternating_layouts_reload_soundly() {
 
     let host = Host::new(HostOptions::default()).unwrap();
     host.load_file(&newer)
-        .expect("a plugin of ABI 1.1 loads in a 1.0 host");
+        .expect("a plugin of ABI 1.2 loads in a 1.1 host");
     assert_eq!(greet(&host), "Hi, Ada!");
     let status = host.status();
-    assert_eq!(status[0].metadata.as_ref().unwrap().abi_version, "1.1");
+    assert_eq!(status[0].metadata.as_ref().unwrap().abi_version, "1.2");
 
     // Libraries with two layouts of the same prefix types, loaded and closed in turn: the
     // layout checker must never look at a closed library's type information.
@@ -79,7 +80,7 @@ fn another_major_is_refused_in_one_line_naming_both_versions() {
         )
         .edit_api(
             "src/abi.rs",
-            "pub const ABI_VERSION: &str = \"1.0.0\";",
+            "pub const ABI_VERSION: &str = \"1.1.0\";",
             "pub const ABI_VERSION: &str = \"2.0.0\";",
         )
         .build_into(dir.path(), "libhello.so");
@@ -106,6 +107,11 @@ fn a_layout_changed_without_a_version_change_is_refused_with_the_report_on_reque
     let dir = plugins_dir();
     let file = Variant::of("example-plugins/hello")
         .edit_api("src/abi.rs", "pub kind: u32,", "pub kind: u64,")
+        .edit_api(
+            "src/abi.rs",
+            "kind: kind.code(),",
+            "kind: u64::from(kind.code()),",
+        )
         .edit_api(
             "src/error.rs",
             "kind: err.kind.code(),",

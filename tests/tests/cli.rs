@@ -127,8 +127,8 @@ fn check_lists_just_execute_for_a_plugin_without_callbacks() {
     let bare = Variant::of("example-plugins/hello")
         .edit(
             "src/lib.rs",
-            "        callbacks\n            .add(\"greet\", Hello::greet)\n            .add(\"wait\", Hello::wait)\n            .add(\"fail\", Hello::fail)\n            .add(\"panic\", Hello::panic);",
-            "        let _ = (callbacks, Hello::greet, Hello::wait, Hello::fail, Hello::panic);",
+            "        callbacks\n            .add(\"greet\", Hello::greet)\n            .add(\"wait\", Hello::wait)\n            .add(\"fail\", Hello::fail)\n            .add(\"panic\", Hello::panic)\n            .add_bytes(\"shout\", Hello::shout);",
+            "        let _ = (callbacks, Hello::greet, Hello::wait, Hello::fail, Hello::panic, Hello::shout);",
         )
         .build();
     let out = host(&["check", bare.to_str().unwrap()]);

@@ -57,7 +57,7 @@ fn library_loads_calls_and_unloads_a_plugin() {
     let about = result(&host.call("hello", "execute", "null").unwrap());
     assert_eq!(
         about["callbacks"],
-        json!(["greet", "wait", "fail", "panic"])
+        json!(["greet", "wait", "fail", "panic", "shout"])
     );
 
     assert_eq!(host.remove_file(&file).as_deref(), Some("hello"));
@@ -70,6 +70,61 @@ fn library_loads_calls_and_unloads_a_plugin() {
         !mapped(copies.path()),
         "the library left memory after unload"
     );
+}
+
+#[test]
+fn typed_calls_take_and_give_bytes_and_follow_reloads() {
+    let dir = plugins_dir();
+    let copies = tempfile::tempdir().unwrap();
+    let file = install(&built().hello, dir.path(), "libhello.so");
+    let host = new_host(copies.path());
+    host.load_file(&file).unwrap();
+
+    let mut shout = host.typed("hello", "shout").unwrap();
+    let mut out = Vec::new();
+    let outcome = shout.call(b"Ada", &mut out).unwrap();
+    assert_eq!(out, b"HELLO, ADA!");
+    assert!(outcome.logs.is_empty() && outcome.follow_ups.is_empty());
+    // Output is appended to what the buffer holds.
+    shout.call(b"Bo", &mut out).unwrap();
+    assert_eq!(out, b"HELLO, ADA!HELLO, BO!");
+
+    // A reload: the same handle calls the new version.
+    install(e2e::hello_hi(), dir.path(), "libhello.so");
+    host.load_file(&file).unwrap();
+    out.clear();
+    shout.call(b"Ada", &mut out).unwrap();
+    assert_eq!(out, b"HI, ADA!");
+
+    // A JSON callback is not a typed one, and the other way round.
+    let err = host.typed("hello", "greet").unwrap_err();
+    assert_eq!(err.kind, CallErrorKind::UnknownCallback);
+    assert!(
+        err.message.contains("has no typed callback `greet`"),
+        "{err}"
+    );
+    let json = host.call("hello", "shout", "null").unwrap();
+    let err = json.result().unwrap_err();
+    assert!(
+        err.message()
+            .contains("`shout` is typed (bytes in, bytes out)"),
+        "{err}"
+    );
+    assert_eq!(
+        host.typed("nope", "shout").unwrap_err().kind,
+        CallErrorKind::UnknownPlugin
+    );
+
+    // Unloaded: the handle says so; loaded again: it serves again.
+    host.remove_file(&file);
+    match shout.call(b"Ada", &mut out) {
+        Err(host::TypedError::Host(err)) => assert_eq!(err.kind, CallErrorKind::UnknownPlugin),
+        other => panic!("{other:?}"),
+    }
+    host.load_file(&file).unwrap();
+    out.clear();
+    shout.call(b"Ada", &mut out).unwrap();
+    assert_eq!(out, b"HI, ADA!");
 }
 
 #[test]
@@ -92,12 +147,12 @@ fn plugin_errors_panics_and_bad_input_leave_the_host_serving() {
     assert_eq!(failed.logs[0].message, "about to fail on purpose");
     assert_eq!(failed.logs[0].level, Level::Warn);
 
-    let unknown = host.call("hello", "shout", "{}").unwrap();
+    let unknown = host.call("hello", "yell", "{}").unwrap();
     let err = unknown.result().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnknownCallback);
     assert!(
         err.message()
-            .ends_with("it has: execute, greet, wait, fail, panic"),
+            .ends_with("it has: execute, greet, wait, fail, panic, shout"),
         "{err}"
     );
 
@@ -264,7 +319,7 @@ fn binary_calls_a_plugin_from_a_directory() {
     assert!(!out.status.success());
     assert!(text(&out)
         .1
-        .contains("it has: execute, greet, wait, fail, panic"));
+        .contains("it has: execute, greet, wait, fail, panic, shout"));
 
     let out = host(
         &[
@@ -331,7 +386,7 @@ fn binary_lists_and_checks_plugin_files() {
     assert_eq!(files[1]["metadata"]["name"], "hello");
     assert_eq!(
         files[1]["metadata"]["callbacks"],
-        json!(["greet", "wait", "fail", "panic"])
+        json!(["greet", "wait", "fail", "panic", "shout"])
     );
     assert_eq!(files[2]["metadata"]["name"], "sysinfo");
 
@@ -344,9 +399,8 @@ fn binary_lists_and_checks_plugin_files() {
     ]);
     let (table, _) = text(&out);
     assert!(
-        table.lines().any(
-            |l| l.starts_with("libhello.so") && l.contains("execute, greet, wait, fail, panic")
-        ),
+        table.lines().any(|l| l.starts_with("libhello.so")
+            && l.contains("execute, greet, wait, fail, panic, shout")),
         "{table}"
     );
 
@@ -357,7 +411,7 @@ fn binary_lists_and_checks_plugin_files() {
     let (stdout, _) = text(&out);
     assert!(out.status.success());
     assert!(stdout.contains("name:        hello"), "{stdout}");
-    assert!(stdout.contains("ABI 1.0"), "{stdout}");
+    assert!(stdout.contains("ABI 1.1"), "{stdout}");
 
     let broken = dir.path().join("broken.so").display().to_string();
     let out = host(&["check", &broken]);

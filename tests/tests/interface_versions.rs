@@ -1,6 +1,12 @@
-//! Interface versions: a plugin built against plugin-api 0.1.0 (the frozen copy under
-//! `tests/fixtures`) keeps loading and answering in the current host. This test stays
-//! forever: an interface change that breaks it is a breaking release, on purpose only.
+//! Interface versions: plugins built against the frozen copies of earlier plugin-apis under
+//! `tests/fixtures` keep loading and answering in the current host, through the path for
+//! older ABI minors (their layout is checked against no newer type, and the methods a later
+//! minor added fall back to what the older ones can do). These tests stay forever: an
+//! interface change that breaks them is a breaking release, on purpose only.
+//!
+//! * `plugin-api-0.1.0`: as first released, ABI 1.0;
+//! * `plugin-api-1.0-note`: ABI 1.0 with the plugin-name ELF note and the plugin's own panic
+//!   hook, as on main before ABI 1.1.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -10,30 +16,49 @@ use host::{Host, HostOptions};
 use plugin_api::{ErrorKind, Level};
 use serde_json::{json, Value};
 
-/// Builds `tests/fixtures/frozen-plugin` against `tests/fixtures/plugin-api-0.1.0`.
+/// Builds `tests/fixtures/frozen-plugin` against the frozen plugin-api in
+/// `tests/fixtures/{api}`.
+fn frozen_plugin_against(api: &str) -> PathBuf {
+    let work = tempfile::tempdir().unwrap().keep();
+    e2e::copy_dir(&root().join("tests/fixtures"), &work);
+    let crate_dir = work.join("frozen-plugin");
+    e2e::replace_in(
+        &crate_dir.join("Cargo.toml"),
+        "path = \"../plugin-api-0.1.0\"",
+        &format!("path = \"../{api}\""),
+    );
+    std::fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let target = e2e::target_dir().join(format!("e2e-frozen-{api}"));
+    e2e::cargo(&["build"], &crate_dir, Some(&target));
+    install(&target.join("debug/libfrozen.so"), &work, "libfrozen.so")
+}
+
 fn frozen_plugin() -> &'static PathBuf {
-    static BUILT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = BUILT.get_or_init(|| {
-        let work = tempfile::tempdir().unwrap();
-        e2e::copy_dir(&root().join("tests/fixtures"), work.path());
-        let crate_dir = work.path().join("frozen-plugin");
-        std::fs::copy(root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
-        let target = e2e::target_dir().join("e2e-variants");
-        e2e::cargo(&["build"], &crate_dir, Some(&target));
-        let out = install(
-            &target.join("debug/libfrozen.so"),
-            work.path(),
-            "libfrozen.so",
-        );
-        (work, out)
-    });
-    path
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| frozen_plugin_against("plugin-api-0.1.0"))
+}
+
+fn frozen_plugin_with_note() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| frozen_plugin_against("plugin-api-1.0-note"))
 }
 
 #[test]
 fn a_plugin_built_against_plugin_api_0_1_0_loads_and_answers() {
+    frozen_plugin_loads_and_answers(frozen_plugin());
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_0_with_the_note_loads_and_answers() {
+    frozen_plugin_loads_and_answers(frozen_plugin_with_note());
+    // The note is read without loading it.
+    let name = host::loader::declared_name(frozen_plugin_with_note()).unwrap();
+    assert_eq!(name.as_deref(), Some("frozen"));
+}
+
+fn frozen_plugin_loads_and_answers(plugin: &std::path::Path) {
     let dir = plugins_dir();
-    let file = install(frozen_plugin(), dir.path(), "libfrozen.so");
+    let file = install(plugin, dir.path(), "libfrozen.so");
     let mut settings = host::config::PluginSettings::default();
     settings.config.insert("suffix".into(), "!".into());
     let host = Host::new(HostOptions {
@@ -68,6 +93,9 @@ fn a_plugin_built_against_plugin_api_0_1_0_loads_and_answers() {
         about.result().unwrap().get(),
         r#""frozen at plugin-api 0.1.0""#
     );
+    // Typed calls came with ABI 1.1: an older plugin has none, and says so.
+    let err = host.typed("frozen", "echo").unwrap_err();
+    assert_eq!(err.kind, host::CallErrorKind::UnknownCallback);
     let unknown = host.call("frozen", "nope", "null").unwrap();
     assert!(unknown
         .result()

@@ -4,6 +4,8 @@
 //! * `echo`: returns its input, a record of about 100 bytes of JSON;
 //! * `variant`: which build this is (`BENCH_VARIANT` at compile time), so a benchmark can
 //!   tell two builds apart after a reload;
+//! * `noop_bytes`: a typed callback (bytes in, bytes out) that writes nothing;
+//! * `echo_bytes`: a typed callback that writes its input back;
 //! * `exit`: ends the process it runs in, for the crash-to-serving figure of isolated
 //!   plugins (never call it in-process).
 
@@ -41,7 +43,12 @@ impl Plugin for Noop {
             .add("noop", Noop::noop)
             .add("echo", Noop::echo)
             .add("variant", Noop::variant)
-            .add("exit", Noop::exit);
+            .add("exit", Noop::exit)
+            .add_bytes("noop_bytes", |_, _, _, _| Ok(()))
+            .add_bytes("echo_bytes", |_, _, input, out| {
+                out.extend_from_slice(input);
+                Ok(())
+            });
     }
 }
 

@@ -18,7 +18,7 @@
 //! file. The generation replaced goes to the reaper.
 
 mod files;
-mod table;
+pub(crate) mod table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -923,14 +923,15 @@ impl Host {
     }
 
     pub(crate) fn check_input(&self, input: &str) -> Result<(), CallError> {
+        self.check_input_len(input.len())
+    }
+
+    pub(crate) fn check_input_len(&self, len: usize) -> Result<(), CallError> {
         let max = self.inner.budget.max_message;
-        if input.len() > max {
+        if len > max {
             return Err(CallError::new(
                 CallErrorKind::InvalidRequest,
-                format!(
-                    "input of {} bytes is over the limit of {max} (max_message_bytes)",
-                    input.len()
-                ),
+                format!("input of {len} bytes is over the limit of {max} (max_message_bytes)"),
             ));
         }
         Ok(())
@@ -948,6 +949,21 @@ impl Host {
     ) -> Result<CallOutcome, CallError> {
         self.check_input(input)?;
         plugin.call(callback, input, cancelled, deadline)
+    }
+
+    /// A handle for fast calls of plugin `plugin`'s typed callback `callback`: bytes in,
+    /// bytes out, no JSON (see [`TypedCall`](crate::TypedCall)). It follows reloads of the
+    /// plugin. Fails if no plugin of that name is loaded, or it has no such typed callback.
+    pub fn typed(&self, plugin: &str, callback: &str) -> Result<crate::TypedCall, CallError> {
+        let slot = self.slot(plugin)?;
+        crate::typed::TypedCall::new(self.clone(), plugin, callback, slot)
+    }
+
+    pub(crate) fn slot(&self, plugin: &str) -> Result<table::Slot, CallError> {
+        self.inner
+            .table
+            .slot(plugin)
+            .ok_or_else(|| self.unknown_plugin(plugin))
     }
 
     /// The version of `plugin` serving calls now.

@@ -17,7 +17,10 @@ use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
 use crate::generation::Generation;
 
-type Slots = rustc_hash::FxHashMap<String, Arc<ArcSwapOption<Generation>>>;
+/// One plugin name's current generation.
+pub(crate) type Slot = Arc<ArcSwapOption<Generation>>;
+
+type Slots = rustc_hash::FxHashMap<String, Slot>;
 
 /// Plugin name → current generation.
 #[derive(Default)]
@@ -34,6 +37,11 @@ impl CallTable {
         let slots = self.slots.load();
         let current = slots.get(name)?.load();
         current.is_some().then_some(current)
+    }
+
+    /// The slot of `name`, which follows its reloads (until the name is unloaded).
+    pub(crate) fn slot(&self, name: &str) -> Option<Slot> {
+        self.slots.load().get(name).cloned()
     }
 
     /// The generation serving `name`, as an owned reference.

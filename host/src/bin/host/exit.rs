@@ -84,7 +84,7 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
 
 fn for_call_error(err: &CallError) -> u8 {
     match err.kind {
-        CallErrorKind::UnknownPlugin => NOT_FOUND,
+        CallErrorKind::UnknownPlugin | CallErrorKind::UnknownCallback => NOT_FOUND,
         CallErrorKind::InvalidRequest => USAGE,
         CallErrorKind::Timeout | CallErrorKind::Busy | CallErrorKind::ShuttingDown => TRY_AGAIN,
         CallErrorKind::Crashed | CallErrorKind::Quarantined => PLUGIN_ERROR,
