@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::cell::RefCell;
-
 use abi_stable::std_types::{RErr, ROk, RSlice, RStr, RVec};
 use plugin_api::abi::{FfiCallContext, HandlerBox};
 use plugin_api::{ErrorKind, FollowUp, Level, LogRecord, PluginError};
@@ -361,15 +359,19 @@ impl Generation {
         self.started.increment();
         let ctx = call_context(cancelled, deadline);
         let name = self.name();
-        let owned = with_buffer(|out| {
-            let status = handler.call_json(RStr::from(callback), RStr::from(input), out, &ctx);
-            let result = match &status.result {
-                ROk(()) => Ok(out.as_slice()),
-                RErr(err) => Err(err),
-            };
-            self.budget
-                .outcome(name, result, &status.follow_ups, &status.logs)
-        });
+        let ffi = if callback == "execute" {
+            handler.execute(RStr::from(input), &ctx)
+        } else {
+            handler.callback(RStr::from(callback), RStr::from(input), &ctx)
+        };
+        let result = match &ffi.result {
+            ROk(json) => Ok(json.as_bytes()),
+            RErr(err) => Err(err),
+        };
+        let owned = self
+            .budget
+            .outcome(name, result, &ffi.follow_ups, &ffi.logs);
+        drop(ffi);
         self.finished.increment();
         CallOutcome {
             plugin: Name::new(name),
@@ -463,33 +465,6 @@ fn call_context(cancelled: &AtomicBool, deadline: Option<SystemTime>) -> FfiCall
             .and_then(|d| d.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis().max(1) as u64),
     }
-}
-
-/// Runs `f` with this thread's result buffer, empty: plugins write JSON results into it
-/// (ABI 1.1), so that a call allocates nothing for them on either side. A buffer that grew
-/// past 64 KiB for a large result is not kept.
-fn with_buffer<R>(f: impl FnOnce(&mut RVec<u8>) -> R) -> R {
-    thread_local! {
-        static BUFFER: RefCell<RVec<u8>> = const { RefCell::new(RVec::new()) };
-    }
-    const KEEP: usize = 64 * 1024;
-    // Taken out for the call (a call inside a call, or a thread on its way out, gets a new
-    // one), and put back.
-    let mut buffer = BUFFER
-        .try_with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)).ok())
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    buffer.clear();
-    let result = f(&mut buffer);
-    if buffer.capacity() <= KEEP {
-        let _ = BUFFER.try_with(|b| {
-            if let Ok(mut b) = b.try_borrow_mut() {
-                *b = buffer;
-            }
-        });
-    }
-    result
 }
 
 impl Drop for Generation {

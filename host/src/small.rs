@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// Bytes kept inline; longer strings go to the heap.
-const INLINE: usize = 46;
+const INLINE: usize = 22;
 
 /// A string of up to [`INLINE`] bytes stored inline, longer ones on the heap.
 #[derive(Clone)]
@@ -86,6 +86,6 @@ mod tests {
         assert_eq!(SmallStr::from_string(long.clone()).as_str(), long);
         assert_eq!(SmallStr::new("").as_str(), "");
         assert_eq!(SmallStr::new(&"x".repeat(INLINE)).as_str().len(), INLINE);
-        assert_eq!(std::mem::size_of::<SmallStr>(), 48);
+        assert_eq!(std::mem::size_of::<SmallStr>(), 24);
     }
 }

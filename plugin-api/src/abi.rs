@@ -40,8 +40,7 @@ pub const ABI_MAJOR: u32 = 1;
 /// Minor version of the plugin ABI. A host loads plugins of any minor of its major.
 ///
 /// * 1.0: [`PluginMod`], and [`Handler`] up to [`Handler::shutdown`].
-/// * 1.1: [`Handler::call_json`] (results written into the host's buffer) and the typed,
-///   JSON-free calls [`Handler::typed_index`] and [`Handler::call_bytes`].
+/// * 1.1: the typed, JSON-free calls [`Handler::typed_index`] and [`Handler::call_bytes`].
 pub const ABI_MINOR: u32 = 1;
 /// [`ABI_MAJOR`] and [`ABI_MINOR`] as the version string written into every plugin's header.
 ///
@@ -137,7 +136,7 @@ pub struct FfiOutcome {
     pub logs: RVec<FfiLogRecord>,
 }
 
-/// What a call that wrote its result into a buffer of the host's returns (ABI 1.1).
+/// What a typed call, which wrote its result into a buffer of the host's, returns (ABI 1.1).
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FfiStatus {
@@ -214,43 +213,6 @@ pub trait Handler: Send + Sync {
     /// the handler itself is dropped; calls after it fail.
     #[sabi(last_prefix_field)]
     fn shutdown(&mut self) -> ROption<FfiError>;
-
-    /// (ABI 1.1) Runs `callback` (`execute` for the entry point) with JSON input, like
-    /// [`Handler::callback`], but writes the JSON result into `out`, a buffer the host owns
-    /// and reuses: the plugin allocates nothing for the result, and the host frees nothing.
-    ///
-    /// The default body, which a plugin of ABI 1.0 answers with, calls the 1.0 methods and
-    /// copies their result.
-    fn call_json(
-        &self,
-        callback: RStr<'_>,
-        input: RStr<'_>,
-        out: &mut RVec<u8>,
-        ctx: &FfiCallContext<'_>,
-    ) -> FfiStatus {
-        let outcome = if callback.as_str() == "execute" {
-            self.execute(input, ctx)
-        } else {
-            self.callback(callback, input, ctx)
-        };
-        let FfiOutcome {
-            result,
-            follow_ups,
-            logs,
-        } = outcome;
-        let result = match result {
-            abi_stable::std_types::ROk(json) => {
-                out.extend_from_slice(json.as_bytes());
-                abi_stable::std_types::ROk(())
-            }
-            abi_stable::std_types::RErr(err) => abi_stable::std_types::RErr(err),
-        };
-        FfiStatus {
-            result,
-            follow_ups,
-            logs,
-        }
-    }
 
     /// (ABI 1.1) The index of typed callback `name` for [`Handler::call_bytes`], if the
     /// plugin has one by that name. The default (ABI 1.0): none.

@@ -5,15 +5,17 @@
 use std::cell::RefCell;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RErr, RNone, ROk, ROption, RSlice, RSome, RStr, RString, RVec};
+use abi_stable::std_types::{
+    RErr, RNone, ROk, ROption, RResult, RSlice, RSome, RStr, RString, RVec,
+};
 
 use crate::abi::{
-    FfiCallContext, FfiError, FfiInit, FfiInitOutcome, FfiMetadata, FfiMetadataResult, FfiOutcome,
-    FfiStatus, Handler, Handler_TO,
+    FfiCallContext, FfiError, FfiFollowUp, FfiInit, FfiInitOutcome, FfiLogRecord, FfiMetadata,
+    FfiMetadataResult, FfiOutcome, FfiStatus, Handler, Handler_TO,
 };
 use crate::context::LogBuffer;
 use crate::panic_hook;
-use crate::plugin::{decode_input, encode_into, Output};
+use crate::plugin::{decode_input, encode_output, Output};
 use crate::{Callbacks, Context, ErrorKind, InitContext, Level, Plugin, PluginError};
 
 /// Facts about the plugin crate, taken from its `Cargo.toml` by the export macro.
@@ -185,14 +187,14 @@ pub struct Instance<P: Plugin> {
 }
 
 impl<P: Plugin> Instance<P> {
-    /// Runs `call` (author code, guarded) with a fresh call context; what it wrote is in the
-    /// buffer the caller gave it.
-    fn run(
+    /// Runs `call` (author code, guarded) with a fresh call context; its result, with the
+    /// follow-ups and logs of the call.
+    fn run<T>(
         &self,
         place: &dyn std::fmt::Display,
         ffi: &FfiCallContext<'_>,
-        call: impl FnOnce(&P, &Context<'_>) -> Result<(), PluginError>,
-    ) -> FfiStatus {
+        call: impl FnOnce(&P, &Context<'_>) -> Result<T, PluginError>,
+    ) -> (RResult<T, FfiError>, RVec<FfiFollowUp>, RVec<FfiLogRecord>) {
         let ctx = Context {
             name: self.name,
             generation: self.generation,
@@ -209,32 +211,22 @@ impl<P: Plugin> Instance<P> {
                 format!("plugin {} has been shut down", self.name),
             )),
         };
-        FfiStatus {
-            result: result.map_err(FfiError::from).into(),
-            follow_ups: ctx.follow_ups.into_inner(),
-            logs: ctx.logs.take(),
-        }
+        (
+            result.map_err(FfiError::from).into(),
+            ctx.follow_ups.into_inner(),
+            ctx.logs.take(),
+        )
     }
 
-    /// The ABI 1.0 form of a call: its result in a string of the plugin's.
-    fn outcome(&self, callback: RStr<'_>, input: RStr<'_>, ctx: &FfiCallContext<'_>) -> FfiOutcome {
-        let mut out = RVec::new();
-        let FfiStatus {
-            result,
-            follow_ups,
-            logs,
-        } = self.call_json(callback, input, &mut out, ctx);
-        let result = match result {
-            ROk(()) => match RString::from_utf8(out) {
-                Ok(json) => ROk(json),
-                Err(err) => RErr(FfiError::from(PluginError::failed(format!(
-                    "the result of `{callback}` is not UTF-8: {err}"
-                )))),
-            },
-            RErr(err) => RErr(err),
-        };
+    fn json(
+        &self,
+        place: &dyn std::fmt::Display,
+        ffi: &FfiCallContext<'_>,
+        call: impl FnOnce(&P, &Context<'_>) -> Result<String, PluginError>,
+    ) -> FfiOutcome {
+        let (result, follow_ups, logs) = self.run(place, ffi, call);
         FfiOutcome {
-            result,
+            result: result.map(RString::from),
             follow_ups,
             logs,
         }
@@ -243,31 +235,21 @@ impl<P: Plugin> Instance<P> {
 
 impl<P: Plugin> Handler for Instance<P> {
     fn execute(&self, input: RStr<'_>, ctx: &FfiCallContext<'_>) -> FfiOutcome {
-        self.outcome(RStr::from("execute"), input, ctx)
+        self.json(&"execute", ctx, |plugin, ctx| {
+            let input = decode_input::<P::Input>("execute", input.as_str())?;
+            encode_output("execute", &plugin.execute(ctx, input)?)
+        })
     }
 
     fn callback(&self, name: RStr<'_>, input: RStr<'_>, ctx: &FfiCallContext<'_>) -> FfiOutcome {
-        self.outcome(name, input, ctx)
-    }
-
-    fn call_json(
-        &self,
-        name: RStr<'_>,
-        input: RStr<'_>,
-        out: &mut RVec<u8>,
-        ctx: &FfiCallContext<'_>,
-    ) -> FfiStatus {
         let name = name.as_str();
         if name == "execute" {
-            return self.run(&"execute", ctx, |plugin, ctx| {
-                let input = decode_input::<P::Input>("execute", input.as_str())?;
-                encode_into("execute", &plugin.execute(ctx, input)?, out)
-            });
+            return self.execute(input, ctx);
         }
         // Formatted only if the callback panics.
         let place = format_args!("callback `{name}`");
-        self.run(&place, ctx, |plugin, ctx| match self.callbacks.find(name) {
-            Some(callback) => callback(plugin, ctx, input.as_str(), out),
+        self.json(&place, ctx, |plugin, ctx| match self.callbacks.find(name) {
+            Some(callback) => callback(plugin, ctx, input.as_str()),
             None => Err(self.callbacks.unknown(self.name, name)),
         })
     }
@@ -290,9 +272,14 @@ impl<P: Plugin> Handler for Instance<P> {
             );
         };
         let place = format_args!("callback `{name}`");
-        self.run(&place, ctx, |plugin, ctx| {
+        let (result, follow_ups, logs) = self.run(&place, ctx, |plugin, ctx| {
             callback(plugin, ctx, input.as_slice(), &mut Output::new(out))
-        })
+        });
+        FfiStatus {
+            result,
+            follow_ups,
+            logs,
+        }
     }
 
     fn shutdown(&mut self) -> ROption<FfiError> {

@@ -75,7 +75,7 @@ pub trait Plugin: Sized + Send + Sync + 'static {
 }
 
 type ErasedCallback<P> =
-    Box<dyn Fn(&P, &Context<'_>, &str, &mut RVec<u8>) -> Result<(), PluginError> + Send + Sync>;
+    Box<dyn Fn(&P, &Context<'_>, &str) -> Result<String, PluginError> + Send + Sync>;
 
 /// A typed callback: bytes in, bytes out, no JSON on either side (see
 /// [`Callbacks::add_bytes`]).
@@ -113,9 +113,9 @@ impl<P: 'static> Callbacks<P> {
         O: Serialize + 'static,
     {
         self.check_new(name);
-        let erased = move |plugin: &P, ctx: &Context<'_>, input: &str, out: &mut RVec<u8>| {
+        let erased = move |plugin: &P, ctx: &Context<'_>, input: &str| {
             let input: I = decode_input(name, input)?;
-            encode_into(name, &callback(plugin, ctx, input)?, out)
+            encode_output(name, &callback(plugin, ctx, input)?)
         };
         self.entries.push((name, Box::new(erased)));
         self
@@ -285,13 +285,11 @@ pub(crate) fn decode_input<I: DeserializeOwned>(
         .map_err(|err| PluginError::invalid_input(format!("invalid input for `{callback}`: {err}")))
 }
 
-/// Encodes `output` as JSON, appended to `out`.
-pub(crate) fn encode_into<O: Serialize>(
+pub(crate) fn encode_output<O: Serialize>(
     callback: &str,
     output: &O,
-    out: &mut RVec<u8>,
-) -> Result<(), PluginError> {
-    serde_json::to_writer(Output::new(out), output).map_err(|err| {
+) -> Result<String, PluginError> {
+    serde_json::to_string(output).map_err(|err| {
         PluginError::failed(format!("cannot encode the result of `{callback}`: {err}"))
     })
 }

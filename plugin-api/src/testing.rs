@@ -98,23 +98,13 @@ impl<P: Plugin> Harness<P> {
     /// Calls a named callback (`execute` calls the entry point).
     pub fn call(&self, callback: &str, input: serde_json::Value) -> Outcome {
         let input = input.to_string();
-        let mut out = RVec::new();
-        let status = self.handler.call_json(
-            RStr::from(callback),
-            RStr::from(input.as_str()),
-            &mut out,
-            &self.context(),
-        );
-        let result = match &status.result {
-            ROk(()) => serde_json::from_slice(&out)
-                .map_err(|err| PluginError::failed(format!("plugin returned invalid JSON: {err}"))),
-            RErr(err) => Err(PluginError::from(err)),
-        };
-        Outcome {
-            result,
-            logs: status.logs.iter().map(LogRecord::from).collect(),
-            follow_ups: status.follow_ups.iter().map(FollowUp::from).collect(),
-        }
+        self.handler
+            .callback(
+                RStr::from(callback),
+                RStr::from(input.as_str()),
+                &self.context(),
+            )
+            .into()
     }
 
     /// Calls a typed callback (see [`Callbacks::add_bytes`](crate::Callbacks::add_bytes))
