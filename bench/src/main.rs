@@ -24,6 +24,8 @@ struct Args {
     variant: PathBuf,
     plugins_50: PathBuf,
     criterion: PathBuf,
+    /// The peers' benchmark binary (bench/peers), if built.
+    peers: Option<PathBuf>,
     smoke: bool,
 }
 
@@ -45,6 +47,10 @@ fn args() -> Args {
         variant: value("--variant"),
         plugins_50: value("--plugins-50"),
         criterion: value("--criterion"),
+        peers: std::env::args()
+            .skip_while(|a| a != "--peers")
+            .nth(1)
+            .map(PathBuf::from),
         smoke: std::env::args().any(|a| a == "--smoke"),
     }
 }
@@ -162,61 +168,128 @@ fn criterion_median_ns(dir: &Path, id: &str) -> Option<f64> {
     json["median"]["point_estimate"].as_f64()
 }
 
-fn in_process(args: &Args, rows: &mut Vec<Row>) {
-    let abi = criterion_median_ns(&args.criterion, "handler/abi_noop");
-    let direct = criterion_median_ns(&args.criterion, "handler/direct_noop");
-    match (abi, direct) {
+/// The peers' figures, from `bench-peers` (bench/peers), if it was built and ran.
+fn peers(args: &Args) -> serde_json::Value {
+    let Some(program) = &args.peers else {
+        return serde_json::Value::Null;
+    };
+    let mut command = Command::new(program);
+    if args.smoke {
+        command.arg("--smoke");
+    }
+    match command.stderr(Stdio::inherit()).output() {
+        Ok(out) if out.status.success() => {
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+        }
+        _ => {
+            eprintln!("bench-peers did not run: {}", program.display());
+            serde_json::Value::Null
+        }
+    }
+}
+
+/// A figure of the peers, or NaN when they did not run.
+fn peer(peers: &serde_json::Value, key: &str) -> f64 {
+    peers[key].as_f64().unwrap_or(f64::NAN)
+}
+
+fn in_process(args: &Args, peers: &serde_json::Value, rows: &mut Vec<Row>) {
+    let c = |id: &str| criterion_median_ns(&args.criterion, id);
+    let not_run = "not run (bench/run without --smoke runs it)".to_owned();
+    let hot_noop = peer(peers, "hot_noop_ns");
+    let hot_null = peer(peers, "hot_json_null_ns");
+    let hot_echo = peer(peers, "hot_echo_ns");
+    let wasm_noop = peer(peers, "wasm_noop_ns");
+    let direct_noop = c("handler/direct_noop");
+
+    rows.push(match (c("host/call_noop"), direct_noop) {
+        (Some(ns), Some(direct)) => row(
+            "`Host::call` no-op (JSON `null` in and out), in-process",
+            format!(
+                "{ns:.1} ns; direct `dyn` doing the same JSON {direct:.1} ns ({:.2}x); \
+                 hot-lib-reloader: JSON `null` {hot_null:.1} ns ({:.2}x), empty fn {hot_noop:.1} ns ({:.2}x)",
+                ns / direct,
+                ns / hot_null,
+                ns / hot_noop
+            ),
+            "<= 60 ns, and below hot-lib-reloader's empty fn",
+            Some(ns <= 60.0 && ns < hot_noop),
+        ),
+        _ => row("`Host::call` no-op", not_run.clone(), "<= 60 ns", None),
+    });
+    rows.push(match (c("host/call_echo_100b"), c("direct/echo_100b")) {
+        (Some(ns), Some(direct)) => row(
+            "`Host::call` with ~100-byte JSON in and out, in-process",
+            format!(
+                "{:.3} µs; direct `dyn` doing the same serde work {:.3} µs ({:.2}x); \
+                 hot-lib-reloader {:.3} µs ({:.2}x)",
+                ns / 1000.0,
+                direct / 1000.0,
+                ns / direct,
+                hot_echo / 1000.0,
+                ns / hot_echo
+            ),
+            "<= 1.15x the direct `dyn` call",
+            Some(ns / direct <= 1.15),
+        ),
+        _ => row(
+            "`Host::call` ~100-byte echo",
+            not_run.clone(),
+            "<= 1.15x direct",
+            None,
+        ),
+    });
+    rows.push(match c("host/typed_noop") {
+        Some(ns) => row(
+            "typed no-op (`TypedCall`, no bytes in or out), in-process",
+            format!(
+                "{ns:.1} ns; wasmtime `TypedFunc<(), ()>` {wasm_noop:.1} ns ({:.2}x)",
+                ns / wasm_noop
+            ),
+            "<= 20 ns, and below wasmtime's typed call",
+            Some(ns <= 20.0 && ns < wasm_noop),
+        ),
+        None => row("typed no-op", not_run.clone(), "<= 20 ns", None),
+    });
+    match (c("handler/abi_noop"), direct_noop) {
         (Some(abi), Some(direct)) => rows.push(row(
-            "no-op callback through the ABI `Handler` (vs direct `dyn` call)",
+            "an inner layer: no-op through the ABI `Handler` alone (not the public API)",
             format!(
                 "{abi:.1} ns (direct {direct:.1} ns, ratio {:.2}x)",
                 abi / direct
             ),
-            "<= 10 ns",
-            Some(abi <= 10.0),
-        )),
-        _ => rows.push(row(
-            "no-op callback through the ABI `Handler`",
-            "not run".into(),
-            "<= 10 ns",
+            "-",
             None,
         )),
+        _ => rows.push(row("no-op through the ABI `Handler`", not_run, "-", None)),
     }
-    let echo = criterion_median_ns(&args.criterion, "host/call_echo_100b");
-    rows.push(match echo {
-        Some(ns) => row(
-            "`Host::call` with ~100-byte JSON in and out, in-process",
-            format!("{:.3} µs", ns / 1000.0),
-            "<= 1 µs",
-            Some(ns <= 1000.0),
-        ),
-        None => row(
-            "`Host::call` with ~100-byte JSON in and out",
-            "not run".into(),
-            "<= 1 µs",
-            None,
-        ),
-    });
 
-    // Throughput on one plugin, 1 thread then 2 threads, same process.
+    // Throughput on one plugin, 1 thread then 2 threads, same process, JSON and typed.
     let dir = fresh_dir("threads");
     let file = dir.join("libbench_noop.so");
     std::fs::copy(&args.plugin, &file).expect("copy plugin");
     let host = host::Host::new(host::HostOptions::default()).expect("host");
     host.load_file(&file).expect("load");
     let seconds = if args.smoke { 0.2 } else { 2.0 };
-    let rate = |threads: usize| {
+    let rate = |threads: usize, typed: bool| {
         let stop = AtomicBool::new(false);
         let count = AtomicU64::new(0);
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
+                    let mut call = host.typed("bench-noop", "noop_bytes").expect("typed");
+                    let mut out = Vec::with_capacity(64);
                     let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..256 {
-                            std::hint::black_box(
-                                host.call("bench-noop", "noop", "null").expect("noop"),
-                            );
+                            if typed {
+                                out.clear();
+                                std::hint::black_box(call.call(b"", &mut out).expect("typed"));
+                            } else {
+                                std::hint::black_box(
+                                    host.call("bench-noop", "noop", "null").expect("noop"),
+                                );
+                            }
                         }
                         n += 256;
                     }
@@ -228,20 +301,22 @@ fn in_process(args: &Args, rows: &mut Vec<Row>) {
         });
         count.load(Ordering::Relaxed) as f64 / seconds
     };
-    let _warm = rate(1);
-    let one = rate(1);
-    let two = rate(2);
-    rows.push(row(
-        "calls per second, 2 threads vs 1 thread, one plugin",
-        format!(
-            "{:.0}k/s vs {:.0}k/s = {:.2}x",
-            two / 1000.0,
-            one / 1000.0,
-            two / one
-        ),
-        ">= 1.8x",
-        Some(two / one >= 1.8),
-    ));
+    for (typed, what) in [(false, "JSON no-op"), (true, "typed no-op")] {
+        let _warm = rate(1, typed);
+        let one = rate(1, typed);
+        let two = rate(2, typed);
+        rows.push(row(
+            &format!("calls per second, 2 threads vs 1 thread, one plugin, {what}"),
+            format!(
+                "{:.0}k/s vs {:.0}k/s = {:.2}x",
+                two / 1000.0,
+                one / 1000.0,
+                two / one
+            ),
+            ">= 1.9x",
+            Some(two / one >= 1.9),
+        ));
+    }
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -383,7 +458,7 @@ fn isolated_reloads(args: &Args, rows: &mut Vec<Row>) {
     ));
 }
 
-fn reloads(args: &Args, rows: &mut Vec<Row>) {
+fn reloads(args: &Args, peers: &serde_json::Value, rows: &mut Vec<Row>) {
     let (latency_n, load_n, total) = if args.smoke {
         (10, 20, 40)
     } else {
@@ -424,7 +499,11 @@ fn reloads(args: &Args, rows: &mut Vec<Row>) {
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     rows.push(row(
         &format!("reload latency, a {:.1} MB plugin: rename into the directory to first call answered by it ({latency_n} reloads)", plugin_mb(&args.plugin)),
-        format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        format!(
+            "p50 {p50:.2} ms, p99 {p99:.2} ms; wasmtime loading a precompiled {:.0} KB module: {:.2} ms p50",
+            peer(peers, "wasm_module_kb"),
+            peer(peers, "wasm_load_ms_p50")
+        ),
         "p50 <= 3 ms, p99 <= 10 ms",
         Some(p50 <= 3.0 && p99 <= 10.0),
     ));
@@ -473,9 +552,11 @@ fn reloads(args: &Args, rows: &mut Vec<Row>) {
     rows.push(row(
         &format!("resident memory after {total} reloads vs after the first"),
         format!(
-            "{growth_mb:+.2} MB ({:.1} MB -> {:.1} MB)",
+            "{growth_mb:+.2} MB ({:.1} MB -> {:.1} MB); wasmtime creating and dropping {} modules: {:+.2} MB",
             rss_first as f64 / 1024.0,
-            rss_end as f64 / 1024.0
+            rss_end as f64 / 1024.0,
+            peer(peers, "wasm_modules"),
+            peer(peers, "wasm_rss_growth_mb")
         ),
         "<= 1 MB more",
         Some(growth_mb <= 1.0),
@@ -681,11 +762,12 @@ fn main() {
         return echo_child();
     }
     let args = args();
+    let peers = peers(&args);
     let mut rows = Vec::new();
-    in_process(&args, &mut rows);
+    in_process(&args, &peers, &mut rows);
     socket(&args, &mut rows);
     idle_connections(&args, &mut rows);
-    reloads(&args, &mut rows);
+    reloads(&args, &peers, &mut rows);
     startup(&args, &mut rows);
     isolation(&args, &mut rows);
     isolated_reloads(&args, &mut rows);
