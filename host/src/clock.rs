@@ -53,9 +53,31 @@ pub(crate) fn init() {
     source();
 }
 
+static SOURCE: OnceLock<Source> = OnceLock::new();
+
 fn source() -> Source {
-    static SOURCE: OnceLock<Source> = OnceLock::new();
     *SOURCE.get_or_init(choose)
+}
+
+/// The calibrated counter rate, in ticks per microsecond, if stopwatches read the counter:
+/// handed to worker processes, which then need no calibration of their own.
+pub(crate) fn rate() -> Option<f64> {
+    match source() {
+        #[cfg(target_arch = "x86_64")]
+        Source::Tsc(per_us) => Some(per_us),
+        Source::Instant => None,
+    }
+}
+
+/// Uses the rate a host measured (see [`rate`]) instead of calibrating: `None` means the
+/// host reads `Instant`, and so does this process.
+pub(crate) fn adopt(rate: Option<f64>) {
+    let source = match rate {
+        #[cfg(target_arch = "x86_64")]
+        Some(per_us) if per_us.is_finite() && per_us >= 1.0 => Source::Tsc(per_us),
+        _ => Source::Instant,
+    };
+    let _ = SOURCE.set(source);
 }
 
 #[cfg(target_arch = "x86_64")]

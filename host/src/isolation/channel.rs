@@ -40,6 +40,9 @@ pub(crate) struct LoadRequest {
     pub(crate) max_message_bytes: usize,
     /// The host's `max_log_bytes_per_call`.
     pub(crate) max_log_bytes_per_call: usize,
+    /// The host's time-stamp counter rate, so that the worker need not calibrate its own.
+    #[serde(default)]
+    pub(crate) tsc_per_us: Option<f64>,
 }
 
 /// A frame from the host to a worker.

@@ -255,6 +255,7 @@ impl Shared {
             settings: spec.settings.clone(),
             max_message_bytes: spec.budget.max_message,
             max_log_bytes_per_call: spec.budget.max_log_bytes,
+            tsc_per_us: crate::clock::rate(),
         };
         let label = Label {
             plugin: spec.plugin.clone(),

@@ -64,7 +64,7 @@ pub fn worker_main() -> ExitCode {
         _ => exit_now(1),
     };
     reader.set_limit(request.max_message_bytes + ENVELOPE_BYTES);
-    crate::clock::init();
+    crate::clock::adopt(request.tsc_per_us);
     let generation = match load(&request) {
         Ok((generation, logs)) => {
             let ready = FromWorker::Ready {
