@@ -222,6 +222,23 @@ pub enum CallErrorKind {
     Internal,
 }
 
+impl CallErrorKind {
+    /// The kind's name, as in the protocol (`unknown_plugin`, `crashed` ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallErrorKind::UnknownPlugin => "unknown_plugin",
+            CallErrorKind::UnknownCallback => "unknown_callback",
+            CallErrorKind::InvalidRequest => "invalid_request",
+            CallErrorKind::Timeout => "timeout",
+            CallErrorKind::Busy => "busy",
+            CallErrorKind::ShuttingDown => "shutting_down",
+            CallErrorKind::Crashed => "crashed",
+            CallErrorKind::Quarantined => "quarantined",
+            CallErrorKind::Internal => "internal",
+        }
+    }
+}
+
 impl CallError {
     /// An error of `kind` with a one-line `message`.
     pub fn new(kind: CallErrorKind, message: impl Into<String>) -> Self {

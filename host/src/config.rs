@@ -25,6 +25,10 @@
 //! kill_after_ms = 2000             # worker processes: kill a call this long past its timeout
 //! max_restarts = 5                 # worker processes: crashes within restart_window_ms
 //! restart_window_ms = 60000        #   that quarantine the plugin
+//! probation_ms = 30000             # a replaced version stays loaded this long, to roll back to
+//! rollback_after = 3               # failed calls of these kinds during probation roll back:
+//! rollback_on = ["panicked", "crashed"]
+//! keep_versions = 3                # private copies kept for `host rollback`
 //! sha256 = "..."                   # optional: only this exact file is loaded
 //! ```
 //!
@@ -185,6 +189,18 @@ pub struct PluginSettings {
     pub max_restarts: u32,
     /// Worker processes only: the window in which crashes count towards `max_restarts`.
     pub restart_window_ms: u64,
+    /// After a new version replaces the old one, the old one stays loaded this long, ready
+    /// to serve again if the new one fails (0: no probation, the old one is unloaded at
+    /// once).
+    pub probation_ms: u64,
+    /// During probation, this many failed calls of the kinds in `rollback_on` roll the new
+    /// version back.
+    pub rollback_after: u32,
+    /// The error kinds that count towards `rollback_after`: `panicked` (a plugin error kind),
+    /// `crashed` and `timeout` (the host's), or any other plugin error kind (`failed` ...).
+    pub rollback_on: Vec<String>,
+    /// Private copies of this many good versions are kept for `host rollback`.
+    pub keep_versions: usize,
 }
 
 /// Where a plugin's code runs.
@@ -222,6 +238,10 @@ impl Default for PluginSettings {
             kill_after_ms: 2_000,
             max_restarts: 5,
             restart_window_ms: 60_000,
+            probation_ms: 30_000,
+            rollback_after: 3,
+            rollback_on: vec!["panicked".to_owned(), "crashed".to_owned()],
+            keep_versions: 3,
         }
     }
 }

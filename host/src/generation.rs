@@ -27,6 +27,7 @@ use crate::digest::Digest;
 use crate::isolation::{Supervised, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
 use crate::plugin_file::KeptCopy;
+use crate::registry::rollout::{Probation, Trip};
 
 /// One loaded and initialised version of a plugin.
 pub(crate) struct Generation {
@@ -44,6 +45,13 @@ pub(crate) struct Generation {
     slots_taken: AtomicUsize,
     /// Calls whose caller was told they timed out, and that have not returned yet.
     stuck: AtomicU64,
+    /// Calls that failed (the plugin's error, or the host's: crashed, timeout ...).
+    errors: Counter,
+    /// Its probation after it replaced another version (see `registry::rollout`).
+    probation: Probation,
+    /// Bumped each time it is put back into service after being retired (a rollback), so
+    /// that the reaper lets go of a retirement that no longer holds.
+    epoch: AtomicU64,
 }
 
 /// Where a generation's plugin code runs.
@@ -155,7 +163,36 @@ impl Generation {
             finished: Counter::default(),
             slots_taken: AtomicUsize::new(0),
             stuck: AtomicU64::new(0),
+            errors: Counter::default(),
+            probation: Probation::default(),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Its probation.
+    pub(crate) fn probation(&self) -> &Probation {
+        &self.probation
+    }
+
+    /// Calls that failed.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.sum()
+    }
+
+    /// Counts a failed call of `kind`; the trip, if it rolls this generation back.
+    pub(crate) fn note_failure(&self, kind: &str) -> Option<Trip> {
+        self.errors.increment();
+        self.probation.note(kind, &self.settings, SystemTime::now())
+    }
+
+    /// Its service epoch (see the field).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Puts it back into service after it was retired: the reaper lets go of it.
+    pub(crate) fn reinstate(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn number(&self) -> u64 {

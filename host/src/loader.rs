@@ -107,6 +107,10 @@ pub enum LoadErrorKind {
     InitTimedOut,
     /// Another file already serves a plugin of that name.
     NameConflict,
+    /// The plugin's `self_test` callback failed on the new version.
+    SelfTestFailed,
+    /// The version was rolled back after it failed during its probation.
+    RolledBack,
     /// The file's SHA-256 is not the pinned one.
     HashMismatch,
     /// The host itself could not do its part (for example write the private copy).

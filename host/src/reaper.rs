@@ -10,6 +10,10 @@
 //! `dlclose` pass each time (see [`loader::release_pass`]), and its release is logged when it
 //! happens.
 //!
+//! A generation replaced by a new version may be retired *on standby*: it is kept loaded
+//! until its probation ends (see `registry::rollout`), ready to serve again; if the registry
+//! puts it back into service meanwhile (a rollback), the reaper lets go of it.
+//!
 //! [`Reaper::retired`] lists everything the reaper holds, for `host list`.
 
 use std::path::PathBuf;
@@ -50,6 +54,12 @@ pub struct Retired {
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RetiredState {
+    /// Kept loaded, ready to serve again, until the probation of the version that
+    /// replaced it ends.
+    Standby {
+        /// When it will be unloaded, in milliseconds since the Unix epoch.
+        until_unix_ms: u64,
+    },
     /// Calls that started on it are still running.
     Draining {
         /// Calls running.
@@ -65,7 +75,13 @@ pub enum RetiredState {
 }
 
 enum Message {
-    Retire(Arc<Generation>, SystemTime),
+    /// A generation out of service since then, to be unloaded once no call holds it and,
+    /// for a standby, not before the given moment.
+    Retire(Arc<Generation>, SystemTime, Option<SystemTime>),
+    /// Standbys are unloaded as soon as no call holds them (shutting down).
+    EndStandbys,
+    /// The standbys of this plugin are: a newer one replaces them.
+    EndStandby(String),
     /// Answered once nothing is draining or unloading any more.
     Flush(mpsc::Sender<()>),
 }
@@ -100,20 +116,42 @@ impl Reaper {
 
     /// Hands over a generation that no longer serves calls.
     pub(crate) fn retire(&self, generation: Arc<Generation>) {
+        self.retire_at(generation, None);
+    }
+
+    /// Hands over a generation that no longer serves calls, to be kept loaded until
+    /// `standby_until` (if given) in case it serves again.
+    pub(crate) fn retire_at(&self, generation: Arc<Generation>, standby_until: Option<SystemTime>) {
         tracing::debug!(
             plugin = generation.name(),
             generation = generation.number(),
-            "retired; draining"
+            "retired; {}",
+            if standby_until.is_some() {
+                "on standby"
+            } else {
+                "draining"
+            }
         );
-        let message = Message::Retire(generation, SystemTime::now());
-        if let Err(mpsc::SendError(Message::Retire(generation, _))) = self.sender().send(message) {
+        let message = Message::Retire(generation, SystemTime::now(), standby_until);
+        if let Err(mpsc::SendError(Message::Retire(generation, ..))) = self.sender().send(message) {
             // The thread is gone (it never ends while we hold the sender, but be safe):
             // drop here rather than leak.
             drop(generation);
         }
     }
 
-    /// Waits up to `timeout` until every generation handed over so far is dropped. Returns
+    /// Unloads standbys as soon as no call holds them, without waiting for their time.
+    pub(crate) fn end_standbys(&self) {
+        let _ = self.sender().send(Message::EndStandbys);
+    }
+
+    /// Unloads the standbys of `plugin` handed over so far as soon as no call holds them.
+    pub(crate) fn end_standby(&self, plugin: &str) {
+        let _ = self.sender().send(Message::EndStandby(plugin.to_owned()));
+    }
+
+    /// Waits up to `timeout` until every generation handed over so far is dropped (standbys
+    /// waiting for their time excepted). Returns
     /// whether that happened in time.
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
         let (ack, done) = mpsc::channel();
@@ -145,6 +183,10 @@ impl std::fmt::Debug for Reaper {
 struct Draining {
     generation: Arc<Generation>,
     since: SystemTime,
+    /// A standby's time: not unloaded before it.
+    until: Option<SystemTime>,
+    /// The generation's service epoch when it was retired; another means it serves again.
+    epoch: u64,
 }
 
 struct Unloading {
@@ -197,8 +239,26 @@ impl State {
                 receiver.recv_timeout(self.next_recheck.saturating_duration_since(Instant::now()))
             };
             match message {
-                Ok(Message::Retire(generation, since)) => {
-                    self.draining.push(Draining { generation, since })
+                Ok(Message::Retire(generation, since, until)) => {
+                    let epoch = generation.epoch();
+                    self.draining.push(Draining {
+                        generation,
+                        since,
+                        until,
+                        epoch,
+                    })
+                }
+                Ok(Message::EndStandbys) => {
+                    for entry in &mut self.draining {
+                        entry.until = None;
+                    }
+                }
+                Ok(Message::EndStandby(plugin)) => {
+                    for entry in &mut self.draining {
+                        if entry.generation.name() == plugin {
+                            entry.until = None;
+                        }
+                    }
                 }
                 Ok(Message::Flush(ack)) => self.flushes.push(ack),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -209,7 +269,12 @@ impl State {
                 self.recheck_mapped();
                 self.next_recheck = Instant::now() + MAPPED_RECHECK;
             }
-            if self.draining.is_empty() && self.unloading.is_empty() {
+            let now = SystemTime::now();
+            let settled = self
+                .draining
+                .iter()
+                .all(|d| d.until.is_some_and(|until| now < until));
+            if settled && self.unloading.is_empty() {
                 for ack in self.flushes.drain(..) {
                     let _ = ack.send(());
                 }
@@ -221,12 +286,21 @@ impl State {
     /// Starts dropping every generation no call holds any more, and finishes the drops that
     /// are done. Returns whether a library was closed.
     fn reap(&mut self) -> bool {
+        let now = SystemTime::now();
         let mut i = 0;
         while i < self.draining.len() {
+            let entry = &self.draining[i];
+            if entry.generation.epoch() != entry.epoch {
+                // Back in service (a rollback): not ours to unload any more.
+                self.draining.swap_remove(i);
+            } else if entry.until.is_some_and(|until| now < until) {
+                i += 1;
             // Only this list holds it: no call is running on it, and none can start (it is
             // out of the call table, and handles to it are gone).
-            if Arc::strong_count(&self.draining[i].generation) == 1 {
-                let Draining { generation, since } = self.draining.swap_remove(i);
+            } else if Arc::strong_count(&entry.generation) == 1 {
+                let Draining {
+                    generation, since, ..
+                } = self.draining.swap_remove(i);
                 self.start_unload(generation, since);
             } else {
                 i += 1;
@@ -343,9 +417,14 @@ impl State {
                 plugin: d.generation.name().to_owned(),
                 generation: d.generation.number(),
                 path: d.generation.source().to_owned(),
-                state: RetiredState::Draining {
-                    in_flight: d.generation.in_flight(),
-                    stuck: d.generation.stuck(),
+                state: match d.until.filter(|until| SystemTime::now() < *until) {
+                    Some(until) => RetiredState::Standby {
+                        until_unix_ms: unix_ms(until),
+                    },
+                    None => RetiredState::Draining {
+                        in_flight: d.generation.in_flight(),
+                        stuck: d.generation.stuck(),
+                    },
                 },
                 retired_at_unix_ms: unix_ms(d.since),
             })

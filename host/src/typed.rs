@@ -119,7 +119,10 @@ impl TypedCall {
             let _slot = generation.enter().map_err(TypedError::Host)?;
             return generation
                 .run_bytes(index, input, out, &NOT_CANCELLED)
-                .map_err(TypedError::Plugin);
+                .map_err(|err| {
+                    self.host.after_failure(generation, err.kind().as_str());
+                    TypedError::Plugin(err)
+                });
         }
     }
 

@@ -310,6 +310,19 @@ pub fn libz() -> &'static Path {
     .expect("libz is installed")
 }
 
+/// A host.toml for `plugins` without probation: for tests about how a replaced version is
+/// unloaded, which a probation would keep loaded (30 s by default) to roll back to. Written
+/// as `host.toml` into `dir`; returns the `--config` arguments.
+pub fn no_probation(dir: &Path, plugins: &[&str]) -> [String; 2] {
+    let text: String = plugins
+        .iter()
+        .map(|p| format!("[plugins.{p}]\nprobation_ms = 0\n"))
+        .collect();
+    let path = dir.join("host.toml");
+    fs::write(&path, text).expect("write host.toml");
+    ["--config".to_owned(), path.display().to_string()]
+}
+
 /// A fresh directory for plugin files (mode 0700, as the host's checks want).
 pub fn plugins_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

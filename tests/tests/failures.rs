@@ -472,7 +472,8 @@ fn a_thread_left_running_by_a_replaced_version_keeps_it_mapped_and_is_reported()
         .build_into(staging.path(), "libhello.so");
     let dir = plugins_dir();
     install(&threaded, dir.path(), "libhello.so");
-    let mut server = Server::start(dir.path(), &[]);
+    let config = e2e::no_probation(dir.path(), &["hello"]);
+    let mut server = Server::start(dir.path(), &[&config[0], &config[1]]);
     server.wait_until(WAIT, "hello", |s| greet(s).is_ok());
 
     // The old version is replaced while its thread still sleeps in its code.

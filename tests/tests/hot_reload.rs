@@ -104,7 +104,8 @@ impl Load {
 #[test]
 fn drop_in_rebuild_rename_and_delete() {
     let dir = plugins_dir();
-    let server = Server::start(dir.path(), &[]);
+    let config = e2e::no_probation(dir.path(), &["hello"]);
+    let server = Server::start(dir.path(), &[&config[0], &config[1]]);
     assert!(message(&server)
         .unwrap_err()
         .contains("no plugin named hello"));
@@ -382,7 +383,8 @@ fn a_library_kept_alive_by_a_thread_local_is_reported_as_still_mapped() {
         .build_into(staging.path(), "libhello.so");
     let dir = plugins_dir();
     install(&sticky, dir.path(), "libhello.so");
-    let server = Server::start(dir.path(), &[]);
+    let config = e2e::no_probation(dir.path(), &["hello"]);
+    let server = Server::start(dir.path(), &[&config[0], &config[1]]);
     // One connection, so one host thread touches the thread-local and stays alive.
     let mut client = server.client().unwrap();
     server.wait_until(WAIT, "hello to load", |s| message(s).is_ok());

@@ -232,7 +232,8 @@ fn a_crash_loop_is_quarantined_until_host_restart() {
 
 #[test]
 fn a_reload_of_an_isolated_plugin_under_load_fails_no_call() {
-    let (dir, server) = serve("", &["--isolate-all"]);
+    // Without probation, which would keep the replaced version's worker on purpose.
+    let (dir, server) = serve("[plugins.hello]\nprobation_ms = 0\n", &["--isolate-all"]);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let callers: Vec<_> = (0..2)

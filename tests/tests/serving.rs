@@ -374,7 +374,9 @@ fn stuck_calls_pin_only_their_own_generation_and_free_their_slot() {
     // Defect 6: a stuck call held the whole table snapshot, so every plugin's replaced
     // generation stayed loaded; after a reload the stuck calls were not shown anywhere; and
     // calls that timed out kept their `max_concurrent_calls` slots.
-    let config = "[plugins.tough]\ntimeout_ms = 200\nmax_concurrent_calls = 2\n";
+    // Without probation, which would keep the replaced hello loaded on purpose.
+    let config = "[plugins.tough]\ntimeout_ms = 200\nmax_concurrent_calls = 2\nprobation_ms = 0\n\
+                  [plugins.hello]\nprobation_ms = 0\n";
     let (dir, server) = serve(config);
     let stuck: Vec<_> = (0..2)
         .map(|_| {

@@ -681,6 +681,7 @@ async fn call(
                     outcome.elapsed_us = watch.elapsed_us();
                 }
             }
+            shared.host.after_call(&generation, &outcome);
             drop(thread);
             lock(&shared.running).remove(&id);
             let finished =

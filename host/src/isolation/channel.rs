@@ -50,7 +50,7 @@ pub(crate) struct LoadRequest {
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ToWorker {
     /// Load and start the plugin; sent once, first.
-    Load(LoadRequest),
+    Load(Box<LoadRequest>),
     /// Run a call.
     Call {
         id: u64,

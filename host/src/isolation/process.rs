@@ -186,7 +186,7 @@ impl Worker {
         }
 
         let refused = |kind, message: String| LoadError::new(&path, kind, message);
-        if let Err(err) = write_frame(&lock(&worker.writer), &ToWorker::Load(request)) {
+        if let Err(err) = write_frame(&lock(&worker.writer), &ToWorker::Load(Box::new(request))) {
             let exit = worker.wait_exit(Duration::from_secs(1));
             return Err(refused(
                 LoadErrorKind::InitFailed,

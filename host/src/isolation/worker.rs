@@ -60,7 +60,7 @@ pub fn worker_main() -> ExitCode {
     };
     let mut reader = FrameReader::new(reader, DEFAULT_MAX_MESSAGE_BYTES + ENVELOPE_BYTES);
     let request = match reader.next::<ToWorker>(None) {
-        Ok(Some(ToWorker::Load(request))) => request,
+        Ok(Some(ToWorker::Load(request))) => *request,
         _ => exit_now(1),
     };
     reader.set_limit(request.max_message_bytes + ENVELOPE_BYTES);

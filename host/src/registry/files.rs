@@ -221,6 +221,26 @@ impl FileBook {
         Some(path.to_owned())
     }
 
+    /// Plugin `name` was rolled back from `bad` (path, content) to `good`: `bad`'s content
+    /// failed with `error` and is not tried again until its file changes; `good` serves.
+    pub(crate) fn rolled_back(
+        &mut self,
+        name: &str,
+        bad: (&Path, u128),
+        good: (&Path, u128),
+        error: &LoadError,
+    ) {
+        let entry = self.files.entry(bad.0.to_owned()).or_default();
+        entry.failed = Some(bad.1);
+        entry.error = Some(error.clone());
+        if bad.0 != good.0 && entry.serves.as_deref() == Some(name) {
+            entry.serves = None;
+        }
+        let entry = self.files.entry(good.0.to_owned()).or_default();
+        entry.serves = Some(name.to_owned());
+        entry.accepted = Some(good.1);
+    }
+
     /// Every path the book knows.
     pub(crate) fn paths(&self) -> Vec<PathBuf> {
         self.files.keys().cloned().collect()
@@ -349,6 +369,33 @@ mod tests {
         assert_eq!(book.retry_declaring("sleepy"), vec![p("b.so")]);
         assert!(matches!(book.verdict(&p("b.so"), B), Verdict::Load));
         assert!(book.retry_declaring("other").is_empty(), "c.so serves it");
+    }
+
+    #[test]
+    fn a_rollback_serves_the_old_content_and_refuses_the_new_until_it_changes() {
+        let mut book = FileBook::default();
+        book.accept(&p("a.so"), &meta("hello"), A, true);
+        book.accept(&p("a.so"), &meta("hello"), B, true);
+        let err = failure(&p("a.so"), LoadErrorKind::RolledBack);
+        book.rolled_back("hello", (&p("a.so"), B), (&p("a.so"), A), &err);
+        let entry = book.get(&p("a.so")).unwrap();
+        assert_eq!(entry.serves.as_deref(), Some("hello"));
+        // The bad content, read again, is refused; the good one is what it serves.
+        assert!(matches!(book.verdict(&p("a.so"), B), Verdict::Failed(_)));
+        assert!(matches!(book.verdict(&p("a.so"), A), Verdict::Unchanged));
+        // Anything new is loaded.
+        assert!(matches!(book.verdict(&p("a.so"), 3), Verdict::Load));
+
+        // Rolled back to a version another file held: that file serves now.
+        let mut book = FileBook::default();
+        book.accept(&p("old.so"), &meta("hello"), A, true);
+        book.accept(&p("new.so"), &meta("hello"), B, true);
+        book.rolled_back("hello", (&p("new.so"), B), (&p("old.so"), A), &err);
+        assert_eq!(book.get(&p("new.so")).unwrap().serves, None);
+        assert_eq!(
+            book.get(&p("old.so")).unwrap().serves.as_deref(),
+            Some("hello")
+        );
     }
 
     #[test]

@@ -18,12 +18,13 @@
 //! file. The generation replaced goes to the reaper.
 
 mod files;
+pub(crate) mod rollout;
 pub(crate) mod table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,7 @@ use crate::plugin_file::{KeptCopy, StagedFile};
 use crate::private_dir::CopyDir;
 use crate::reaper::{unix_ms, Reaper, Retired};
 use files::{FileBook, Verdict};
+use rollout::Trip;
 use table::CallTable;
 
 /// Options for a [`Host`].
@@ -167,6 +169,9 @@ struct Inner {
 #[derive(Default)]
 struct State {
     files: FileBook,
+    /// The generation each plugin's current one replaced, kept loaded (on standby with the
+    /// reaper) while the current one is on probation, to roll back to.
+    standby: HashMap<String, Weak<Generation>>,
     /// Last generation number given to each plugin name; never reset, so numbers only grow.
     generations: HashMap<String, u64>,
     settings: BTreeMap<String, PluginSettings>,
@@ -220,6 +225,13 @@ pub struct Serving {
     pub loaded_at_unix_ms: u64,
     /// Calls finished by this generation.
     pub calls: u64,
+    /// Of those, calls that failed.
+    #[serde(default)]
+    pub errors: u64,
+    /// When its probation ends (the version it replaced is kept loaded until then, to roll
+    /// back to), in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation_until_unix_ms: Option<u64>,
     /// Calls running in it now.
     #[serde(default)]
     pub in_flight: u64,
@@ -508,17 +520,33 @@ impl Host {
             Prepared::Library(library) => Origin::Library(Arc::new(library)),
             Prepared::Isolated { copy, .. } => Origin::Copy(copy),
         };
+        let probation = Duration::from_millis(settings.probation_ms);
         let generation = self
             .start_generation(&name, origin, path, number, settings)
             .inspect_err(|_| self.unreserve(&name, number))?;
         let metadata = generation.metadata().clone();
+        let generation = Arc::new(generation);
 
-        let (replaced, retry) = {
+        let (replaced, retry, standby_until) = {
             let mut state = self.state();
-            let replaced = self.inner.table.replace(&name, Some(Arc::new(generation)));
+            let replaced = self.inner.table.replace(&name, Some(generation.clone()));
             let previous = state.files.accept(path, &metadata, digest.content(), true);
             let retry = self.unload_previous(&mut state, previous);
-            (replaced, retry)
+            // The version replaced stays ready to serve again while the new one is on
+            // probation.
+            let standby_until = match &replaced {
+                Some(old) if !probation.is_zero() => {
+                    let until = SystemTime::now() + probation;
+                    generation.probation().start(until);
+                    state.standby.insert(name.clone(), Arc::downgrade(old));
+                    Some(until)
+                }
+                _ => {
+                    state.standby.remove(&name);
+                    None
+                }
+            };
+            (replaced, retry, standby_until)
         };
         let event = match &replaced {
             Some(old) => LoadEvent::Reloaded {
@@ -534,8 +562,77 @@ impl Host {
                 generation: number,
             },
         };
-        self.retire(replaced);
+        if let Some(old) = replaced {
+            // One standby per plugin: an older one is unloaded now.
+            self.inner.reaper.end_standby(&name);
+            self.inner.reaper.retire_at(old, standby_until);
+        }
         Ok((event, retry))
+    }
+
+    /// Notes how a call on `generation` ended: a failure of a kind its probation counts may
+    /// roll it back (see `rollout`). Cheap when the call succeeded.
+    pub(crate) fn after_call(
+        &self,
+        generation: &Generation,
+        result: &Result<CallOutcome, CallError>,
+    ) {
+        let kind = match result {
+            Ok(outcome) => match &outcome.error {
+                None => return,
+                Some(err) => err.kind().as_str(),
+            },
+            Err(err) => err.kind.as_str(),
+        };
+        self.after_failure(generation, kind);
+    }
+
+    /// Notes a failed call of `kind` on `generation`.
+    pub(crate) fn after_failure(&self, generation: &Generation, kind: &str) {
+        if let Some(trip) = generation.note_failure(kind) {
+            self.roll_back_tripped(generation.name(), generation.number(), &trip);
+        }
+    }
+
+    /// Serves again the version plugin `name`'s generation `bad` replaced, because `bad`
+    /// tripped its probation; remembers `bad`'s content as bad until its file changes.
+    fn roll_back_tripped(&self, name: &str, bad: u64, trip: &Trip) {
+        let (bad, previous) = {
+            let mut state = self.state();
+            let Some(current) = self.inner.table.current(name).filter(|g| g.number() == bad) else {
+                return;
+            };
+            let Some(previous) = state.standby.remove(name).and_then(|w| w.upgrade()) else {
+                tracing::error!(plugin = %name, generation = bad,
+                    "would roll back ({}), but the version it replaced is gone", trip.describe());
+                return;
+            };
+            previous.reinstate();
+            self.inner.table.replace(name, Some(previous.clone()));
+            current.probation().end();
+            let error = LoadError::new(
+                current.source(),
+                LoadErrorKind::RolledBack,
+                format!(
+                    "rolled back to generation {}: {} during its probation; not loaded again \
+                     until the file changes",
+                    previous.number(),
+                    trip.describe()
+                ),
+            );
+            state.files.rolled_back(
+                name,
+                (current.source(), current.digest().content()),
+                (previous.source(), previous.digest().content()),
+                &error,
+            );
+            (current, previous)
+        };
+        tracing::error!(plugin = %name, generation = previous.number(),
+            "rolled back {name} {} (generation {}) -> {} (generation {}): {}",
+            bad.metadata().version, bad.number(), previous.metadata().version,
+            previous.number(), trip.describe());
+        self.inner.reaper.retire(bad);
     }
 
     /// The file that served `previous` now serves another name: `previous` is unloaded, and
@@ -604,7 +701,7 @@ impl Host {
             Origin::Library(library) => library,
             // In a worker: its init is bounded by killing the worker, no thread is left.
             Origin::Copy(copy) => {
-                return Generation::start_isolated(WorkerSpec {
+                let generation = Generation::start_isolated(WorkerSpec {
                     plugin: name.to_owned(),
                     program: self.inner.isolation.program(),
                     copy,
@@ -612,7 +709,8 @@ impl Host {
                     generation: number,
                     settings,
                     budget: self.inner.budget,
-                });
+                })?;
+                return rollout::self_test(generation, path);
             }
         };
         let name = library.metadata().name.clone();
@@ -630,7 +728,8 @@ impl Host {
                 .name(format!("init-{name}"))
                 .spawn(move || {
                     let started = Instant::now();
-                    let result = Generation::start(library, &source, number, settings, budget);
+                    let result = Generation::start(library, &source, number, settings, budget)
+                        .and_then(|generation| rollout::self_test(generation, &source));
                     let (state, ready) = &*outcome;
                     let mut state = lock(state);
                     if matches!(*state, Init::Abandoned) {
@@ -724,6 +823,7 @@ impl Host {
     /// Unloads every plugin and waits up to `wait` for the versions still running calls to
     /// finish and be unloaded. Returns whether everything was unloaded in time.
     pub fn unload_all(&self, wait: Duration) -> bool {
+        self.inner.reaper.end_standbys();
         let old = {
             let mut state = self.state();
             state.files.clear();
@@ -917,7 +1017,11 @@ impl Host {
         // The guard pins this plugin's current generation, and nothing else, for the call.
         let current = self.inner.table.load(plugin);
         match current.as_ref().and_then(|guard| guard.as_ref()) {
-            Some(generation) => generation.call(callback, input, cancelled, deadline),
+            Some(generation) => {
+                let result = generation.call(callback, input, cancelled, deadline);
+                self.after_call(generation, &result);
+                result
+            }
             None => Err(self.unknown_plugin(plugin)),
         }
     }
@@ -1020,6 +1124,8 @@ impl Host {
                         generation: g.number(),
                         loaded_at_unix_ms: unix_ms(g.loaded_at()),
                         calls: g.calls(),
+                        errors: g.errors(),
+                        probation_until_unix_ms: g.probation().until_unix_ms(SystemTime::now()),
                         in_flight: g.in_flight(),
                         sha256: g.digest().sha256_now().map(|s| hex(&s)),
                         stuck: g.stuck(),

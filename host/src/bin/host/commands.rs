@@ -323,6 +323,10 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
                 RetiredState::Draining { in_flight, .. } => {
                     format!("generation {generation}: {in_flight} calls draining")
                 }
+                RetiredState::Standby { until_unix_ms } => format!(
+                    "generation {generation}: on standby to roll back to, for {}",
+                    until(*until_unix_ms)
+                ),
                 RetiredState::Unloading => format!("generation {generation}: unloading"),
                 RetiredState::StillMapped => {
                     format!("generation {generation}: still mapped after unload")
@@ -402,6 +406,14 @@ pub fn restart(args: RestartArgs) -> Result<ExitCode> {
         Err(ClientError::Refused(err)) => Err(err.into()),
         Err(err) => Err(err).context("asking the running host to restart the plugin"),
     }
+}
+
+/// How long until a Unix-epoch millisecond timestamp, as `12s`.
+fn until(unix_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!("{}s", unix_ms.saturating_sub(now).div_ceil(1000))
 }
 
 /// How long ago a Unix-epoch millisecond timestamp was, as `42s ago`, `3m ago`, `5h ago`.

@@ -1,0 +1,191 @@
+//! Safe rollout (issue 11): a new version's self-test runs before it serves, and a version
+//! that fails during its probation is rolled back to the one it replaced.
+
+use std::fs;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use e2e::{built, install, plugins_dir, Server, Variant};
+
+const WAIT: Duration = Duration::from_secs(30);
+const ADA: &str = r#"{"name":"Ada"}"#;
+
+/// hello 0.2.0 with `edit` applied to its `greet`'s first line, and its own greeting.
+fn hello_v2(greeting: &str, greet_first_line: &str, callbacks: &str) -> std::path::PathBuf {
+    Variant::of("example-plugins/hello")
+        .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
+        .edit(
+            "src/lib.rs",
+            "\"Hello\".to_owned()",
+            format!("{greeting:?}.to_owned()"),
+        )
+        .edit(
+            "src/lib.rs",
+            "        if input.name.trim().is_empty() {",
+            format!("{greet_first_line}\n        if input.name.trim().is_empty() {{"),
+        )
+        .edit(
+            "src/lib.rs",
+            "            .add(\"panic\", Hello::panic)",
+            format!("            .add(\"panic\", Hello::panic){callbacks}"),
+        )
+        .build()
+}
+
+/// hello 0.2.0 whose self-test fails.
+fn failing_self_test() -> &'static Path {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        hello_v2(
+            "Hey",
+            "",
+            "\n            .add(\"self_test\", |_: &Hello, _: &Context<'_>, _: serde_json::Value| -> Result<(), PluginError> {\n                Err(PluginError::failed(\"the greeting table is empty\"))\n            })",
+        )
+    })
+}
+
+/// hello 0.2.0 whose self-test passes.
+fn passing_self_test() -> &'static Path {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        hello_v2(
+            "Yo",
+            "",
+            "\n            .add(\"self_test\", |_: &Hello, ctx: &Context<'_>, _: serde_json::Value| -> Result<(), PluginError> {\n                ctx.info(\"self-test passed\");\n                Ok(())\n            })",
+        )
+    })
+}
+
+/// hello 0.2.0 whose `greet` panics every time.
+fn panicking_greet() -> &'static Path {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| hello_v2("Oops", "        panic!(\"greet is broken in 0.2.0\");", ""))
+}
+
+fn greet(server: &Server) -> Result<String, String> {
+    server
+        .call("hello", "greet", ADA)
+        .map(|v| v["message"].as_str().unwrap_or_default().to_owned())
+}
+
+fn serve(config: &str, extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let conf = dir.path().join("host.toml");
+    fs::write(&conf, config).unwrap();
+    let mut args = vec!["--config", conf.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let server = Server::start(dir.path(), &args);
+    server.wait_until(WAIT, "hello", |s| greet(s).is_ok());
+    (dir, server)
+}
+
+fn last_error(server: &Server) -> Option<String> {
+    server.files().into_iter().find_map(|f| f.last_error)
+}
+
+#[test]
+fn a_failing_self_test_refuses_the_swap_and_a_passing_one_lets_it_through() {
+    let (dir, server) = serve("", &[]);
+    install(failing_self_test(), dir.path(), "libhello.so");
+    server.wait_until(WAIT, "the swap to be refused", |s| last_error(s).is_some());
+    let error = last_error(&server).unwrap();
+    assert!(
+        error.contains("self_test failed, so the swap is refused: the greeting table is empty"),
+        "{error}"
+    );
+    assert_eq!(
+        greet(&server).unwrap(),
+        "Hello, Ada!",
+        "the old version serves"
+    );
+    assert!(
+        server.log().contains("self_test failed"),
+        "{}",
+        server.log()
+    );
+
+    install(passing_self_test(), dir.path(), "libhello.so");
+    server.wait_until(WAIT, "the new version", |s| {
+        greet(s).is_ok_and(|m| m == "Yo, Ada!")
+    });
+    assert!(server.log().contains("self-test passed"));
+}
+
+/// Calls greet until it answers `expected`; returns the failures seen before.
+fn failures_until(server: &Server, expected: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    server.wait_until(WAIT, expected, |s| match greet(s) {
+        Ok(message) if message == expected => true,
+        Ok(_) => false,
+        Err(err) => {
+            failures.push(err);
+            false
+        }
+    });
+    failures
+}
+
+fn assert_rolled_back(server: &Server, dir: &Path) {
+    // The new version serves until its calls fail...
+    server.wait_until(WAIT, "the broken version", |s| {
+        s.files()
+            .iter()
+            .any(|f| f.serving.as_ref().is_some_and(|g| g.generation == 2))
+    });
+    // ... three times: then the old one serves again, and no call fails after the third.
+    let failures = failures_until(server, "Hello, Ada!");
+    assert_eq!(failures.len(), 3, "{failures:#?}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.contains("greet is broken in 0.2.0")),
+        "{failures:#?}"
+    );
+    for _ in 0..20 {
+        assert_eq!(greet(server).unwrap(), "Hello, Ada!");
+    }
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains(
+                "rolled back hello 0.2.0 (generation 2) -> 0.1.0 (generation 1): 3 panics in",
+            )
+        })
+        .unwrap_or_else(|| panic!("no rollback line:\n{log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    let error = last_error(server).unwrap();
+    assert!(
+        error.starts_with("rolled back to generation 1: 3 panics in"),
+        "{error}"
+    );
+
+    // The same bad content again is not loaded; new content is.
+    install(panicking_greet(), dir, "libhello.so");
+    install(passing_self_test(), dir, "libhello.so");
+    server.wait_until(WAIT, "the next version", |s| {
+        greet(s).is_ok_and(|m| m == "Yo, Ada!")
+    });
+}
+
+#[test]
+fn a_version_that_panics_is_rolled_back_within_its_probation() {
+    let (dir, server) = serve(
+        "[plugins.hello]\nprobation_ms = 60000\nrollback_after = 3\n",
+        &[],
+    );
+    install(panicking_greet(), dir.path(), "libhello.so");
+    assert_rolled_back(&server, dir.path());
+}
+
+#[test]
+fn an_isolated_version_that_panics_is_rolled_back_too() {
+    let (dir, server) = serve(
+        "[plugins.hello]\nprobation_ms = 60000\nrollback_after = 3\n",
+        &["--isolate-all"],
+    );
+    install(panicking_greet(), dir.path(), "libhello.so");
+    assert_rolled_back(&server, dir.path());
+}
