@@ -28,7 +28,7 @@
 //! probation_ms = 30000             # a replaced version stays loaded this long, to roll back to
 //! rollback_after = 3               # failed calls of these kinds during probation roll back:
 //! rollback_on = ["panicked", "crashed"]
-//! keep_versions = 3                # private copies kept for `host rollback`
+//! keep_versions = 3                # earlier versions whose copies are kept for `host rollback` (<= 32)
 //! sha256 = "..."                   # optional: only this exact file is loaded
 //! ```
 //!
@@ -199,7 +199,8 @@ pub struct PluginSettings {
     /// The error kinds that count towards `rollback_after`: `panicked` (a plugin error kind),
     /// `crashed` and `timeout` (the host's), or any other plugin error kind (`failed` ...).
     pub rollback_on: Vec<String>,
-    /// Private copies of this many good versions are kept for `host rollback`.
+    /// The private copies of this many good versions before the one that serves are kept,
+    /// for `host rollback` (at most 32, the length of a plugin's history).
     pub keep_versions: usize,
 }
 
@@ -253,6 +254,8 @@ impl PluginSettings {
     }
 }
 
+use crate::registry::MAX_RECORDS;
+
 /// A `host.toml` that cannot be used: file, line, column and key in one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -302,14 +305,24 @@ impl HostConfig {
             let key = if key == "." { String::new() } else { key };
             error(err.into_inner(), key)
         })?;
-        for name in config.plugins.keys() {
+        for (name, settings) in &config.plugins {
+            let refuse = |key: &str, message: String| ConfigError {
+                path: path.to_owned(),
+                location: None,
+                key: format!("plugins.{name}{key}"),
+                message,
+            };
             if !plugin_api::is_valid_name(name) {
-                return Err(ConfigError {
-                    path: path.to_owned(),
-                    location: None,
-                    key: format!("plugins.{name}"),
-                    message: "plugin names are 1 to 64 characters of [A-Za-z0-9_.-]".to_owned(),
-                });
+                return Err(refuse(
+                    "",
+                    "plugin names are 1 to 64 characters of [A-Za-z0-9_.-]".to_owned(),
+                ));
+            }
+            if settings.keep_versions > MAX_RECORDS {
+                return Err(refuse(
+                    ".keep_versions",
+                    format!("at most {MAX_RECORDS} versions are kept"),
+                ));
             }
         }
         Ok(config)
@@ -368,6 +381,13 @@ mod tests {
         let err = parse("plugins_dir = \"p\"\n[plugins.hello\n").unwrap_err();
         assert!(err.starts_with("host.toml:2:"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn keep_versions_is_bounded() {
+        assert!(parse("[plugins.a]\nkeep_versions = 32\n").is_ok());
+        let err = parse("[plugins.a]\nkeep_versions = 33\n").unwrap_err();
+        assert!(err.contains("key `plugins.a.keep_versions`"), "{err}");
     }
 
     #[test]

@@ -63,6 +63,12 @@ impl Default for Counter {
     }
 }
 
+impl std::fmt::Debug for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Counter({})", self.sum())
+    }
+}
+
 impl Counter {
     /// Adds one.
     #[inline]

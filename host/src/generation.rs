@@ -37,21 +37,39 @@ pub(crate) struct Generation {
     settings: PluginSettings,
     budget: Budget,
     loaded_at: SystemTime,
-    /// Calls started and calls finished; striped, so that concurrent callers do not share a
-    /// cache line. Their difference is the number of calls running.
-    started: Counter,
-    finished: Counter,
+    /// Its calls counted; shared with the plugin's history, which outlives it.
+    tally: Arc<Tally>,
     /// Calls holding one of the plugin's `max_concurrent_calls` slots.
     slots_taken: AtomicUsize,
     /// Calls whose caller was told they timed out, and that have not returned yet.
     stuck: AtomicU64,
-    /// Calls that failed (the plugin's error, or the host's: crashed, timeout ...).
-    errors: Counter,
     /// Its probation after it replaced another version (see `registry::rollout`).
     probation: Probation,
     /// Bumped each time it is put back into service after being retired (a rollback), so
     /// that the reaper lets go of a retirement that no longer holds.
     epoch: AtomicU64,
+}
+
+/// A generation's calls: started and finished, striped so that concurrent callers do not
+/// share a cache line (their difference is the number of calls running), and failed (the
+/// plugin's error, or the host's: crashed, timeout ...).
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    started: Counter,
+    finished: Counter,
+    errors: Counter,
+}
+
+impl Tally {
+    /// Calls finished.
+    pub(crate) fn calls(&self) -> u64 {
+        self.finished.sum()
+    }
+
+    /// Calls that failed.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.sum()
+    }
 }
 
 /// Where a generation's plugin code runs.
@@ -159,14 +177,17 @@ impl Generation {
             settings,
             budget,
             loaded_at: SystemTime::now(),
-            started: Counter::default(),
-            finished: Counter::default(),
+            tally: Arc::default(),
             slots_taken: AtomicUsize::new(0),
             stuck: AtomicU64::new(0),
-            errors: Counter::default(),
             probation: Probation::default(),
             epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Its calls, counted.
+    pub(crate) fn tally(&self) -> &Arc<Tally> {
+        &self.tally
     }
 
     /// Its probation.
@@ -176,12 +197,12 @@ impl Generation {
 
     /// Calls that failed.
     pub(crate) fn errors(&self) -> u64 {
-        self.errors.sum()
+        self.tally.errors()
     }
 
     /// Counts a failed call of `kind`; the trip, if it rolls this generation back.
     pub(crate) fn note_failure(&self, kind: &str) -> Option<Trip> {
-        self.errors.increment();
+        self.tally.errors.increment();
         self.probation.note(kind, &self.settings, SystemTime::now())
     }
 
@@ -223,6 +244,14 @@ impl Generation {
         match &self.backend {
             Backend::InProcess { library, .. } => Origin::Library(Arc::clone(library)),
             Backend::Worker(supervised) => Origin::Copy(supervised.copy().clone()),
+        }
+    }
+
+    /// The private copy of the file it was loaded from, to load again for a rollback.
+    pub(crate) fn kept_copy(&self) -> Option<Arc<KeptCopy>> {
+        match &self.backend {
+            Backend::InProcess { library, .. } => library.kept().cloned(),
+            Backend::Worker(supervised) => Some(supervised.copy().clone()),
         }
     }
 
@@ -291,15 +320,15 @@ impl Generation {
 
     /// Calls finished by this generation.
     pub(crate) fn calls(&self) -> u64 {
-        self.finished.sum()
+        self.tally.calls()
     }
 
     /// Calls running in this generation now.
     pub(crate) fn in_flight(&self) -> u64 {
         // Read `finished` first: a call that finishes between the two reads is then counted
         // as running, never as less than zero.
-        let finished = self.finished.sum();
-        self.started.sum().saturating_sub(finished)
+        let finished = self.tally.finished.sum();
+        self.tally.started.sum().saturating_sub(finished)
     }
 
     /// Takes one of the plugin's `max_concurrent_calls` slots, if it has a limit: `Ok(None)`
@@ -352,9 +381,9 @@ impl Generation {
             }
             Backend::Worker(supervised) => {
                 let deadline = deadline.unwrap_or_else(|| SystemTime::now() + self.timeout());
-                self.started.increment();
+                self.tally.started.increment();
                 let result = supervised.call(callback, input, cancelled, deadline);
-                self.finished.increment();
+                self.tally.finished.increment();
                 let (outcome, pid) = result?;
                 (outcome, Some(pid))
             }
@@ -393,7 +422,7 @@ impl Generation {
         let Backend::InProcess { handler, .. } = &self.backend else {
             unreachable!("run_local on an isolated generation");
         };
-        self.started.increment();
+        self.tally.started.increment();
         let ctx = call_context(cancelled, deadline);
         let name = self.name();
         let ffi = if callback == "execute" {
@@ -409,7 +438,7 @@ impl Generation {
             .budget
             .outcome(name, result, &ffi.follow_ups, &ffi.logs);
         drop(ffi);
-        self.finished.increment();
+        self.tally.finished.increment();
         CallOutcome {
             plugin: Name::new(name),
             callback: Name::new(callback),
@@ -447,13 +476,13 @@ impl Generation {
                 "typed calls run in-process only; this plugin runs in a worker process",
             ));
         };
-        self.started.increment();
+        self.tally.started.increment();
         let ctx = call_context(cancelled, None);
         let start = out.len();
         let mut buffer = RVec::from(std::mem::take(out));
         let status = handler.call_bytes(index, RSlice::from(input), &mut buffer, &ctx);
         *out = buffer.into_vec();
-        self.finished.increment();
+        self.tally.finished.increment();
         let name = self.name();
         let result = match &status.result {
             ROk(()) if out.len() - start > self.budget.max_message => {

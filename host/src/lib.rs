@@ -50,5 +50,7 @@ pub use call::{CallError, CallErrorKind, CallOutcome, Json, Name, MAX_ERROR_MESS
 pub use generation::TypedOutcome;
 pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata};
 pub use reaper::{Retired, RetiredState};
-pub use registry::{FileStatus, Host, HostError, HostOptions, LoadEvent, PluginHandle, Serving};
+pub use registry::{
+    Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent, PluginHandle, Serving,
+};
 pub use typed::{TypedCall, TypedError};

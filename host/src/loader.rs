@@ -19,7 +19,7 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use abi_stable::abi_stability::abi_checking::{get_checking_globals, CheckingGlobals};
 use abi_stable::library::{
@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::call::Budget;
 use crate::digest::Digest;
-use crate::plugin_file::StagedFile;
+use crate::plugin_file::{KeptCopy, StagedFile};
 use crate::private_dir::CopyDir;
 
 /// The version of `plugin-api` this host was built with.
@@ -188,6 +188,9 @@ pub struct Library {
     metadata: Metadata,
     digest: Digest,
     copy_path: PathBuf,
+    /// The private copy it was opened from, kept on disk while this library or the
+    /// plugin's history holds it (to load again for a rollback).
+    kept: Option<Arc<KeptCopy>>,
 }
 
 impl fmt::Debug for Library {
@@ -201,13 +204,15 @@ impl fmt::Debug for Library {
 
 impl Library {
     /// Opens the staged private copy of the plugin file at `path`, checks it and reads its
-    /// metadata. The copy's name is unlinked once it is mapped.
+    /// metadata. The copy stays on disk while the library, or a kept version in the
+    /// plugin's history, holds it (it is never opened again under its name: a rollback
+    /// copies it first, `dlopen` would hand back the library already mapped).
     pub(crate) fn open(path: &Path, staged: StagedFile) -> Result<Library, LoadError> {
         staged.check_structure(path)?;
-        let opened = Library::open_at(path, &staged.copy_path, staged.digest.clone());
-        // The mapping keeps the unlinked copy alive; the name is not needed any more.
-        drop(staged);
-        opened
+        let kept = Arc::new(staged.keep());
+        let mut library = Library::open_at(path, kept.path(), kept.digest().clone())?;
+        library.kept = Some(kept);
+        Ok(library)
     }
 
     /// Opens the private copy at `copy_path` of the plugin file at `path` (staged and
@@ -247,6 +252,7 @@ impl Library {
             metadata,
             digest,
             copy_path,
+            kept: None,
         })
     }
 
@@ -401,9 +407,14 @@ fn read_metadata(
 }
 
 impl Library {
-    /// The path of its private copy (unlinked, but named so in `/proc/self/maps`).
+    /// The path of its private copy (named so in `/proc/self/maps`).
     pub(crate) fn copy_path(&self) -> &Path {
         &self.copy_path
+    }
+
+    /// The private copy it was opened from, when this process staged it.
+    pub(crate) fn kept(&self) -> Option<&Arc<KeptCopy>> {
+        self.kept.as_ref()
     }
 }
 

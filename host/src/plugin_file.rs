@@ -58,10 +58,7 @@ impl Drop for StagedFile {
 impl StagedFile {
     /// Keeps the copy on disk for worker processes to open (the host never opens it).
     pub(crate) fn keep(mut self) -> KeptCopy {
-        KeptCopy {
-            path: std::mem::take(&mut self.copy_path),
-            digest: self.digest.clone(),
-        }
+        KeptCopy::new(std::mem::take(&mut self.copy_path), self.digest.clone())
     }
 }
 
@@ -74,6 +71,12 @@ pub(crate) struct KeptCopy {
 }
 
 impl KeptCopy {
+    /// Takes charge of the private copy at `path`, of content `digest`: it is removed when
+    /// this is dropped.
+    pub(crate) fn new(path: PathBuf, digest: Digest) -> KeptCopy {
+        KeptCopy { path, digest }
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

@@ -343,6 +343,9 @@ impl State {
             .spawn(move || {
                 let _span =
                     tracing::info_span!("drain", plugin = %plugin, generation = number).entered();
+                // Its SHA-256, if nobody asked for it yet, for the plugin's history: the
+                // descriptor the digest keeps to compute it from is then closed.
+                generation.digest().sha256();
                 drop(generation);
             });
         match spawned {

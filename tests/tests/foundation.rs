@@ -43,8 +43,8 @@ fn library_loads_calls_and_unloads_a_plugin() {
     );
     assert_eq!(
         fs::read_dir(copies.path()).unwrap().count(),
-        0,
-        "private copies are unlinked"
+        1,
+        "the private copy is kept (to roll back to) while it serves"
     );
 
     let outcome = host.call("hello", "greet", r#"{"name":"Ada"}"#).unwrap();
@@ -69,6 +69,11 @@ fn library_loads_calls_and_unloads_a_plugin() {
     assert!(
         !mapped(copies.path()),
         "the library left memory after unload"
+    );
+    assert_eq!(
+        fs::read_dir(copies.path()).unwrap().count(),
+        0,
+        "a removed plugin's copies are removed"
     );
 }
 

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::protocol::{read_line, HostInfo, Op, Request, Response};
 use crate::call::{CallError, CallOutcome};
-use crate::registry::FileStatus;
+use crate::registry::{FileStatus, HistoryEntry};
 
 /// The largest answer a client reads, in bytes: more than any host sends (its answers are
 /// bounded by its `max_message_bytes` plus the envelope).
@@ -145,6 +145,29 @@ impl Client {
         self.request(&Request {
             plugin: Some(plugin.to_owned()),
             ..Request::new(Op::Restart)
+        })?
+        .message
+        .ok_or_else(|| ClientError::Protocol("response without a message".into()))
+    }
+
+    /// The generations `plugin` served, newest first (see
+    /// [`Host::history`](crate::Host::history)).
+    pub fn history(&mut self, plugin: &str) -> Result<Vec<HistoryEntry>, ClientError> {
+        self.request(&Request {
+            plugin: Some(plugin.to_owned()),
+            ..Request::new(Op::History)
+        })?
+        .history
+        .ok_or_else(|| ClientError::Protocol("response without a history".into()))
+    }
+
+    /// Serves an earlier version of `plugin` again (see
+    /// [`Host::rollback`](crate::Host::rollback)); returns what the host did, in one line.
+    pub fn rollback(&mut self, plugin: &str, to: Option<u64>) -> Result<String, ClientError> {
+        self.request(&Request {
+            plugin: Some(plugin.to_owned()),
+            generation: to,
+            ..Request::new(Op::Rollback)
         })?
         .message
         .ok_or_else(|| ClientError::Protocol("response without a message".into()))

@@ -7,12 +7,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::call::{CallError, CallErrorKind, CallOutcome};
-use crate::registry::FileStatus;
+use crate::registry::{FileStatus, HistoryEntry};
 
 /// The protocol version this host speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// A request, as sent on the wire. `plugin`, `callback` and `input` are for `call`.
+/// A request, as sent on the wire. `plugin`, `callback` and `input` are for `call`;
+/// `restart`, `history` and `rollback` name a `plugin`; `generation` is for `rollback`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
@@ -29,6 +30,10 @@ pub struct Request {
     /// JSON input; `null` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Box<RawValue>>,
+    /// For `rollback`: the generation to serve again (default: the newest kept version
+    /// other than what serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// The operations of the protocol.
@@ -45,6 +50,11 @@ pub enum Op {
     /// Start a plugin afresh: a new worker process (lifting a quarantine) for an isolated
     /// plugin, a new generation for an in-process one. Needs `plugin`.
     Restart,
+    /// The generations a plugin served, newest first. Needs `plugin`.
+    History,
+    /// Serve an earlier version of a plugin again, until its file changes. Needs `plugin`;
+    /// `generation` chooses which.
+    Rollback,
 }
 
 impl Request {
@@ -56,6 +66,7 @@ impl Request {
             plugin: None,
             callback: None,
             input: None,
+            generation: None,
         }
     }
 }
@@ -76,7 +87,10 @@ pub struct Response {
     /// For `ping`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostInfo>,
-    /// For `restart`: what was done, in one line.
+    /// For `history`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<HistoryEntry>>,
+    /// For `restart` and `rollback`: what was done, in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When `ok` is false.
@@ -104,6 +118,7 @@ impl Response {
             outcome: None,
             files: None,
             host: None,
+            history: None,
             message: None,
             error: None,
         }
@@ -173,11 +188,17 @@ pub fn decode_request(line: &[u8]) -> Result<Request, CallError> {
             request.v
         )));
     }
-    if request.op == Op::Restart {
+    let op = match request.op {
+        Op::Restart => Some("restart"),
+        Op::History => Some("history"),
+        Op::Rollback => Some("rollback"),
+        Op::Call | Op::List | Op::Ping => None,
+    };
+    if let Some(op) = op {
         match &request.plugin {
             Some(plugin) if plugin_api::is_valid_name(plugin) => {}
-            Some(_) => return Err(invalid("invalid plugin name for restart".into())),
-            None => return Err(invalid("a restart needs `plugin`".into())),
+            Some(_) => return Err(invalid(format!("invalid plugin name for {op}"))),
+            None => return Err(invalid(format!("a {op} needs `plugin`"))),
         }
     }
     if request.op == Op::Call {

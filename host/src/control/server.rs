@@ -573,24 +573,41 @@ async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
             host: Some(shared.info.clone()),
             ..Response::new()
         },
-        Op::Restart if shared.shutting_down.load(Ordering::Relaxed) => Response::error(
-            CallError::new(CallErrorKind::ShuttingDown, "the host is shutting down"),
-        ),
-        Op::Restart => {
-            // Starting a worker or an init runs plugin code: never on the runtime's threads.
+        Op::Restart | Op::Rollback if shared.shutting_down.load(Ordering::Relaxed) => {
+            Response::error(CallError::new(
+                CallErrorKind::ShuttingDown,
+                "the host is shutting down",
+            ))
+        }
+        // Starting a worker or an init runs plugin code, and a history may compute SHA-256s:
+        // never on the runtime's threads.
+        Op::Restart | Op::Rollback | Op::History => {
             let (host, plugin) = (shared.host.clone(), request.plugin.unwrap_or_default());
-            match tokio::task::spawn_blocking(move || host.restart_plugin(&plugin)).await {
-                Ok(Ok(message)) => Response {
-                    message: Some(message),
+            let (op, generation) = (request.op, request.generation);
+            let done = tokio::task::spawn_blocking(move || match op {
+                Op::History => host.history(&plugin).map(|history| Response {
+                    history: Some(history),
                     ..Response::new()
-                },
+                }),
+                Op::Rollback => host.rollback(&plugin, generation).map(message),
+                _ => host.restart_plugin(&plugin).map(message),
+            });
+            match done.await {
+                Ok(Ok(response)) => response,
                 Ok(Err(err)) => Response::error(err),
                 Err(_) => Response::error(CallError::new(
                     CallErrorKind::Internal,
-                    "the restart's thread ended without an answer",
+                    "the request's thread ended without an answer",
                 )),
             }
         }
+    }
+}
+
+fn message(message: String) -> Response {
+    Response {
+        message: Some(message),
+        ..Response::new()
     }
 }
 

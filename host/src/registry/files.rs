@@ -241,6 +241,13 @@ impl FileBook {
         entry.accepted = Some(good.1);
     }
 
+    /// The content the file at `path` held when it was read last, as far as the book
+    /// knows: what failed since it was accepted, or else what was accepted.
+    pub(crate) fn on_disk(&self, path: &Path) -> Option<u128> {
+        let entry = self.files.get(path)?;
+        entry.failed.or(entry.accepted)
+    }
+
     /// Every path the book knows.
     pub(crate) fn paths(&self) -> Vec<PathBuf> {
         self.files.keys().cloned().collect()

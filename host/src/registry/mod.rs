@@ -18,6 +18,8 @@
 //! file. The generation replaced goes to the reaper.
 
 mod files;
+mod history;
+mod rollback;
 pub(crate) mod rollout;
 pub(crate) mod table;
 
@@ -40,7 +42,9 @@ use crate::plugin_file::{KeptCopy, StagedFile};
 use crate::private_dir::CopyDir;
 use crate::reaper::{unix_ms, Reaper, Retired};
 use files::{FileBook, Verdict};
-use rollout::Trip;
+use history::History;
+pub use history::{Ended, HistoryEntry, MAX_RECORDS};
+use rollback::Rollback;
 use table::CallTable;
 
 /// Options for a [`Host`].
@@ -174,6 +178,8 @@ struct State {
     standby: HashMap<String, Weak<Generation>>,
     /// Last generation number given to each plugin name; never reset, so numbers only grow.
     generations: HashMap<String, u64>,
+    /// The generations each plugin served, and the copies kept to roll back to.
+    history: History,
     settings: BTreeMap<String, PluginSettings>,
 }
 
@@ -365,21 +371,7 @@ impl Host {
     }
 
     fn load(&self, path: &Path) -> Result<(LoadEvent, Retry), LoadError> {
-        // A pin needs the SHA-256 now; otherwise it is computed in the background.
-        let wants_sha256 = |declared: Option<&str>| {
-            let state = self.state();
-            match declared {
-                Some(name) => state.settings.get(name).is_some_and(|s| s.sha256.is_some()),
-                None => state.settings.values().any(|s| s.sha256.is_some()),
-            }
-        };
-        let staged = crate::plugin_file::stage(
-            path,
-            &self.inner.options,
-            self.inner.copy_dir.path(),
-            &wants_sha256,
-        )
-        .inspect_err(|err| {
+        let staged = self.stage(path).inspect_err(|err| {
             // A file still being written says nothing about its content.
             if err.kind() != LoadErrorKind::BeingWritten {
                 self.state().files.reject(path, None, None, err)
@@ -407,12 +399,30 @@ impl Host {
             .prepare(path, staged)
             .inspect_err(|err| self.state().files.reject(path, Some(content), None, err))?;
         let metadata = prepared.metadata().cloned();
-        self.start_and_commit(path, prepared, &digest)
+        self.start_and_commit(path, prepared, &digest, None)
             .inspect_err(|err| {
                 self.state()
                     .files
                     .reject(path, Some(content), metadata.clone(), err)
             })
+    }
+
+    /// Stages the file at `path` (see `plugin_file::stage`). A pin needs its SHA-256 now;
+    /// otherwise it is computed in the background.
+    fn stage(&self, path: &Path) -> Result<StagedFile, LoadError> {
+        let wants_sha256 = |declared: Option<&str>| {
+            let state = self.state();
+            match declared {
+                Some(name) => state.settings.get(name).is_some_and(|s| s.sha256.is_some()),
+                None => state.settings.values().any(|s| s.sha256.is_some()),
+            }
+        };
+        crate::plugin_file::stage(
+            path,
+            &self.inner.options,
+            self.inner.copy_dir.path(),
+            &wants_sha256,
+        )
     }
 
     /// Opens a staged file in this process, or keeps its copy for a worker process if its
@@ -461,6 +471,7 @@ impl Host {
         path: &Path,
         prepared: Prepared,
         digest: &Digest,
+        rollback: Option<&Rollback>,
     ) -> Result<(LoadEvent, Retry), LoadError> {
         let name = prepared.name().to_owned();
         let load_lock = self.load_lock(&name);
@@ -479,6 +490,13 @@ impl Host {
             .or_else(|| pinned().then(|| digest.sha256()).flatten());
         let (number, settings) = {
             let mut state = self.state();
+            // Marked bad while it was prepared (rolled back meanwhile): not loaded, unless
+            // a rollback asks for it.
+            if let Verdict::Failed(err) = state.files.verdict(path, digest.content()) {
+                if rollback.is_none() {
+                    return Err(err);
+                }
+            }
             state.files.claim(path, &name, Path::exists)?;
             let settings = state.settings.get(&name).cloned().unwrap_or_default();
             check_pin(path, &name, &settings, sha256)?;
@@ -520,7 +538,11 @@ impl Host {
             Prepared::Library(library) => Origin::Library(Arc::new(library)),
             Prepared::Isolated { copy, .. } => Origin::Copy(copy),
         };
-        let probation = Duration::from_millis(settings.probation_ms);
+        // A rollback serves a version that served before: no probation.
+        let probation = match rollback {
+            Some(_) => Duration::ZERO,
+            None => Duration::from_millis(settings.probation_ms),
+        };
         let generation = self
             .start_generation(&name, origin, path, number, settings)
             .inspect_err(|_| self.unreserve(&name, number))?;
@@ -529,8 +551,25 @@ impl Host {
 
         let (replaced, retry, standby_until) = {
             let mut state = self.state();
-            let replaced = self.inner.table.replace(&name, Some(generation.clone()));
+            let (how, rollback_of) = match rollback {
+                Some(rollback) => (Ended::RolledBack, Some(rollback.of)),
+                None => (Ended::Replaced, None),
+            };
+            let replaced = self.swap(&mut state, &name, Some(&generation), how, rollback_of);
+            let on_disk = state.files.on_disk(path);
             let previous = state.files.accept(path, &metadata, digest.content(), true);
+            if let Some(rollback) = rollback {
+                // What the file holds now is not loaded again until it changes.
+                if let Some(on_disk) = on_disk.filter(|c| *c != digest.content()) {
+                    let error = rollback.error(path);
+                    state.files.rolled_back(
+                        &name,
+                        (path, on_disk),
+                        (path, digest.content()),
+                        &error,
+                    );
+                }
+            }
             let retry = self.unload_previous(&mut state, previous);
             // The version replaced stays ready to serve again while the new one is on
             // probation.
@@ -570,69 +609,26 @@ impl Host {
         Ok((event, retry))
     }
 
-    /// Notes how a call on `generation` ended: a failure of a kind its probation counts may
-    /// roll it back (see `rollout`). Cheap when the call succeeded.
-    pub(crate) fn after_call(
+    /// Puts `new` into plugin `name`'s entry of the call table (or takes the entry out),
+    /// and notes both in the history: the generation it replaces ended `how`. Returns that
+    /// generation.
+    fn swap(
         &self,
-        generation: &Generation,
-        result: &Result<CallOutcome, CallError>,
-    ) {
-        let kind = match result {
-            Ok(outcome) => match &outcome.error {
-                None => return,
-                Some(err) => err.kind().as_str(),
-            },
-            Err(err) => err.kind.as_str(),
-        };
-        self.after_failure(generation, kind);
-    }
-
-    /// Notes a failed call of `kind` on `generation`.
-    pub(crate) fn after_failure(&self, generation: &Generation, kind: &str) {
-        if let Some(trip) = generation.note_failure(kind) {
-            self.roll_back_tripped(generation.name(), generation.number(), &trip);
+        state: &mut State,
+        name: &str,
+        new: Option<&Arc<Generation>>,
+        how: Ended,
+        rollback_of: Option<u64>,
+    ) -> Option<Arc<Generation>> {
+        let old = self.inner.table.replace(name, new.cloned());
+        if let Some(old) = &old {
+            state.history.ended(name, old.number(), how);
         }
-    }
-
-    /// Serves again the version plugin `name`'s generation `bad` replaced, because `bad`
-    /// tripped its probation; remembers `bad`'s content as bad until its file changes.
-    fn roll_back_tripped(&self, name: &str, bad: u64, trip: &Trip) {
-        let (bad, previous) = {
-            let mut state = self.state();
-            let Some(current) = self.inner.table.current(name).filter(|g| g.number() == bad) else {
-                return;
-            };
-            let Some(previous) = state.standby.remove(name).and_then(|w| w.upgrade()) else {
-                tracing::error!(plugin = %name, generation = bad,
-                    "would roll back ({}), but the version it replaced is gone", trip.describe());
-                return;
-            };
-            previous.reinstate();
-            self.inner.table.replace(name, Some(previous.clone()));
-            current.probation().end();
-            let error = LoadError::new(
-                current.source(),
-                LoadErrorKind::RolledBack,
-                format!(
-                    "rolled back to generation {}: {} during its probation; not loaded again \
-                     until the file changes",
-                    previous.number(),
-                    trip.describe()
-                ),
-            );
-            state.files.rolled_back(
-                name,
-                (current.source(), current.digest().content()),
-                (previous.source(), previous.digest().content()),
-                &error,
-            );
-            (current, previous)
-        };
-        tracing::error!(plugin = %name, generation = previous.number(),
-            "rolled back {name} {} (generation {}) -> {} (generation {}): {}",
-            bad.metadata().version, bad.number(), previous.metadata().version,
-            previous.number(), trip.describe());
-        self.inner.reaper.retire(bad);
+        if let Some(new) = new {
+            let keep = new.settings().keep_versions;
+            state.history.served(name, new, rollback_of, keep);
+        }
+        old
     }
 
     /// The file that served `previous` now serves another name: `previous` is unloaded, and
@@ -641,7 +637,7 @@ impl Host {
         let Some(previous) = previous else {
             return Vec::new();
         };
-        if let Some(old) = self.inner.table.replace(&previous, None) {
+        if let Some(old) = self.swap(state, &previous, None, Ended::Removed, None) {
             tracing::info!(plugin = %previous, generation = old.number(), "unloading: its file now declares another plugin");
             self.inner.reaper.retire(old);
         }
@@ -662,7 +658,7 @@ impl Host {
             return None;
         }
         state.files.stop_serving(path, error);
-        self.inner.table.replace(name, None)
+        self.swap(state, name, None, Ended::Disabled, None)
     }
 
     fn retire(&self, generation: Option<Arc<Generation>>) {
@@ -803,7 +799,7 @@ impl Host {
             let (name, retry) = state.files.remove(path);
             let old = name
                 .as_deref()
-                .and_then(|n| self.inner.table.replace(n, None));
+                .and_then(|n| self.swap(&mut state, n, None, Ended::Removed, None));
             (name, retry, old)
         };
         if let (Some(name), Some(old)) = (&name, old) {
@@ -938,14 +934,14 @@ impl Host {
             }
         };
         let replaced = {
-            let _state = self.state();
+            let mut state = self.state();
             let still = self
                 .inner
                 .table
                 .current(name)
                 .is_some_and(|c| Arc::ptr_eq(&c, current));
             if still {
-                self.inner.table.replace(name, Some(generation))
+                self.swap(&mut state, name, Some(&generation), Ended::Replaced, None)
             } else {
                 Some(generation)
             }

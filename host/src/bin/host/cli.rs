@@ -39,12 +39,44 @@ pub enum Command {
     /// Start a plugin of the running host afresh: a new worker process for an isolated
     /// plugin (lifting a quarantine), a new generation for an in-process one.
     Restart(RestartArgs),
+    /// List the generations a plugin of the running host served, newest first: version,
+    /// SHA-256, when each was loaded and retired, its calls and errors, how it ended, and
+    /// whether its copy is kept to roll back to.
+    History(HistoryArgs),
+    /// Serve an earlier version of a plugin of the running host again, until its file
+    /// changes: the one it replaced, or generation N (`--to N`, see `host history`).
+    Rollback(RollbackArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct RestartArgs {
     /// Plugin name.
     pub plugin: String,
+    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Plugin name.
+    pub plugin: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Plugin name.
+    pub plugin: String,
+    /// The generation to serve again [default: the newest kept version other than what
+    /// serves].
+    #[arg(long, value_name = "GENERATION")]
+    pub to: Option<u64>,
     /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,

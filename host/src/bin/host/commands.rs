@@ -15,7 +15,7 @@ use host::{
     RetiredState,
 };
 
-use crate::cli::{CallArgs, CheckArgs, ListArgs, RestartArgs, Target};
+use crate::cli::{CallArgs, CheckArgs, ListArgs, Target};
 use crate::exit::{Failure, NOT_FOUND, PLUGIN_ERROR, USAGE};
 
 /// A connection to the running host that serves `target`, if one answers.
@@ -353,15 +353,19 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
         }
         rows.push([name, plugin, version, gen, loaded, calls, status]);
     }
-    // Every column but the last is padded to its widest cell.
-    let widths: Vec<usize> = (0..6)
+    write_rows(out, &rows)
+}
+
+/// Writes a table: every column but the last padded to its widest cell.
+pub(crate) fn write_rows<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) -> Result<()> {
+    let widths: Vec<usize> = (0..N - 1)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for row in rows {
         for (cell, width) in row.iter().zip(&widths) {
             write!(out, "{cell:width$}  ")?;
         }
-        writeln!(out, "{}", row[6])?;
+        writeln!(out, "{}", row[N - 1])?;
     }
     Ok(())
 }
@@ -390,24 +394,6 @@ fn worker_note(worker: &WorkerStatus) -> String {
     note
 }
 
-pub fn restart(args: RestartArgs) -> Result<ExitCode> {
-    let path = args.socket.unwrap_or_else(default_socket_path);
-    let mut client = Client::connect(&path).map_err(|err| {
-        Failure::new(
-            NOT_FOUND,
-            format!("no host answers on {}: {err}", path.display()),
-        )
-    })?;
-    match client.restart(&args.plugin) {
-        Ok(message) => {
-            println!("{message}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(ClientError::Refused(err)) => Err(err.into()),
-        Err(err) => Err(err).context("asking the running host to restart the plugin"),
-    }
-}
-
 /// How long until a Unix-epoch millisecond timestamp, as `12s`.
 fn until(unix_ms: u64) -> String {
     let now = std::time::SystemTime::now()
@@ -417,7 +403,7 @@ fn until(unix_ms: u64) -> String {
 }
 
 /// How long ago a Unix-epoch millisecond timestamp was, as `42s ago`, `3m ago`, `5h ago`.
-fn age(unix_ms: u64) -> String {
+pub(crate) fn age(unix_ms: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

@@ -2,6 +2,7 @@
 //! turns its error into one line on stderr and an exit status that says what kind of
 //! failure it was (see `exit`).
 
+mod admin;
 mod cli;
 mod commands;
 mod exit;
@@ -54,7 +55,15 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Restart(args) => {
             init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            commands::restart(args)
+            admin::restart(args)
+        }
+        Command::History(args) => {
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
+            admin::history(args)
+        }
+        Command::Rollback(args) => {
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
+            admin::rollback(args)
         }
     };
     match result {
