@@ -7,6 +7,8 @@
 //! records past the per-call budget (`max_log_bytes_per_call`, and never past what is left of
 //! `max_message_bytes`) are dropped, with a last record saying how many.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use plugin_api::abi::{FfiError, FfiFollowUp, FfiLogRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -366,6 +368,15 @@ fn follow_up_size(follow_up: &FfiFollowUp) -> usize {
     follow_up.plugin.len() + follow_up.callback.len() + follow_up.input_json.len()
 }
 
+/// A call's deadline as the plugin sees it, in milliseconds since the Unix epoch: rounded
+/// up, so that a plugin that stops at its deadline never stops before the host's timeout
+/// (whose answer it would then pre-empt with its own); at least 1 (0 means none).
+pub(crate) fn deadline_unix_ms(deadline: SystemTime) -> u64 {
+    let since = deadline.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ms = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 != 0);
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
 /// `text` cut to at most `max` bytes, on a character boundary, marked when cut.
 pub(crate) fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -383,6 +394,16 @@ mod tests {
     use super::*;
     use abi_stable::std_types::{RErr, ROk, RResult, RVec};
     use plugin_api::abi::{FfiError, FfiOutcome};
+
+    #[test]
+    fn a_deadline_in_milliseconds_is_rounded_up_never_down() {
+        use std::time::Duration;
+        let at = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+        assert_eq!(deadline_unix_ms(at(5_000_000)), 5);
+        assert_eq!(deadline_unix_ms(at(5_000_001)), 6);
+        assert_eq!(deadline_unix_ms(at(5_999_999)), 6);
+        assert_eq!(deadline_unix_ms(UNIX_EPOCH), 1, "0 would mean no deadline");
+    }
 
     fn outcome(budget: &Budget, ffi: &FfiOutcome) -> Owned {
         let result = match &ffi.result {

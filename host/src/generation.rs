@@ -14,7 +14,7 @@ use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use abi_stable::std_types::{RErr, ROk, RSlice, RStr, RVec};
 use plugin_api::abi::{FfiCallContext, HandlerBox};
@@ -527,9 +527,7 @@ pub struct TypedOutcome {
 fn call_context(cancelled: &AtomicBool, deadline: Option<SystemTime>) -> FfiCallContext<'_> {
     FfiCallContext {
         cancelled,
-        deadline_unix_ms: deadline
-            .and_then(|d| d.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis().max(1) as u64),
+        deadline_unix_ms: deadline.map_or(0, crate::call::deadline_unix_ms),
     }
 }
 

@@ -23,7 +23,7 @@ use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use plugin_api::LogRecord;
 use serde_json::value::RawValue;
@@ -299,9 +299,7 @@ impl Worker {
             id,
             callback: callback.to_owned(),
             input,
-            deadline_unix_ms: deadline
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis().max(1) as u64),
+            deadline_unix_ms: crate::call::deadline_unix_ms(deadline),
             alone,
         };
         if self.send(&frame, !alone).is_err() {
