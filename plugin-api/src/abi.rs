@@ -41,11 +41,13 @@ pub const ABI_MAJOR: u32 = 1;
 ///
 /// * 1.0: [`PluginMod`], and [`Handler`] up to [`Handler::shutdown`].
 /// * 1.1: the typed, JSON-free calls [`Handler::typed_index`] and [`Handler::call_bytes`].
-pub const ABI_MINOR: u32 = 1;
+/// * 1.2: state handover between versions: [`Handler::save_state`] and
+///   [`PluginMod::instantiate_with_state`].
+pub const ABI_MINOR: u32 = 2;
 /// [`ABI_MAJOR`] and [`ABI_MINOR`] as the version string written into every plugin's header.
 ///
 /// Must stay equal to `"{ABI_MAJOR}.{ABI_MINOR}.0"`; a unit test checks it.
-pub const ABI_VERSION: &str = "1.1.0";
+pub const ABI_VERSION: &str = "1.2.0";
 
 /// The root module every plugin library exports.
 ///
@@ -62,6 +64,10 @@ pub struct PluginMod {
     /// Creates an instance: runs the author's `init` with the given configuration.
     #[sabi(last_prefix_field)]
     pub instantiate: extern "C" fn(init: FfiInit) -> FfiInitOutcome,
+    /// (ABI 1.2) [`PluginMod::instantiate`], handing `init` the state the version it
+    /// replaces saved (see [`Handler::save_state`]).
+    pub instantiate_with_state:
+        extern "C" fn(init: FfiInit, previous: FfiPrevious) -> FfiInitOutcome,
 }
 
 impl RootModule for PluginModRef {
@@ -99,6 +105,16 @@ pub struct FfiInit {
     pub config_json: RString,
     /// The generation number the host gave this load.
     pub generation: u64,
+}
+
+/// What the version being replaced handed over to the next one (ABI 1.2).
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiPrevious {
+    /// The state it saved, as JSON text.
+    pub state_json: RString,
+    /// Its version (its crate version).
+    pub version: RString,
 }
 
 /// The trait object type the host holds for a plugin instance.
@@ -236,5 +252,17 @@ pub trait Handler: Send + Sync {
             crate::ErrorKind::UnknownCallback,
             "the plugin has no typed callbacks (it was built against plugin ABI 1.0)",
         )
+    }
+
+    /// (ABI 1.2) The state to hand to the next version of the plugin, as JSON text in the
+    /// outcome's result; `null` for none. Called on the version being replaced once its
+    /// calls have drained. The default (ABI 1.1 and older): none.
+    fn save_state(&self, ctx: &FfiCallContext<'_>) -> FfiOutcome {
+        let _ = ctx;
+        FfiOutcome {
+            result: abi_stable::std_types::ROk("null".into()),
+            follow_ups: RVec::new(),
+            logs: RVec::new(),
+        }
     }
 }

@@ -175,7 +175,15 @@ pub struct InitContext<'a> {
     pub(crate) name: &'a str,
     pub(crate) generation: u64,
     pub(crate) config: &'a serde_json::Value,
+    pub(crate) previous: Option<&'a Previous>,
     pub(crate) logs: LogBuffer,
+}
+
+/// What the version being replaced handed over: see [`InitContext::previous_state`].
+#[derive(Debug, Clone)]
+pub(crate) struct Previous {
+    pub(crate) state: serde_json::Value,
+    pub(crate) version: String,
 }
 
 impl InitContext<'_> {
@@ -201,6 +209,58 @@ impl InitContext<'_> {
         T::deserialize(self.config).map_err(|err| {
             PluginError::invalid_input(format!("invalid configuration for {}: {err}", self.name))
         })
+    }
+
+    /// The state the version this one replaces handed over with
+    /// [`Plugin::save_state`](crate::Plugin::save_state), if it did: `None` for a first
+    /// load, after a version that saves none (or that failed to), or when the host is older
+    /// than plugin ABI 1.2. Its format is the plugin's own: look at
+    /// [`InitContext::previous_version`] to migrate state an older version wrote.
+    ///
+    /// ```
+    /// use plugin_api::testing::Harness;
+    /// use plugin_api::{Context, InitContext, Plugin, PluginError};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// struct Counter { count: AtomicU64 }
+    ///
+    /// impl Plugin for Counter {
+    ///     type Input = ();
+    ///     type Output = u64;
+    ///     fn init(ctx: &InitContext<'_>) -> Result<Self, PluginError> {
+    ///         // 0.1 saved a bare number; later versions save {"count": N}.
+    ///         let count = match (ctx.previous_version(), ctx.previous_state()) {
+    ///             (Some("0.1.0"), Some(n)) => n.as_u64().unwrap_or(0),
+    ///             (_, Some(state)) => state["count"].as_u64().unwrap_or(0),
+    ///             (_, None) => 0,
+    ///         };
+    ///         Ok(Counter { count: AtomicU64::new(count) })
+    ///     }
+    ///     fn execute(&self, _: &Context<'_>, _: ()) -> Result<u64, PluginError> {
+    ///         Ok(self.count.fetch_add(1, Ordering::Relaxed) + 1)
+    ///     }
+    ///     fn save_state(&self, _: &Context<'_>) -> Result<Option<serde_json::Value>, PluginError> {
+    ///         Ok(Some(serde_json::json!({"count": self.count.load(Ordering::Relaxed)})))
+    ///     }
+    /// }
+    ///
+    /// let old = Harness::<Counter>::new("counter", serde_json::json!({})).unwrap();
+    /// old.execute(serde_json::json!(null));
+    /// old.execute(serde_json::json!(null));
+    /// let state = old.save_state().unwrap().unwrap();
+    /// let new = Harness::<Counter>::after("counter", serde_json::json!({}), state, "0.2.0").unwrap();
+    /// assert_eq!(new.execute(serde_json::json!(null)).result.unwrap(), 3);
+    /// let migrated = Harness::<Counter>::after("counter", serde_json::json!({}), 41.into(), "0.1.0").unwrap();
+    /// assert_eq!(migrated.execute(serde_json::json!(null)).result.unwrap(), 42);
+    /// ```
+    pub fn previous_state(&self) -> Option<&serde_json::Value> {
+        self.previous.map(|p| &p.state)
+    }
+
+    /// The version (crate version) of the plugin that handed over
+    /// [`InitContext::previous_state`], when there is one.
+    pub fn previous_version(&self) -> Option<&str> {
+        self.previous.map(|p| p.version.as_str())
     }
 
     /// Writes a log record; the host shows it in its log with the plugin's name.

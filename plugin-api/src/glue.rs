@@ -11,9 +11,10 @@ use abi_stable::std_types::{
 
 use crate::abi::{
     FfiCallContext, FfiError, FfiFollowUp, FfiInit, FfiInitOutcome, FfiLogRecord, FfiMetadata,
-    FfiMetadataResult, FfiOutcome, FfiStatus, Handler, Handler_TO,
+    FfiMetadataResult, FfiOutcome, FfiPrevious, FfiStatus, Handler, Handler_TO,
 };
 use crate::context::LogBuffer;
+use crate::context::Previous;
 use crate::panic_hook;
 use crate::plugin::{decode_input, encode_output, Output};
 use crate::{Callbacks, Context, ErrorKind, InitContext, Level, Plugin, PluginError};
@@ -132,26 +133,57 @@ pub fn metadata<P: Plugin>(package: Package) -> FfiMetadataResult {
 ///
 /// Installs the panic hook first, in-process mode unless [`install_panic_hook`] came first.
 pub fn instantiate<P: Plugin>(package: Package, init: FfiInit) -> FfiInitOutcome {
+    instantiate_after::<P>(package, init, None)
+}
+
+/// [`instantiate`], with the state the version being replaced saved (ABI 1.2).
+pub fn instantiate_with_state<P: Plugin>(
+    package: Package,
+    init: FfiInit,
+    previous: FfiPrevious,
+) -> FfiInitOutcome {
+    match serde_json::from_str(previous.state_json.as_str()) {
+        Ok(state) => {
+            let previous = Previous {
+                state,
+                version: previous.version.into_string(),
+            };
+            instantiate_after::<P>(package, init, Some(previous))
+        }
+        Err(err) => init_failed(PluginError::invalid_input(format!(
+            "{}: the previous version's state is not valid JSON: {err}",
+            package.name
+        ))),
+    }
+}
+
+fn init_failed(err: PluginError) -> FfiInitOutcome {
+    FfiInitOutcome {
+        handler: RErr(err.into()),
+        logs: RVec::new(),
+    }
+}
+
+fn instantiate_after<P: Plugin>(
+    package: Package,
+    init: FfiInit,
+    previous: Option<Previous>,
+) -> FfiInitOutcome {
     panic_hook::install(package.name, panic_hook::Mode::InProcess);
     let name = package.name;
     let config: serde_json::Value = match serde_json::from_str(init.config_json.as_str()) {
         Ok(config) => config,
         Err(err) => {
-            return FfiInitOutcome {
-                handler: RErr(
-                    PluginError::invalid_input(format!(
-                        "{name}: configuration is not valid JSON: {err}"
-                    ))
-                    .into(),
-                ),
-                logs: RVec::new(),
-            }
+            return init_failed(PluginError::invalid_input(format!(
+                "{name}: configuration is not valid JSON: {err}"
+            )))
         }
     };
     let ctx = InitContext {
         name,
         generation: init.generation,
         config: &config,
+        previous: previous.as_ref(),
         logs: LogBuffer::default(),
     };
     let created = guarded(name, &"init", || {
@@ -280,6 +312,12 @@ impl<P: Plugin> Handler for Instance<P> {
             follow_ups,
             logs,
         }
+    }
+
+    fn save_state(&self, ctx: &FfiCallContext<'_>) -> FfiOutcome {
+        self.json(&"save_state", ctx, |plugin, ctx| {
+            encode_output("save_state", &plugin.save_state(ctx)?)
+        })
     }
 
     fn shutdown(&mut self) -> ROption<FfiError> {

@@ -102,6 +102,19 @@
 //! 5. Anything else is a new major: [`abi::ABI_MAJOR`] goes up and every plugin must be
 //!    rebuilt. The host says so in one line, naming both versions.
 //!
+//! The minors so far, and what each side does with a plugin of another one:
+//!
+//! * 1.0: the root module's `metadata` and `instantiate`, and [`abi::Handler`] up to
+//!   `shutdown`.
+//! * 1.1: typed, JSON-free calls (`typed_index`, `call_bytes`). A 1.0 plugin has no typed
+//!   callbacks.
+//! * 1.2: state handover ([`Plugin::save_state`], [`InitContext::previous_state`]): the
+//!   root module's `instantiate_with_state` and [`abi::Handler::save_state`]. A plugin of
+//!   an older minor hands over nothing (the default body) and is started without the state
+//!   its predecessor handed over (the host logs that it cannot take it). A 1.2 plugin in a
+//!   1.1 host loads and serves; that host never asks it for its state, so its `init` sees
+//!   none.
+//!
 //! The author-facing API ([`Plugin`], [`Context`], ...) follows ordinary semver and may grow
 //! freely: it is compiled into the plugin and never crosses the boundary.
 
@@ -308,6 +321,14 @@ macro_rules! export_plugin {
                 $crate::glue::instantiate::<$plugin>(__PACKAGE, init)
             }
 
+            extern "C" fn __instantiate_with_state(
+                init: $crate::abi::FfiInit,
+                previous: $crate::abi::FfiPrevious,
+            ) -> $crate::abi::FfiInitOutcome {
+                $crate::glue::install_panic_hook(__PACKAGE);
+                $crate::glue::instantiate_with_state::<$plugin>(__PACKAGE, init, previous)
+            }
+
             // The plugin's name where the host reads it without loading the library; the
             // section name is `$crate::note::SECTION`.
             #[used]
@@ -320,6 +341,7 @@ macro_rules! export_plugin {
                 &__p::WithMetadata::new($crate::abi::PluginMod {
                     metadata: __metadata,
                     instantiate: __instantiate,
+                    instantiate_with_state: __instantiate_with_state,
                 });
 
             fn __root_module() -> $crate::abi::PluginModRef {

@@ -72,6 +72,23 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     fn callbacks(callbacks: &mut Callbacks<Self>) {
         let _ = callbacks;
     }
+
+    /// The state to hand to the next version of this plugin when the host replaces this
+    /// one (a new version, a new configuration): the next version's `init` reads it with
+    /// [`InitContext::previous_state`].
+    ///
+    /// The host asks twice: once to learn whether there is state to hand over, and, if
+    /// there is, again once this version's running calls have finished (it holds new calls
+    /// meanwhile, and sends them to the next version when that one is ready), so that no
+    /// update is lost. So it must only read the state, never reset it. If the next version
+    /// fails to start, this one serves on. An error or a panic does not stop the swap: the
+    /// next version starts without state. The state counts against the host's message size
+    /// limit. The default hands over nothing (`None`, as does `Some(null)`); see
+    /// [`InitContext::previous_state`] for an example.
+    fn save_state(&self, ctx: &Context<'_>) -> Result<Option<serde_json::Value>, PluginError> {
+        let _ = ctx;
+        Ok(None)
+    }
 }
 
 type ErasedCallback<P> =

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use abi_stable::std_types::{RErr, ROk, RSlice, RStr, RVec};
 
-use crate::abi::{FfiCallContext, FfiInit, FfiOutcome, HandlerBox};
-use crate::glue::{instantiate, Package};
+use crate::abi::{FfiCallContext, FfiInit, FfiInitOutcome, FfiOutcome, FfiPrevious, HandlerBox};
+use crate::glue::{instantiate, instantiate_with_state, Package};
 use crate::{FollowUp, LogRecord, Plugin, PluginError};
 
 /// The owned result of one call made through a [`Harness`].
@@ -71,6 +71,28 @@ pub struct Harness<P: Plugin> {
 impl<P: Plugin> Harness<P> {
     /// Runs `P::init` with `config`, as the host does when it loads the plugin.
     pub fn new(name: &'static str, config: serde_json::Value) -> Result<Self, PluginError> {
+        let (package, init) = Self::init(name, config);
+        Self::started(instantiate::<P>(package, init))
+    }
+
+    /// Runs `P::init` with `config` and the `state` that version `version` of the plugin
+    /// handed over, as the host does when it replaces that version (see
+    /// [`Plugin::save_state`]).
+    pub fn after(
+        name: &'static str,
+        config: serde_json::Value,
+        state: serde_json::Value,
+        version: &str,
+    ) -> Result<Self, PluginError> {
+        let (package, init) = Self::init(name, config);
+        let previous = FfiPrevious {
+            state_json: state.to_string().into(),
+            version: version.into(),
+        };
+        Self::started(instantiate_with_state::<P>(package, init, previous))
+    }
+
+    fn init(name: &'static str, config: serde_json::Value) -> (Package, FfiInit) {
         let package = Package {
             name,
             version: "0.0.0",
@@ -80,7 +102,11 @@ impl<P: Plugin> Harness<P> {
             config_json: config.to_string().into(),
             generation: 1,
         };
-        match instantiate::<P>(package, init).handler {
+        (package, init)
+    }
+
+    fn started(outcome: FfiInitOutcome) -> Result<Self, PluginError> {
+        match outcome.handler {
             ROk(handler) => Ok(Harness {
                 handler,
                 cancelled: AtomicBool::new(false),
@@ -88,6 +114,13 @@ impl<P: Plugin> Harness<P> {
             }),
             RErr(err) => Err(PluginError::from(&err)),
         }
+    }
+
+    /// Asks the plugin for the state it hands to its next version, as the host does before
+    /// replacing it (see [`Plugin::save_state`]); `None` when it hands over none.
+    pub fn save_state(&self) -> Result<Option<serde_json::Value>, PluginError> {
+        let state = Outcome::from(self.handler.save_state(&self.context())).result?;
+        Ok((!state.is_null()).then_some(state))
     }
 
     /// Calls the `execute` entry point.

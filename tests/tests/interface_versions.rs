@@ -6,7 +6,8 @@
 //!
 //! * `plugin-api-0.1.0`: as first released, ABI 1.0;
 //! * `plugin-api-1.0-note`: ABI 1.0 with the plugin-name ELF note and the plugin's own panic
-//!   hook, as on main before ABI 1.1.
+//!   hook, as on main before ABI 1.1;
+//! * `plugin-api-1.1`: ABI 1.1 (typed calls), as on main before ABI 1.2 (state handover).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -45,18 +46,26 @@ fn frozen_plugin_with_note() -> &'static PathBuf {
 
 #[test]
 fn a_plugin_built_against_plugin_api_0_1_0_loads_and_answers() {
-    frozen_plugin_loads_and_answers(frozen_plugin());
+    frozen_plugin_loads_and_answers(frozen_plugin(), "1.0");
 }
 
 #[test]
 fn a_plugin_built_against_abi_1_0_with_the_note_loads_and_answers() {
-    frozen_plugin_loads_and_answers(frozen_plugin_with_note());
+    frozen_plugin_loads_and_answers(frozen_plugin_with_note(), "1.0");
     // The note is read without loading it.
     let name = host::loader::declared_name(frozen_plugin_with_note()).unwrap();
     assert_eq!(name.as_deref(), Some("frozen"));
 }
 
-fn frozen_plugin_loads_and_answers(plugin: &std::path::Path) {
+#[test]
+fn a_plugin_built_against_abi_1_1_loads_and_answers() {
+    let plugin = frozen_plugin_against("plugin-api-1.1");
+    frozen_plugin_loads_and_answers(&plugin, "1.1");
+    let name = host::loader::declared_name(&plugin).unwrap();
+    assert_eq!(name.as_deref(), Some("frozen"));
+}
+
+fn frozen_plugin_loads_and_answers(plugin: &std::path::Path, abi: &str) {
     let dir = plugins_dir();
     let file = install(plugin, dir.path(), "libfrozen.so");
     let mut settings = host::config::PluginSettings::default();
@@ -74,7 +83,7 @@ fn frozen_plugin_loads_and_answers(plugin: &std::path::Path) {
             meta.api_version.as_str(),
             meta.abi_version.as_str()
         ),
-        ("frozen", "0.1.0", "1.0")
+        ("frozen", "0.1.0", abi)
     );
     assert_eq!(meta.callbacks, ["echo", "fail"]);
 
@@ -93,7 +102,8 @@ fn frozen_plugin_loads_and_answers(plugin: &std::path::Path) {
         about.result().unwrap().get(),
         r#""frozen at plugin-api 0.1.0""#
     );
-    // Typed calls came with ABI 1.1: an older plugin has none, and says so.
+    // Typed calls came with ABI 1.1: an older plugin has none, and says so (and this one
+    // registers none).
     let err = host.typed("frozen", "echo").unwrap_err();
     assert_eq!(err.kind, host::CallErrorKind::UnknownCallback);
     let unknown = host.call("frozen", "nope", "null").unwrap();
@@ -102,6 +112,14 @@ fn frozen_plugin_loads_and_answers(plugin: &std::path::Path) {
         .unwrap_err()
         .message()
         .ends_with("it has: execute, echo, fail"));
+
+    // Replacing it asks it for its state (ABI 1.2), which a plugin of an older minor does
+    // not have: it answers none, and the next generation starts as before.
+    let restarted = host.restart_plugin("frozen").unwrap();
+    assert_eq!(restarted, "restarted plugin frozen: generation 1 -> 2");
+    let outcome = host.call("frozen", "echo", r#"{"text":"hi"}"#).unwrap();
+    let result: Value = serde_json::from_str(outcome.result().unwrap().get()).unwrap();
+    assert_eq!(result, json!({"text": "hi!", "generation": 2}));
 }
 
 #[test]
