@@ -29,6 +29,7 @@
 //! rollback_after = 3               # failed calls of these kinds during probation roll back:
 //! rollback_on = ["panicked", "crashed"]
 //! keep_versions = 3                # earlier versions whose copies are kept for `host rollback` (<= 32)
+//! handover_timeout_ms = 1000       # a state handover waits this long for calls to drain
 //! sha256 = "..."                   # optional: only this exact file is loaded
 //! ```
 //!
@@ -202,6 +203,10 @@ pub struct PluginSettings {
     /// The private copies of this many good versions before the one that serves are kept,
     /// for `host rollback` (at most 32, the length of a plugin's history).
     pub keep_versions: usize,
+    /// When a version that hands over state is replaced, new calls wait while its running
+    /// calls finish, for at most this long; its state is then taken anyway, and an update a
+    /// call still running makes after that is not handed over (logged).
+    pub handover_timeout_ms: u64,
 }
 
 /// Where a plugin's code runs.
@@ -243,6 +248,7 @@ impl Default for PluginSettings {
             rollback_after: 3,
             rollback_on: vec!["panicked".to_owned(), "crashed".to_owned()],
             keep_versions: 3,
+            handover_timeout_ms: 1_000,
         }
     }
 }

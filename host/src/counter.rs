@@ -86,14 +86,31 @@ impl Counter {
         }
     }
 
+    /// Takes one back, on the thread that added it.
+    pub(crate) fn decrement(&self) {
+        match STRIPE.try_with(|owned| owned.0) {
+            Ok(Some(stripe)) => {
+                let cell = &self.stripes[stripe].0;
+                cell.store(
+                    cell.load(Ordering::Relaxed).wrapping_sub(1),
+                    Ordering::Relaxed,
+                );
+            }
+            _ => {
+                self.shared.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The count so far.
     pub(crate) fn sum(&self) -> u64 {
-        let striped: u64 = self
-            .stripes
+        // Wrapping: a decrement may land in another cell than its increment did (a thread
+        // whose stripe went away in between), leaving that cell one below zero.
+        self.stripes
             .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum();
-        striped + self.shared.load(Ordering::Relaxed)
+            .fold(self.shared.load(Ordering::Relaxed), |sum, s| {
+                sum.wrapping_add(s.0.load(Ordering::Relaxed))
+            })
     }
 }
 

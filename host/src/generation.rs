@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use abi_stable::std_types::{RErr, ROk, RSlice, RStr, RVec};
-use plugin_api::abi::{FfiCallContext, HandlerBox};
+use plugin_api::abi::{FfiCallContext, FfiOutcome, HandlerBox};
 use plugin_api::{ErrorKind, FollowUp, Level, LogRecord, PluginError};
 
 use crate::call::{Budget, CallError, CallErrorKind, CallOutcome, Name};
 use crate::config::{Isolation, PluginSettings};
 use crate::counter::Counter;
 use crate::digest::Digest;
+use crate::handover::{Gate, PreviousState};
 use crate::isolation::{Supervised, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
 use crate::plugin_file::KeptCopy;
@@ -48,7 +49,18 @@ pub(crate) struct Generation {
     /// Bumped each time it is put back into service after being retired (a rollback), so
     /// that the reaper lets go of a retirement that no longer holds.
     epoch: AtomicU64,
+    /// Closed while it hands its state over to the next version (see `handover`).
+    gate: Gate,
 }
+
+/// The callback name a worker process takes for a `save_state` request; `#` begins no
+/// callback name the host passes on.
+pub(crate) const SAVE_STATE: &str = "#save_state";
+
+/// A typed call reached a generation that handed over to the next version: look it up
+/// again.
+#[derive(Debug)]
+pub(crate) struct Moved;
 
 /// A generation's calls: started and finished, striped so that concurrent callers do not
 /// share a cache line (their difference is the number of calls running), and failed (the
@@ -97,12 +109,12 @@ impl Generation {
         library: Arc<Library>,
         source: &Path,
         number: u64,
-        settings: PluginSettings,
-        budget: Budget,
+        (settings, budget): (PluginSettings, Budget),
+        previous: Option<&PreviousState>,
     ) -> Result<Generation, LoadError> {
         let name = library.metadata().name.clone();
         let (generation, logs) =
-            match Generation::start_local(library, source, number, settings, budget) {
+            match Generation::start_local(library, source, number, (settings, budget), previous) {
                 Ok((generation, logs)) => (Ok(generation), logs),
                 Err((err, logs)) => (Err(err), logs),
             };
@@ -116,11 +128,12 @@ impl Generation {
         library: Arc<Library>,
         source: &Path,
         number: u64,
-        settings: PluginSettings,
-        budget: Budget,
+        (settings, budget): (PluginSettings, Budget),
+        previous: Option<&PreviousState>,
     ) -> Result<(Generation, Vec<LogRecord>), (LoadError, Vec<LogRecord>)> {
         let name = library.metadata().name.clone();
-        let (handler, logs) = library.instantiate(&settings.config_json(), number, &budget);
+        let (handler, logs) =
+            library.instantiate(&settings.config_json(), number, &budget, previous);
         let handler = match handler {
             Ok(handler) => handler,
             Err(err) => {
@@ -144,7 +157,10 @@ impl Generation {
 
     /// Starts a worker process for an isolated generation, which runs the plugin's `init`
     /// there. Bounded by `init_timeout_ms` (the worker is killed past it).
-    pub(crate) fn start_isolated(spec: WorkerSpec) -> Result<Generation, LoadError> {
+    pub(crate) fn start_isolated(
+        spec: WorkerSpec,
+        previous: Option<&PreviousState>,
+    ) -> Result<Generation, LoadError> {
         let (source, number, settings, budget) = (
             spec.source.clone(),
             spec.generation,
@@ -152,7 +168,7 @@ impl Generation {
             spec.budget,
         );
         let plugin = spec.plugin.clone();
-        let (supervised, logs) = Supervised::start(spec)?;
+        let (supervised, logs) = Supervised::start(spec, previous)?;
         replay_logs(&plugin, number, &logs);
         Ok(Generation::new(
             Backend::Worker(supervised),
@@ -182,7 +198,82 @@ impl Generation {
             stuck: AtomicU64::new(0),
             probation: Probation::default(),
             epoch: AtomicU64::new(0),
+            gate: Gate::default(),
         }
+    }
+
+    /// Its handover gate.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Counts a call started, unless a handover holds this generation's calls: then waits
+    /// until it ends, and returns the generation that took over (or counts the call and
+    /// returns `None` if this one serves again).
+    #[inline]
+    fn begin(&self) -> Result<Option<Arc<Generation>>, CallError> {
+        loop {
+            self.tally.started.increment();
+            if self.gate.is_open() {
+                return Ok(None);
+            }
+            self.tally.started.decrement();
+            match self.gate.wait() {
+                Ok(None) => {}
+                Ok(Some(next)) => return Ok(Some(next)),
+                Err(next) => {
+                    return Err(CallError::new(
+                        CallErrorKind::UnknownPlugin,
+                        format!(
+                            "plugin {} (generation {}) handed its state over to generation \
+                             {next}, which is unloaded since: look the plugin up again",
+                            self.name(),
+                            self.number
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The state this generation hands to the next version, as JSON text; `None` if it
+    /// hands over nothing. Bounded by `timeout_ms`, and by `max_message_bytes` as any
+    /// result is; not counted as a call. What the plugin logs goes to the host's log.
+    pub(crate) fn save_state(&self) -> Result<Option<String>, String> {
+        let deadline = SystemTime::now() + self.timeout();
+        let cancelled = AtomicBool::new(false);
+        let outcome = match &self.backend {
+            Backend::InProcess { .. } => self.save_state_local(&cancelled, Some(deadline)),
+            Backend::Worker(supervised) => {
+                let (outcome, _) = supervised
+                    .call(SAVE_STATE, "null", &cancelled, deadline)
+                    .map_err(|err| err.message)?;
+                outcome
+            }
+        };
+        replay_logs(self.name(), self.number, &outcome.logs);
+        match (outcome.error, outcome.result) {
+            (Some(err), _) => Err(err.message().to_owned()),
+            (None, Some(json)) if json.get().trim() != "null" => Ok(Some(json.get().to_owned())),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// Runs the plugin's `save_state` in this process (see [`Generation::save_state`]).
+    ///
+    /// # Panics
+    ///
+    /// On an isolated generation, which has no plugin in this process.
+    pub(crate) fn save_state_local(
+        &self,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
+    ) -> CallOutcome {
+        let Backend::InProcess { handler, .. } = &self.backend else {
+            unreachable!("save_state_local on an isolated generation");
+        };
+        let ffi = handler.save_state(&call_context(cancelled, deadline));
+        self.owned(SAVE_STATE, ffi)
     }
 
     /// Its calls, counted.
@@ -211,9 +302,11 @@ impl Generation {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Puts it back into service after it was retired: the reaper lets go of it.
+    /// Puts it back into service after it was retired: the reaper lets go of it, and if it
+    /// had handed its state over, it serves again with the state it had then.
     pub(crate) fn reinstate(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.gate.open();
     }
 
     pub(crate) fn number(&self) -> u64 {
@@ -375,13 +468,21 @@ impl Generation {
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
     ) -> Result<CallOutcome, CallError> {
+        if callback == SAVE_STATE {
+            return Err(CallError::new(
+                CallErrorKind::InvalidRequest,
+                format!("callback names starting with `#` are reserved: {callback}"),
+            ));
+        }
+        if let Some(next) = self.begin()? {
+            return next.call(callback, input, cancelled, deadline);
+        }
         let (outcome, worker_pid) = match &self.backend {
             Backend::InProcess { .. } => {
-                (self.run_local(callback, input, cancelled, deadline), None)
+                (self.run_counted(callback, input, cancelled, deadline), None)
             }
             Backend::Worker(supervised) => {
                 let deadline = deadline.unwrap_or_else(|| SystemTime::now() + self.timeout());
-                self.tally.started.increment();
                 let result = supervised.call(callback, input, cancelled, deadline);
                 self.tally.finished.increment();
                 let (outcome, pid) = result?;
@@ -419,17 +520,35 @@ impl Generation {
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
     ) -> CallOutcome {
+        self.tally.started.increment();
+        self.run_counted(callback, input, cancelled, deadline)
+    }
+
+    /// [`Generation::run_local`], for a call already counted as started.
+    fn run_counted(
+        &self,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: Option<SystemTime>,
+    ) -> CallOutcome {
         let Backend::InProcess { handler, .. } = &self.backend else {
             unreachable!("run_local on an isolated generation");
         };
-        self.tally.started.increment();
         let ctx = call_context(cancelled, deadline);
-        let name = self.name();
         let ffi = if callback == "execute" {
             handler.execute(RStr::from(input), &ctx)
         } else {
             handler.callback(RStr::from(callback), RStr::from(input), &ctx)
         };
+        let outcome = self.owned(callback, ffi);
+        self.tally.finished.increment();
+        outcome
+    }
+
+    /// Copies what the plugin returned out of its library, within the limits.
+    fn owned(&self, callback: &str, ffi: FfiOutcome) -> CallOutcome {
+        let name = self.name();
         let result = match &ffi.result {
             ROk(json) => Ok(json.as_bytes()),
             RErr(err) => Err(err),
@@ -438,7 +557,6 @@ impl Generation {
             .budget
             .outcome(name, result, &ffi.follow_ups, &ffi.logs);
         drop(ffi);
-        self.tally.finished.increment();
         CallOutcome {
             plugin: Name::new(name),
             callback: Name::new(callback),
@@ -469,14 +587,16 @@ impl Generation {
         input: &[u8],
         out: &mut Vec<u8>,
         cancelled: &AtomicBool,
-    ) -> Result<TypedOutcome, PluginError> {
+    ) -> Result<Result<TypedOutcome, PluginError>, Moved> {
         let Backend::InProcess { handler, .. } = &self.backend else {
-            return Err(PluginError::new(
+            return Ok(Err(PluginError::new(
                 ErrorKind::UnknownCallback,
                 "typed calls run in-process only; this plugin runs in a worker process",
-            ));
+            )));
         };
-        self.tally.started.increment();
+        if !matches!(self.begin(), Ok(None)) {
+            return Err(Moved);
+        }
         let ctx = call_context(cancelled, None);
         let start = out.len();
         let mut buffer = RVec::from(std::mem::take(out));
@@ -502,15 +622,15 @@ impl Generation {
             }
         };
         if status.logs.is_empty() && status.follow_ups.is_empty() {
-            return result.map(|()| TypedOutcome::default());
+            return Ok(result.map(|()| TypedOutcome::default()));
         }
         let used = out.len() - start;
         let logs = self.budget.logs(&status.logs, used);
         replay_logs(name, self.number, &logs);
-        result.map(|()| TypedOutcome {
+        Ok(result.map(|()| TypedOutcome {
             logs,
             follow_ups: status.follow_ups.iter().map(FollowUp::from).collect(),
-        })
+        }))
     }
 }
 

@@ -36,6 +36,7 @@ mod counter;
 mod digest;
 mod elf;
 mod generation;
+mod handover;
 pub mod isolation;
 pub mod loader;
 mod plugin_file;

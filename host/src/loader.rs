@@ -28,12 +28,13 @@ use abi_stable::library::{
 use abi_stable::sabi_types::VersionNumber;
 use abi_stable::std_types::{ROk, RResult};
 use libloading::os::unix::{Library as RawLibrary, RTLD_LOCAL, RTLD_NOW};
-use plugin_api::abi::{FfiInit, HandlerBox, PluginModRef, ABI_MAJOR, ABI_MINOR};
+use plugin_api::abi::{FfiInit, FfiPrevious, HandlerBox, PluginModRef, ABI_MAJOR, ABI_MINOR};
 use plugin_api::{is_valid_name, LogRecord, PluginError};
 use serde::{Deserialize, Serialize};
 
 use crate::call::Budget;
 use crate::digest::Digest;
+use crate::handover::PreviousState;
 use crate::plugin_file::{KeptCopy, StagedFile};
 use crate::private_dir::CopyDir;
 
@@ -256,18 +257,40 @@ impl Library {
         })
     }
 
-    /// Runs the plugin's `init` with `config_json` and returns the new instance and the
-    /// records `init` logged (within the log budget).
+    /// Runs the plugin's `init` with `config_json`, and the state the version it replaces
+    /// handed over if there is one, and returns the new instance and the records `init`
+    /// logged (within the log budget). A plugin built before ABI 1.2 cannot take state: it
+    /// starts without it, and the log says so.
     pub(crate) fn instantiate(
         &self,
         config_json: &str,
         generation: u64,
         budget: &Budget,
+        previous: Option<&PreviousState>,
     ) -> (Result<HandlerBox, PluginError>, Vec<LogRecord>) {
-        let outcome = (self.module.instantiate())(FfiInit {
+        let init = FfiInit {
             config_json: config_json.into(),
             generation,
+        };
+        let with_state = previous.and_then(|previous| {
+            let instantiate = self.module.instantiate_with_state();
+            if instantiate.is_none() {
+                tracing::warn!(plugin = %self.metadata.name, generation,
+                    "built against plugin ABI {}, which cannot take the state the version it \
+                     replaces handed over: it starts without it", self.metadata.abi_version);
+            }
+            Some((instantiate?, previous))
         });
+        let outcome = match with_state {
+            Some((instantiate, previous)) => instantiate(
+                init,
+                FfiPrevious {
+                    state_json: previous.state_json.as_str().into(),
+                    version: previous.version.as_str().into(),
+                },
+            ),
+            None => (self.module.instantiate())(init),
+        };
         let logs = budget.logs(&outcome.logs, 0);
         let handler = outcome.handler.into_result().map_err(|err| {
             PluginError::new(

@@ -117,12 +117,14 @@ impl TypedCall {
                 }
             };
             let _slot = generation.enter().map_err(TypedError::Host)?;
-            return generation
-                .run_bytes(index, input, out, &NOT_CANCELLED)
-                .map_err(|err| {
-                    self.host.after_failure(generation, err.kind().as_str());
-                    TypedError::Plugin(err)
-                });
+            let Ok(result) = generation.run_bytes(index, input, out, &NOT_CANCELLED) else {
+                // It handed over to a newer version, now in the slot.
+                continue;
+            };
+            return result.map_err(|err| {
+                self.host.after_failure(generation, err.kind().as_str());
+                TypedError::Plugin(err)
+            });
         }
     }
 

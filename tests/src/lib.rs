@@ -73,6 +73,15 @@ pub fn sysinfo() -> &'static Path {
     })
 }
 
+/// Builds the counter example plugin (state handover) and returns its library.
+pub fn counter() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo(&["build", "-p", "counter"], root(), None);
+        target_dir().join("debug/libcounter.so")
+    })
+}
+
 /// Builds `tests/fixtures/tough`, the plugin that misbehaves on purpose, and returns its
 /// library (shared, never write to it).
 pub fn tough() -> &'static Path {

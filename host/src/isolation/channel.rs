@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::call::{CallError, CallOutcome};
 use crate::config::PluginSettings;
+use crate::handover::PreviousState;
 use crate::loader::{LoadErrorKind, Metadata};
 use plugin_api::LogRecord;
 
@@ -43,6 +44,9 @@ pub(crate) struct LoadRequest {
     /// The host's time-stamp counter rate, so that the worker need not calibrate its own.
     #[serde(default)]
     pub(crate) tsc_per_us: Option<f64>,
+    /// The state the version this one replaces handed over, for `init`.
+    #[serde(default)]
+    pub(crate) previous: Option<PreviousState>,
 }
 
 /// A frame from the host to a worker.

@@ -28,6 +28,7 @@ use super::process::{Exit, Label, Worker};
 use super::spawn::SpawnSpec;
 use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
 use crate::config::PluginSettings;
+use crate::handover::PreviousState;
 use crate::loader::{LoadError, LoadErrorKind, Metadata};
 use crate::plugin_file::KeptCopy;
 
@@ -102,7 +103,13 @@ struct State {
 impl Supervised {
     /// Starts the first worker; fails as a load fails if the plugin cannot be loaded or its
     /// `init` fails, panics, crashes or overruns `init_timeout_ms`.
-    pub(crate) fn start(spec: WorkerSpec) -> Result<(Supervised, Vec<LogRecord>), LoadError> {
+    ///
+    /// The first worker's `init` is handed `previous`; a worker started after a crash
+    /// starts without state (what the crashed one held is gone).
+    pub(crate) fn start(
+        spec: WorkerSpec,
+        previous: Option<&PreviousState>,
+    ) -> Result<(Supervised, Vec<LogRecord>), LoadError> {
         let shared = Arc::new(Shared {
             spec,
             state: Mutex::new(State::default()),
@@ -111,7 +118,7 @@ impl Supervised {
             crashes: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         });
-        let (worker, metadata, logs) = Shared::spawn(&shared)?;
+        let (worker, metadata, logs) = Shared::spawn(&shared, previous)?;
         worker.put_in_service();
         lock(&shared.state).worker = Some(worker);
         Ok((Supervised { shared, metadata }, logs))
@@ -165,7 +172,7 @@ impl Supervised {
             }
             std::thread::sleep(wait);
         }
-        match Shared::spawn(shared) {
+        match Shared::spawn(shared, None) {
             Ok((worker, _, logs)) => {
                 crate::generation::replay_logs(&self.metadata.name, shared.spec.generation, &logs);
                 shared.restarts.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +253,10 @@ impl Shared {
     }
 
     /// Starts a worker for this generation.
-    fn spawn(shared: &Arc<Shared>) -> Result<(Arc<Worker>, Metadata, Vec<LogRecord>), LoadError> {
+    fn spawn(
+        shared: &Arc<Shared>,
+        previous: Option<&PreviousState>,
+    ) -> Result<(Arc<Worker>, Metadata, Vec<LogRecord>), LoadError> {
         let spec = &shared.spec;
         let request = LoadRequest {
             copy: spec.copy.path().to_owned(),
@@ -256,6 +266,7 @@ impl Shared {
             max_message_bytes: spec.budget.max_message,
             max_log_bytes_per_call: spec.budget.max_log_bytes,
             tsc_per_us: crate::clock::rate(),
+            previous: previous.cloned(),
         };
         let label = Label {
             plugin: spec.plugin.clone(),

@@ -31,7 +31,7 @@ use crate::call::{Budget, CallError, CallErrorKind};
 use crate::clock::Stopwatch;
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::digest::Digest;
-use crate::generation::Generation;
+use crate::generation::{Generation, SAVE_STATE};
 use crate::loader::{Library, LoadError};
 
 /// Calls one worker runs at once when the plugin sets no `max_concurrent_calls`.
@@ -135,8 +135,8 @@ fn load(
         Arc::new(library),
         Path::new(&request.source),
         request.generation,
-        request.settings.clone(),
-        budget,
+        (request.settings.clone(), budget),
+        request.previous.as_ref(),
     )
 }
 
@@ -300,7 +300,11 @@ impl Serving {
         let deadline =
             (deadline_unix_ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(deadline_unix_ms));
         let watch = Stopwatch::start();
-        let mut outcome = generation.run_local(callback, input, &cancelled, deadline);
+        let mut outcome = if callback == SAVE_STATE {
+            generation.save_state_local(&cancelled, deadline)
+        } else {
+            generation.run_local(callback, input, &cancelled, deadline)
+        };
         outcome.elapsed_us = watch.elapsed_us();
         self.running.fetch_sub(1, Ordering::Relaxed);
         lock(&self.cancels).remove(&id);

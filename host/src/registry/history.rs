@@ -308,7 +308,11 @@ impl History {
             }),
         };
         let Some(record) = found else {
-            return Err("no earlier version is kept (keep_versions)".to_owned());
+            return Err(
+                "no earlier version with other content than the one serving is kept \
+                 (keep_versions); name one with --to"
+                    .to_owned(),
+            );
         };
         let copy = record.kept.clone().ok_or_else(|| {
             format!(

@@ -36,6 +36,7 @@ use crate::config::Isolation;
 use crate::config::{PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::digest::Digest;
 use crate::generation::{Generation, Origin};
+use crate::handover::{Handover, PreviousState};
 use crate::isolation::{IsolationOptions, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, LoadOptions, Metadata};
 use crate::plugin_file::{KeptCopy, StagedFile};
@@ -77,6 +78,8 @@ impl Default for HostOptions {
 
 /// The version of one plugin that serves calls right now. Holding it keeps that version
 /// loaded; a reload publishes a new one, and this one drains when its last holder lets go.
+/// If this version handed its state over to the next one (see `Plugin::save_state`), calls
+/// through the handle go to that next version, which holds the state now.
 #[derive(Clone)]
 pub struct PluginHandle(Arc<Generation>);
 
@@ -308,6 +311,7 @@ impl Host {
     /// Creates a host with no plugins.
     pub fn new(options: HostOptions) -> Result<Host, HostError> {
         crate::clock::init();
+        crate::handover::init();
         let copy_dir =
             CopyDir::new(options.load.copy_dir.as_deref()).map_err(HostError::CopyDir)?;
         let reaper = Reaper::start().map_err(HostError::Thread)?;
@@ -543,8 +547,15 @@ impl Host {
             Some(_) => Duration::ZERO,
             None => Duration::from_millis(settings.probation_ms),
         };
+        // The version serving hands its state over (to an older version too, when rolled
+        // back to from its copy: its `init` sees the newer version that wrote the state).
+        let handover = self
+            .inner
+            .table
+            .current(&name)
+            .map_or_else(Handover::default, |old| Handover::begin(&old));
         let generation = self
-            .start_generation(&name, origin, path, number, settings)
+            .start_generation(&name, origin, path, number, settings, handover.previous())
             .inspect_err(|_| self.unreserve(&name, number))?;
         let metadata = generation.metadata().clone();
         let generation = Arc::new(generation);
@@ -587,6 +598,7 @@ impl Host {
             };
             (replaced, retry, standby_until)
         };
+        handover.commit(&generation);
         let event = match &replaced {
             Some(old) => LoadEvent::Reloaded {
                 plugin: name.clone(),
@@ -692,12 +704,13 @@ impl Host {
         path: &Path,
         number: u64,
         settings: PluginSettings,
+        previous: Option<&PreviousState>,
     ) -> Result<Generation, LoadError> {
         let library = match origin {
             Origin::Library(library) => library,
             // In a worker: its init is bounded by killing the worker, no thread is left.
             Origin::Copy(copy) => {
-                let generation = Generation::start_isolated(WorkerSpec {
+                let spec = WorkerSpec {
                     plugin: name.to_owned(),
                     program: self.inner.isolation.program(),
                     copy,
@@ -705,13 +718,15 @@ impl Host {
                     generation: number,
                     settings,
                     budget: self.inner.budget,
-                })?;
+                };
+                let generation = Generation::start_isolated(spec, previous)?;
                 return rollout::self_test(generation, path);
             }
         };
         let name = library.metadata().name.clone();
         let timeout = Duration::from_millis(settings.init_timeout_ms);
         let budget = self.inner.budget;
+        let previous = previous.cloned();
         let outcome = Arc::new((Mutex::new(Init::Running), Condvar::new()));
         let spawned = {
             let (outcome, source, stuck, name) = (
@@ -724,8 +739,14 @@ impl Host {
                 .name(format!("init-{name}"))
                 .spawn(move || {
                     let started = Instant::now();
-                    let result = Generation::start(library, &source, number, settings, budget)
-                        .and_then(|generation| rollout::self_test(generation, &source));
+                    let result = Generation::start(
+                        library,
+                        &source,
+                        number,
+                        (settings, budget),
+                        previous.as_ref(),
+                    )
+                    .and_then(|generation| rollout::self_test(generation, &source));
                     let (state, ready) = &*outcome;
                     let mut state = lock(state);
                     if matches!(*state, Init::Abandoned) {
@@ -923,8 +944,15 @@ impl Host {
             *last += 1;
             (*last, settings)
         };
-        let started =
-            self.start_generation(name, current.origin(), current.source(), number, settings);
+        let handover = Handover::begin(current);
+        let started = self.start_generation(
+            name,
+            current.origin(),
+            current.source(),
+            number,
+            settings,
+            handover.previous(),
+        );
         let generation = match started {
             Ok(generation) => Arc::new(generation),
             Err(err) => {
@@ -943,9 +971,12 @@ impl Host {
             if still {
                 self.swap(&mut state, name, Some(&generation), Ended::Replaced, None)
             } else {
-                Some(generation)
+                Some(generation.clone())
             }
         };
+        if replaced.as_ref().is_some_and(|r| Arc::ptr_eq(r, current)) {
+            handover.commit(&generation);
+        }
         if replaced.as_ref().is_some_and(|r| Arc::ptr_eq(r, current)) {
             tracing::info!(plugin = %name, old_generation = current.number(), generation = number, "reconfigured");
         }
