@@ -480,6 +480,15 @@ fn panics_pin_no_memory_and_reach_the_log_as_one_record() {
                 .is_ok_and(|o| o.generation == round + 1)
         });
     }
+    // Measured once the replaced generations have left (the one on standby for its
+    // probation stays): a library copy still being unloaded is mapped, and counted.
+    server.wait_until(WAIT, "replaced generations to be unloaded", |s| {
+        s.files().iter().all(|f| {
+            f.retired
+                .iter()
+                .all(|r| matches!(r.state, host::RetiredState::Standby { .. }))
+        })
+    });
     let growth = proc_status(pid, "VmRSS").saturating_sub(rss_after_first);
     assert!(growth < 30_000, "resident memory grew by {growth} KiB");
     let log = server.log();
