@@ -43,11 +43,13 @@ pub const ABI_MAJOR: u32 = 1;
 /// * 1.1: the typed, JSON-free calls [`Handler::typed_index`] and [`Handler::call_bytes`].
 /// * 1.2: state handover between versions: [`Handler::save_state`] and
 ///   [`PluginMod::instantiate_with_state`].
-pub const ABI_MINOR: u32 = 2;
+/// * 1.3: what a plugin declares beyond [`FfiMetadata`], as JSON:
+///   [`PluginMod::declarations`] (its schedules).
+pub const ABI_MINOR: u32 = 3;
 /// [`ABI_MAJOR`] and [`ABI_MINOR`] as the version string written into every plugin's header.
 ///
 /// Must stay equal to `"{ABI_MAJOR}.{ABI_MINOR}.0"`; a unit test checks it.
-pub const ABI_VERSION: &str = "1.2.0";
+pub const ABI_VERSION: &str = "1.3.0";
 
 /// The root module every plugin library exports.
 ///
@@ -68,6 +70,11 @@ pub struct PluginMod {
     /// replaces saved (see [`Handler::save_state`]).
     pub instantiate_with_state:
         extern "C" fn(init: FfiInit, previous: FfiPrevious) -> FfiInitOutcome,
+    /// (ABI 1.3) What the plugin declares beyond [`FfiMetadata`], as a JSON object, callable
+    /// before anything is initialised: `{"schedules": [{"callback": "report", "every_ms":
+    /// 60000}]}`. Later minors may add keys; a host ignores keys it does not know. So that
+    /// new declarations need no new field.
+    pub declarations: extern "C" fn() -> RResult<RString, FfiError>,
 }
 
 impl RootModule for PluginModRef {

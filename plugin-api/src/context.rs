@@ -367,7 +367,9 @@ impl Context<'_> {
     }
 
     /// Asks the host to call `plugin`'s `callback` with `input` after this call; the
-    /// request is returned with this call's outcome.
+    /// request is returned with this call's outcome. When this call runs as a task, the
+    /// host runs each follow-up as a task of its own, a child of this one (within the
+    /// host's limits on depth and count).
     pub fn follow_up(
         &self,
         plugin: &str,

@@ -129,6 +129,32 @@ pub fn metadata<P: Plugin>(package: Package) -> FfiMetadataResult {
     }
 }
 
+/// What `P` declares beyond its metadata, as JSON (ABI 1.3): its schedules.
+pub fn declarations<P: Plugin>(package: Package) -> RResult<RString, FfiError> {
+    panic_hook::install(package.name, panic_hook::Mode::InProcess);
+    let place = "callback registration";
+    let declared = guarded(package.name, &place, || {
+        let mut callbacks = Callbacks::<P>::new();
+        P::callbacks(&mut callbacks);
+        let schedules: Vec<serde_json::Value> = callbacks
+            .schedules()
+            .iter()
+            .map(|(callback, period)| {
+                serde_json::json!({
+                    "callback": callback,
+                    "every_ms": u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "schedules": schedules }).to_string())
+    })
+    .backtrace_to_stderr(package.name, &place);
+    match declared {
+        Ok(json) => ROk(json.into()),
+        Err(err) => RErr(err.into()),
+    }
+}
+
 /// Creates an instance of `P` for the host: decodes the configuration and runs `P::init`.
 ///
 /// Installs the panic hook first, in-process mode unless [`install_panic_hook`] came first.

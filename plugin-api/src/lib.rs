@@ -114,6 +114,9 @@
 //!   its predecessor handed over (the host logs that it cannot take it). A 1.2 plugin in a
 //!   1.1 host loads and serves; that host never asks it for its state, so its `init` sees
 //!   none.
+//! * 1.3: declarations beyond the metadata, as JSON (`declarations`: the schedules of
+//!   [`Callbacks::every`]). An older plugin declares none; an older host runs no schedule
+//!   of a 1.3 plugin.
 //!
 //! The author-facing API ([`Plugin`], [`Context`], ...) follows ordinary semver and may grow
 //! freely: it is compiled into the plugin and never crosses the boundary.
@@ -321,6 +324,14 @@ macro_rules! export_plugin {
                 $crate::glue::instantiate::<$plugin>(__PACKAGE, init)
             }
 
+            extern "C" fn __declarations() -> $crate::__private::abi_stable::std_types::RResult<
+                $crate::__private::abi_stable::std_types::RString,
+                $crate::abi::FfiError,
+            > {
+                $crate::glue::install_panic_hook(__PACKAGE);
+                $crate::glue::declarations::<$plugin>(__PACKAGE)
+            }
+
             extern "C" fn __instantiate_with_state(
                 init: $crate::abi::FfiInit,
                 previous: $crate::abi::FfiPrevious,
@@ -342,6 +353,7 @@ macro_rules! export_plugin {
                     metadata: __metadata,
                     instantiate: __instantiate,
                     instantiate_with_state: __instantiate_with_state,
+                    declarations: __declarations,
                 });
 
             fn __root_module() -> $crate::abi::PluginModRef {

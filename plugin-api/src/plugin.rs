@@ -102,6 +102,7 @@ pub type BytesCallback<P> = fn(&P, &Context<'_>, &[u8], &mut Output<'_>) -> Resu
 pub struct Callbacks<P> {
     entries: Vec<(&'static str, ErasedCallback<P>)>,
     typed: Vec<(&'static str, BytesCallback<P>)>,
+    schedules: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl<P: 'static> Callbacks<P> {
@@ -109,6 +110,7 @@ impl<P: 'static> Callbacks<P> {
         Callbacks {
             entries: Vec::new(),
             typed: Vec::new(),
+            schedules: Vec::new(),
         }
     }
 
@@ -174,6 +176,60 @@ impl<P: 'static> Callbacks<P> {
         self.check_new(name);
         self.typed.push((name, callback));
         self
+    }
+
+    /// Asks the host to call `callback` (a registered JSON callback, or `execute`) with
+    /// input `null` every `period`, as a task (see the host's "Tasks"): from when this
+    /// version loads until it is replaced or unloaded. Needs plugin ABI 1.3; an older host
+    /// ignores it.
+    ///
+    /// ```
+    /// use plugin_api::{Callbacks, Context, InitContext, Plugin, PluginError};
+    /// use std::time::Duration;
+    ///
+    /// struct Health;
+    /// impl Plugin for Health {
+    ///     type Input = ();
+    ///     type Output = ();
+    ///     fn init(_: &InitContext<'_>) -> Result<Self, PluginError> { Ok(Health) }
+    ///     fn execute(&self, _: &Context<'_>, _: ()) -> Result<(), PluginError> { Ok(()) }
+    ///     fn callbacks(callbacks: &mut Callbacks<Self>) {
+    ///         callbacks
+    ///             .add("report", |_: &Health, ctx: &Context<'_>, _: serde_json::Value| {
+    ///                 ctx.info("all well");
+    ///                 Ok(())
+    ///             })
+    ///             .every("report", Duration::from_secs(60));
+    ///     }
+    /// }
+    /// # let _ = plugin_api::testing::Harness::<Health>::new("health", serde_json::json!({})).unwrap();
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `callback` is not registered (before this call) or typed, if it already has a
+    /// schedule, or if `period` is under a second. Caught at the boundary: the host rejects
+    /// the plugin with this message.
+    pub fn every(&mut self, callback: &'static str, period: std::time::Duration) -> &mut Self {
+        assert!(
+            callback == "execute" || self.entries.iter().any(|(name, _)| *name == callback),
+            "`every`: `{callback}` is not a registered JSON callback (register it first)"
+        );
+        assert!(
+            period >= std::time::Duration::from_secs(1),
+            "`every`: `{callback}`'s period of {period:?} is under a second"
+        );
+        assert!(
+            !self.schedules.iter().any(|(name, _)| *name == callback),
+            "`every`: `{callback}` has a schedule already"
+        );
+        self.schedules.push((callback, period));
+        self
+    }
+
+    /// The schedules asked for with [`Callbacks::every`].
+    pub(crate) fn schedules(&self) -> &[(&'static str, std::time::Duration)] {
+        &self.schedules
     }
 
     fn check_new(&self, name: &str) {
