@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use host::control::Client;
 
+mod tasks;
+
 struct Args {
     host: PathBuf,
     plugin: PathBuf,
@@ -103,6 +105,7 @@ impl Serve {
             .arg(&socket)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env("XDG_STATE_HOME", dir.with_extension("state"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -771,6 +774,7 @@ fn main() {
     startup(&args, &mut rows);
     isolation(&args, &mut rows);
     isolated_reloads(&args, &mut rows);
+    tasks::figures(&args, &mut rows);
     println!("| figure | measured | target | ok |");
     println!("|---|---|---|---|");
     for r in rows {

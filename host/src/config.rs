@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! plugins_dir = "plugins"          # default: ./plugins
+//! state_dir = "/var/lib/plugin-host" # the task database (default: $XDG_STATE_HOME/plugin-host)
 //! socket = "/run/user/1000/plugin-host.sock"
 //! log_format = "text"              # or "json"
 //! max_message_bytes = 16777216     # largest request, or answer (result, follow-ups, logs)
@@ -31,6 +32,28 @@
 //! keep_versions = 3                # earlier versions whose copies are kept for `host rollback` (<= 32)
 //! handover_timeout_ms = 1000       # a state handover waits this long for calls to drain
 //! sha256 = "..."                   # optional: only this exact file is loaded
+//! task_max_attempts = 4            # tasks of this plugin: attempts (default: [tasks])
+//! task_retry_delays = ["10s", "1m"]  # tasks of this plugin: delays before each retry
+//! max_running_tasks = 4            # tasks of this plugin running at once
+//!
+//! [tasks]
+//! max_running = 8                  # task calls running at once
+//! max_running_per_plugin = 4
+//! max_attempts = 4                 # the first run and three retries
+//! retry_delays = ["30s", "1h", "6h", "12h", "24h"]  # the last one repeats
+//! max_depth = 10                   # follow-ups deeper are refused
+//! max_follow_ups_per_call = 100
+//! max_queued_per_plugin = 10000
+//! max_result_bytes = 65536         # result, error and logs kept of a task, each
+//! keep_days = 30                   # ended tasks are deleted after this
+//! keep_max = 100000                # and beyond this many
+//! run_missed = true                # a schedule missed while the host was down fires once at start
+//!
+//! [[schedule]]
+//! plugin = "sysinfo"
+//! callback = "execute"
+//! input = { paths = ["/"] }
+//! every = "5m"                     # or cron = "0 3 * * *" (UTC)
 //! ```
 //!
 //! Errors name the file, the line and column, and the key: one line, nothing else.
@@ -40,6 +63,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::tasks::schedule::Schedule;
+use crate::tasks::settings::{ScheduleConfig, TaskSettings};
 
 /// The contents of `host.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -74,6 +100,13 @@ pub struct HostConfig {
     pub shutdown_timeout_ms: u64,
     /// Per-plugin settings, by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// Where the host keeps its state, the task database among it (default:
+    /// `$XDG_STATE_HOME/plugin-host`).
+    pub state_dir: Option<PathBuf>,
+    /// How tasks run (`[tasks]`).
+    pub tasks: TaskSettings,
+    /// Calls the host makes periodically, as tasks (`[[schedule]]`).
+    pub schedule: Vec<ScheduleConfig>,
 }
 
 /// The limits of the control server (top-level keys of `host.toml`). Every one bounds a
@@ -142,6 +175,9 @@ impl Default for HostConfig {
             max_buffered_bytes: 256 << 20,
             shutdown_timeout_ms: 10_000,
             plugins: BTreeMap::new(),
+            state_dir: None,
+            tasks: TaskSettings::default(),
+            schedule: Vec::new(),
         }
     }
 }
@@ -203,6 +239,16 @@ pub struct PluginSettings {
     /// The private copies of this many good versions before the one that serves are kept,
     /// for `host rollback` (at most 32, the length of a plugin's history).
     pub keep_versions: usize,
+    /// Tasks only: attempts before one of this plugin's tasks is `failed` (default: the
+    /// `[tasks]` setting).
+    pub task_max_attempts: Option<u32>,
+    /// Tasks only: the delays before each retry of this plugin's tasks (default: the
+    /// `[tasks]` setting).
+    #[serde(default, with = "crate::tasks::settings::optional_durations")]
+    pub task_retry_delays: Option<Vec<std::time::Duration>>,
+    /// Tasks only: this plugin's task calls running at once (default: the `[tasks]`
+    /// setting `max_running_per_plugin`).
+    pub max_running_tasks: Option<usize>,
     /// When a version that hands over state is replaced, new calls wait while its running
     /// calls finish, for at most this long; its state is then taken anyway, and an update a
     /// call still running makes after that is not handed over (logged).
@@ -249,6 +295,9 @@ impl Default for PluginSettings {
             rollback_on: vec!["panicked".to_owned(), "crashed".to_owned()],
             keep_versions: 3,
             handover_timeout_ms: 1_000,
+            task_max_attempts: None,
+            task_retry_delays: None,
+            max_running_tasks: None,
         }
     }
 }
@@ -328,6 +377,44 @@ impl HostConfig {
                 return Err(refuse(
                     ".keep_versions",
                     format!("at most {MAX_RECORDS} versions are kept"),
+                ));
+            }
+        }
+        let refuse = |key: String, message: &str| ConfigError {
+            path: path.to_owned(),
+            location: None,
+            key,
+            message: message.to_owned(),
+        };
+        let tasks = &config.tasks;
+        for (key, value) in [
+            ("max_running", tasks.max_running as u64),
+            (
+                "max_running_per_plugin",
+                tasks.max_running_per_plugin as u64,
+            ),
+            ("max_attempts", u64::from(tasks.max_attempts)),
+        ] {
+            if value == 0 {
+                return Err(refuse(format!("tasks.{key}"), "must be at least 1"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, schedule) in config.schedule.iter().enumerate() {
+            let key = |field: &str| format!("schedule[{i}]{field}");
+            if !plugin_api::is_valid_name(&schedule.plugin) {
+                return Err(refuse(key(".plugin"), "not a plugin name"));
+            }
+            if schedule.callback != "execute" && !plugin_api::is_valid_name(&schedule.callback) {
+                return Err(refuse(key(".callback"), "not a callback name"));
+            }
+            if let Err(err) = Schedule::parse(schedule.every.as_deref(), schedule.cron.as_deref()) {
+                return Err(refuse(key(""), &err.0));
+            }
+            if !names.insert(schedule.name()) {
+                return Err(refuse(
+                    key(".name"),
+                    "another schedule has this name: give each a `name`",
                 ));
             }
         }

@@ -44,12 +44,13 @@ mod private_dir;
 mod reaper;
 mod registry;
 mod small;
+pub mod tasks;
 mod typed;
 pub mod watch;
 
 pub use call::{CallError, CallErrorKind, CallOutcome, Json, Name, MAX_ERROR_MESSAGE};
 pub use generation::TypedOutcome;
-pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata};
+pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata, PluginSchedule};
 pub use reaper::{Retired, RetiredState};
 pub use registry::{
     Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent, PluginHandle, Serving,

@@ -66,6 +66,25 @@ pub struct Metadata {
     pub api_version: String,
     /// The plugin ABI version it speaks, `major.minor`.
     pub abi_version: String,
+    /// The callbacks it asks to be run periodically (plugin ABI 1.3, `Callbacks::every`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<PluginSchedule>,
+}
+
+/// A callback a plugin asks the host to run every so often, as a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginSchedule {
+    /// The callback (or `execute`).
+    pub callback: String,
+    /// Its period, in milliseconds.
+    pub every_ms: u64,
+}
+
+/// What a plugin declares beyond its metadata (ABI 1.3), as the JSON it returns.
+#[derive(Deserialize)]
+struct Declarations {
+    #[serde(default)]
+    schedules: Vec<PluginSchedule>,
 }
 
 impl Metadata {
@@ -78,6 +97,7 @@ impl Metadata {
             callbacks: Vec::new(),
             api_version: String::new(),
             abi_version: String::new(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -419,6 +439,34 @@ fn read_metadata(
             )));
         }
     }
+    let schedules = match module.declarations() {
+        // Older than ABI 1.3: it declares nothing.
+        None => Vec::new(),
+        Some(declarations) => match declarations() {
+            ROk(json) => {
+                let declared: Declarations =
+                    serde_json::from_str(json.as_str()).map_err(|err| {
+                        invalid(format!(
+                            "plugin {name}: its declarations are not valid: {err}"
+                        ))
+                    })?;
+                declared.schedules
+            }
+            RResult::RErr(err) => {
+                return Err(invalid(format!("declarations failed: {}", err.message)))
+            }
+        },
+    };
+    for schedule in &schedules {
+        let known = schedule.callback == "execute" || callbacks.contains(&schedule.callback);
+        if !known || schedule.every_ms < 1000 {
+            return Err(invalid(format!(
+                "plugin {name}: schedule of `{}` every {} ms names no callback or is under a \
+                 second",
+                schedule.callback, schedule.every_ms
+            )));
+        }
+    }
     Ok(Metadata {
         name,
         version: ffi.version.to_string(),
@@ -426,6 +474,7 @@ fn read_metadata(
         callbacks,
         api_version: ffi.api_version.to_string(),
         abi_version: format!("{}.{}", version.major, version.minor),
+        schedules,
     })
 }
 

@@ -82,6 +82,22 @@ pub fn counter() -> &'static Path {
     })
 }
 
+/// Builds `tests/fixtures/tasker`, the plugin that exercises the task runner, and returns
+/// its library (shared, never write to it).
+pub fn tasker() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| Variant::of("tests/fixtures/tasker").build())
+}
+
+/// Builds the fanout example plugin (tasks, pyspider-style) and returns its library.
+pub fn fanout() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo(&["build", "-p", "fanout"], root(), None);
+        target_dir().join("debug/libfanout.so")
+    })
+}
+
 /// Builds `tests/fixtures/tough`, the plugin that misbehaves on purpose, and returns its
 /// library (shared, never write to it).
 pub fn tough() -> &'static Path {
@@ -408,6 +424,8 @@ impl Server {
             .arg(&socket)
             .args(extra)
             .env("RUST_LOG", "info")
+            // Its task database, unless a test names one with --state-dir.
+            .env("XDG_STATE_HOME", dir.path().join("state"))
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("log file"));
         configure(&mut command);

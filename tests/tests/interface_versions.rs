@@ -7,7 +7,9 @@
 //! * `plugin-api-0.1.0`: as first released, ABI 1.0;
 //! * `plugin-api-1.0-note`: ABI 1.0 with the plugin-name ELF note and the plugin's own panic
 //!   hook, as on main before ABI 1.1;
-//! * `plugin-api-1.1`: ABI 1.1 (typed calls), as on main before ABI 1.2 (state handover).
+//! * `plugin-api-1.1`: ABI 1.1 (typed calls), as on main before ABI 1.2 (state handover);
+//! * `plugin-api-1.2`: ABI 1.2 (state handover), as on main before ABI 1.3 (declared
+//!   schedules).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -65,6 +67,12 @@ fn a_plugin_built_against_abi_1_1_loads_and_answers() {
     assert_eq!(name.as_deref(), Some("frozen"));
 }
 
+#[test]
+fn a_plugin_built_against_abi_1_2_loads_and_answers() {
+    let plugin = frozen_plugin_against("plugin-api-1.2");
+    frozen_plugin_loads_and_answers(&plugin, "1.2");
+}
+
 fn frozen_plugin_loads_and_answers(plugin: &std::path::Path, abi: &str) {
     let dir = plugins_dir();
     let file = install(plugin, dir.path(), "libfrozen.so");
@@ -86,6 +94,10 @@ fn frozen_plugin_loads_and_answers(plugin: &std::path::Path, abi: &str) {
         ("frozen", "0.1.0", abi)
     );
     assert_eq!(meta.callbacks, ["echo", "fail"]);
+    assert!(
+        meta.schedules.is_empty(),
+        "an older plugin declares no schedule"
+    );
 
     let outcome = host.call("frozen", "echo", r#"{"text":"hi"}"#).unwrap();
     let result: Value = serde_json::from_str(outcome.result().unwrap().get()).unwrap();

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use super::protocol::{read_line, HostInfo, Op, Request, Response};
 use crate::call::{CallError, CallOutcome};
 use crate::registry::{FileStatus, HistoryEntry};
+use crate::tasks::{Inserted, TaskFilter, TaskId, TaskOptions, TaskRecord, TaskTree};
 
 /// The largest answer a client reads, in bytes: more than any host sends (its answers are
 /// bounded by its `max_message_bytes` plus the envelope).
@@ -168,6 +169,66 @@ impl Client {
             plugin: Some(plugin.to_owned()),
             generation: to,
             ..Request::new(Op::Rollback)
+        })?
+        .message
+        .ok_or_else(|| ClientError::Protocol("response without a message".into()))
+    }
+
+    /// Submits a task: `plugin`'s `callback` with JSON `input`, run as `options` say.
+    pub fn submit(
+        &mut self,
+        plugin: &str,
+        callback: &str,
+        input: &str,
+        options: TaskOptions,
+    ) -> Result<Inserted, ClientError> {
+        let input = RawValue::from_string(input.to_owned())
+            .map_err(|err| ClientError::Protocol(format!("input is not JSON: {err}")))?;
+        self.request(&Request {
+            plugin: Some(plugin.to_owned()),
+            callback: Some(callback.to_owned()),
+            input: Some(input),
+            options: Some(options),
+            ..Request::new(Op::Submit)
+        })?
+        .submitted
+        .ok_or_else(|| ClientError::Protocol("response without the submitted task".into()))
+    }
+
+    /// The tasks matching `filter`, newest first.
+    pub fn tasks(&mut self, filter: TaskFilter) -> Result<Vec<TaskRecord>, ClientError> {
+        self.request(&Request {
+            filter: Some(filter),
+            ..Request::new(Op::Tasks)
+        })?
+        .tasks
+        .ok_or_else(|| ClientError::Protocol("response without tasks".into()))
+    }
+
+    /// Task `id` and the follow-ups under it.
+    pub fn task(&mut self, id: TaskId) -> Result<TaskTree, ClientError> {
+        self.request(&Request {
+            task: Some(id),
+            ..Request::new(Op::Task)
+        })?
+        .task
+        .ok_or_else(|| ClientError::Protocol("response without a task".into()))
+    }
+
+    /// Cancels task `id`; returns what the host did, in one line.
+    pub fn cancel(&mut self, id: TaskId) -> Result<String, ClientError> {
+        self.task_message(Op::Cancel, id)
+    }
+
+    /// Queues task `id`, which ended, again; returns what the host did, in one line.
+    pub fn retry(&mut self, id: TaskId) -> Result<String, ClientError> {
+        self.task_message(Op::Retry, id)
+    }
+
+    fn task_message(&mut self, op: Op, id: TaskId) -> Result<String, ClientError> {
+        self.request(&Request {
+            task: Some(id),
+            ..Request::new(op)
         })?
         .message
         .ok_or_else(|| ClientError::Protocol("response without a message".into()))

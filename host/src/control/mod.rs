@@ -20,7 +20,19 @@
 //! <- {"v":1,"ok":true,"host":{"version":"0.1.0","pid":4242,"plugins_dir":"/srv/plugins"}}
 //! -> {"v":1,"op":"call","plugin":"nope","callback":"x"}
 //! <- {"v":1,"ok":false,"error":{"kind":"unknown_plugin","message":"no plugin named nope ..."}}
+//! -> {"v":1,"op":"restart","plugin":"tough"}            (also history, rollback + generation)
+//! <- {"v":1,"ok":true,"message":"restarted plugin tough (generation 1): worker pid 4242"}
+//! -> {"v":1,"op":"submit","plugin":"fanout","callback":"execute","input":{"items":["a"]},
+//!     "options":{"key":"k","priority":5,"not_before_unix_ms":1796000000000,"age_ms":3600000}}
+//! <- {"v":1,"ok":true,"submitted":{"outcome":"queued","id":7}}   (duplicate, skipped, refused)
+//! -> {"v":1,"op":"tasks","filter":{"status":"failed","plugin":"fanout","since_unix_ms":0,"limit":50}}
+//! <- {"v":1,"ok":true,"tasks":[{"id":7,"status":"failed","attempts":4,...}]}
+//! -> {"v":1,"op":"task","task":7}                       (also cancel, retry)
+//! <- {"v":1,"ok":true,"task":{"task":{...},"children":[{"task":{...},"children":[]}]}}
 //! ```
+//!
+//! The task operations need a host that runs tasks (`host serve` opens its task database at
+//! start); otherwise they are refused, saying why.
 //!
 //! A call whose plugin returned an error is still `"ok": true`: the request was served, and
 //! the plugin's error is in `outcome.error`. `"ok": false` means the host could not serve the

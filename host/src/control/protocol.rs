@@ -8,12 +8,15 @@ use serde_json::value::RawValue;
 
 use crate::call::{CallError, CallErrorKind, CallOutcome};
 use crate::registry::{FileStatus, HistoryEntry};
+use crate::tasks::{Inserted, TaskFilter, TaskId, TaskOptions, TaskRecord, TaskTree};
 
 /// The protocol version this host speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// A request, as sent on the wire. `plugin`, `callback` and `input` are for `call`;
-/// `restart`, `history` and `rollback` name a `plugin`; `generation` is for `rollback`.
+/// A request, as sent on the wire. `plugin`, `callback` and `input` are for `call` and
+/// `submit` (with `options`); `restart`, `history` and `rollback` name a `plugin`;
+/// `generation` is for `rollback`; `task` is for `task`, `cancel` and `retry`; `filter` for
+/// `tasks`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
@@ -34,6 +37,15 @@ pub struct Request {
     /// other than what serves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// For `submit`: how to run the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<TaskOptions>,
+    /// For `task`, `cancel` and `retry`: the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskId>,
+    /// For `tasks`: which ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<TaskFilter>,
 }
 
 /// The operations of the protocol.
@@ -55,6 +67,16 @@ pub enum Op {
     /// Serve an earlier version of a plugin again, until its file changes. Needs `plugin`;
     /// `generation` chooses which.
     Rollback,
+    /// Submit a task: `plugin`, `callback`, `input`, `options`.
+    Submit,
+    /// List tasks (`filter`).
+    Tasks,
+    /// One task and the follow-ups under it (`task`).
+    Task,
+    /// Cancel a task (`task`).
+    Cancel,
+    /// Queue a task that ended again (`task`).
+    Retry,
 }
 
 impl Request {
@@ -67,6 +89,9 @@ impl Request {
             callback: None,
             input: None,
             generation: None,
+            options: None,
+            task: None,
+            filter: None,
         }
     }
 }
@@ -90,7 +115,16 @@ pub struct Response {
     /// For `history`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<HistoryEntry>>,
-    /// For `restart` and `rollback`: what was done, in one line.
+    /// For `submit`: what became of the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<Inserted>,
+    /// For `tasks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<TaskRecord>>,
+    /// For `task`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskTree>,
+    /// For `restart`, `rollback`, `cancel` and `retry`: what was done, in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When `ok` is false.
@@ -119,6 +153,9 @@ impl Response {
             files: None,
             host: None,
             history: None,
+            submitted: None,
+            tasks: None,
+            task: None,
             message: None,
             error: None,
         }
@@ -192,7 +229,14 @@ pub fn decode_request(line: &[u8]) -> Result<Request, CallError> {
         Op::Restart => Some("restart"),
         Op::History => Some("history"),
         Op::Rollback => Some("rollback"),
-        Op::Call | Op::List | Op::Ping => None,
+        Op::Call
+        | Op::List
+        | Op::Ping
+        | Op::Submit
+        | Op::Tasks
+        | Op::Task
+        | Op::Cancel
+        | Op::Retry => None,
     };
     if let Some(op) = op {
         match &request.plugin {
@@ -201,9 +245,19 @@ pub fn decode_request(line: &[u8]) -> Result<Request, CallError> {
             None => return Err(invalid(format!("a {op} needs `plugin`"))),
         }
     }
-    if request.op == Op::Call {
+    if matches!(request.op, Op::Task | Op::Cancel | Op::Retry) && request.task.is_none() {
+        return Err(invalid("this request needs `task`, a task id".into()));
+    }
+    if matches!(request.op, Op::Call | Op::Submit) {
         let (Some(plugin), Some(callback)) = (&request.plugin, &request.callback) else {
-            return Err(invalid("a call needs `plugin` and `callback`".into()));
+            return Err(invalid(format!(
+                "a {} needs `plugin` and `callback`",
+                if request.op == Op::Call {
+                    "call"
+                } else {
+                    "submit"
+                }
+            )));
         };
         for (what, name) in [("plugin", plugin), ("callback", callback)] {
             if !plugin_api::is_valid_name(name) {

@@ -33,6 +33,7 @@ use crate::clock::Stopwatch;
 use crate::config::{Isolation, ServerLimits};
 use crate::generation::Generation;
 use crate::registry::{Host, PluginHandle};
+use crate::tasks::{NewTask, Tasks};
 
 /// Bytes of request or answer a connection may hold without drawing on the shared pool.
 pub const FREE_BYTES: usize = 64 * 1024;
@@ -70,6 +71,8 @@ enum Phase {
 
 struct Shared {
     host: Host,
+    /// The task runner, or why there is none.
+    tasks: Result<Tasks, String>,
     info: HostInfo,
     limits: ServerLimits,
     shutting_down: AtomicBool,
@@ -127,6 +130,19 @@ impl ControlServer {
         path: &Path,
         limits: ServerLimits,
     ) -> io::Result<ControlServer> {
+        let none = Err("this host runs no tasks".to_owned());
+        ControlServer::start_with_tasks(host, info, path, limits, none)
+    }
+
+    /// [`ControlServer::start`], serving the task operations (`submit`, `tasks`, `task`,
+    /// `cancel`, `retry`) with `tasks`; `Err(reason)` answers them with that reason.
+    pub fn start_with_tasks(
+        host: Host,
+        info: HostInfo,
+        path: &Path,
+        limits: ServerLimits,
+        tasks: Result<Tasks, String>,
+    ) -> io::Result<ControlServer> {
         let invalid = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -158,6 +174,7 @@ impl ControlServer {
             call_threads: Arc::new(Semaphore::new(limits.max_call_threads)),
             buffers: Arc::new(Semaphore::new(units)),
             host,
+            tasks,
             info,
             limits,
             shutting_down: AtomicBool::new(false),
@@ -573,6 +590,9 @@ async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
             host: Some(shared.info.clone()),
             ..Response::new()
         },
+        Op::Submit | Op::Tasks | Op::Task | Op::Cancel | Op::Retry => {
+            task_op(shared, request).await
+        }
         Op::Restart | Op::Rollback if shared.shutting_down.load(Ordering::Relaxed) => {
             Response::error(CallError::new(
                 CallErrorKind::ShuttingDown,
@@ -601,6 +621,56 @@ async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
                 )),
             }
         }
+    }
+}
+
+/// Serves a task operation, on a blocking thread (the store does I/O).
+async fn task_op(shared: &Arc<Shared>, request: super::protocol::Request) -> Response {
+    let tasks = match &shared.tasks {
+        Ok(tasks) => tasks.clone(),
+        Err(reason) => {
+            return Response::error(CallError::new(
+                CallErrorKind::Internal,
+                format!("tasks are unavailable: {reason}"),
+            ))
+        }
+    };
+    let done = tokio::task::spawn_blocking(move || {
+        let id = request.task.unwrap_or_default();
+        match request.op {
+            Op::Submit => {
+                let mut task = NewTask::new(
+                    request.plugin.as_deref().unwrap_or_default(),
+                    request.callback.as_deref().unwrap_or_default(),
+                    request.input.as_ref().map_or("null", |i| i.get()),
+                );
+                task.options = request.options.unwrap_or_default();
+                tasks.submit(task).map(|submitted| Response {
+                    submitted: Some(submitted),
+                    ..Response::new()
+                })
+            }
+            Op::Tasks => tasks
+                .list(&request.filter.unwrap_or_default())
+                .map(|list| Response {
+                    tasks: Some(list),
+                    ..Response::new()
+                }),
+            Op::Task => tasks.task(id).map(|tree| Response {
+                task: Some(tree),
+                ..Response::new()
+            }),
+            Op::Cancel => tasks.cancel(id).map(message),
+            _ => tasks.retry(id).map(message),
+        }
+    });
+    match done.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => Response::error(err),
+        Err(_) => Response::error(CallError::new(
+            CallErrorKind::Internal,
+            "the request's thread ended without an answer",
+        )),
     }
 }
 

@@ -271,6 +271,7 @@ mod tests {
             callbacks: Vec::new(),
             api_version: "0.1.0".into(),
             abi_version: "1.0".into(),
+            schedules: Vec::new(),
         }
     }
 

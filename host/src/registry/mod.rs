@@ -1183,6 +1183,11 @@ impl Host {
         files
     }
 
+    /// The settings plugin `name` runs with (its `[plugins.NAME]` table, or the defaults).
+    pub fn settings_of(&self, name: &str) -> PluginSettings {
+        self.state().settings.get(name).cloned().unwrap_or_default()
+    }
+
     /// The names of the plugins being served.
     pub fn plugin_names(&self) -> Vec<String> {
         self.inner.table.names()

@@ -15,7 +15,7 @@ use crate::exit::{Failure, NOT_FOUND};
 
 /// A connection to the host on `socket` (or the default socket), or an error saying none
 /// answers.
-fn connect(socket: Option<PathBuf>) -> Result<Client> {
+pub(crate) fn connect(socket: Option<PathBuf>) -> Result<Client> {
     let path = socket.unwrap_or_else(default_socket_path);
     Client::connect(&path).map_err(|err| {
         Failure::new(
@@ -28,7 +28,7 @@ fn connect(socket: Option<PathBuf>) -> Result<Client> {
 
 /// The host's answer, or its refusal as the error (it names what was wrong), or what went
 /// wrong talking to it, `doing` what.
-fn answer<T>(result: Result<T, ClientError>, doing: &'static str) -> Result<T> {
+pub(crate) fn answer<T>(result: Result<T, ClientError>, doing: &'static str) -> Result<T> {
     match result {
         Ok(answer) => Ok(answer),
         Err(ClientError::Refused(err)) => Err(err.into()),

@@ -46,6 +46,98 @@ pub enum Command {
     /// Serve an earlier version of a plugin of the running host again, until its file
     /// changes: the one it replaced, or generation N (`--to N`, see `host history`).
     Rollback(RollbackArgs),
+    /// Submit a task to the running host: a call it runs (now, or at --at), retries on
+    /// failure, and records. Prints the task's id.
+    Submit(SubmitArgs),
+    /// List the running host's tasks, newest first.
+    Tasks(TasksArgs),
+    /// Show one task of the running host: result, error, logs, and the follow-ups under it
+    /// as a tree.
+    Task(TaskArgs),
+    /// Cancel a task: a queued one at once, a running one's call is told to cancel.
+    Cancel(TaskIdArgs),
+    /// Queue a task that ended (failed, bad, cancelled, success ...) again.
+    Retry(TaskIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Plugin name.
+    pub plugin: String,
+    /// Callback name (`execute` for the entry point).
+    pub callback: String,
+    /// Input as JSON text [default: null].
+    #[arg(long, value_name = "JSON")]
+    pub input: Option<String>,
+    /// What makes two tasks the same: one with a key queued or running is not queued again
+    /// [default: a hash of plugin, callback and input].
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Higher runs first among the tasks due [default: 0].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i64>,
+    /// Not before this time: RFC 3339 (`2026-12-01T03:00:00Z`), `+5m`, or Unix seconds.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Skip it (recorded as skipped) if a task with its key succeeded this recently (`1h`).
+    #[arg(long, value_name = "DURATION")]
+    pub age: Option<String>,
+    /// Attempts before it is failed, the first included [default: the host's setting].
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Delays before each retry, comma-separated (`10s,1m,1h`); the last one repeats.
+    #[arg(long, value_name = "DURATIONS")]
+    pub retry_delays: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// Only tasks in this status: queued, running, success, failed, bad, skipped, refused,
+    /// cancelled.
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Only tasks of this plugin.
+    #[arg(long, value_name = "PLUGIN")]
+    pub plugin: Option<String>,
+    /// Only tasks made since this time: `1h` (ago), RFC 3339, or Unix seconds.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// At most this many, newest first.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// Task id.
+    pub id: i64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdArgs {
+    /// Task id.
+    pub id: i64,
+    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -178,4 +270,8 @@ pub struct ServeArgs {
     /// Run every plugin in a worker process of its own, whatever host.toml says.
     #[arg(long)]
     pub isolate_all: bool,
+    /// Where the host keeps its state (the task database, `tasks.db`) [default: state_dir
+    /// of --config, or $XDG_STATE_HOME/plugin-host].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }

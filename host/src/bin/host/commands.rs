@@ -441,6 +441,20 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             .chain(meta.callbacks.iter().map(String::as_str))
             .collect();
         writeln!(stdout, "callbacks:   {}", callbacks.join(", "))?;
+        if !meta.schedules.is_empty() {
+            let schedules: Vec<String> = meta
+                .schedules
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} every {}",
+                        s.callback,
+                        host::tasks::schedule::format_duration_ms(s.every_ms)
+                    )
+                })
+                .collect();
+            writeln!(stdout, "schedules:   {}", schedules.join(", "))?;
+        }
         writeln!(
             stdout,
             "plugin-api:  {} (ABI {})",

@@ -8,6 +8,7 @@ mod commands;
 mod exit;
 mod new;
 mod serve;
+mod tasks;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -64,6 +65,26 @@ fn main() -> ExitCode {
         Command::Rollback(args) => {
             init_logging(ONE_SHOT_LOG, LogFormat::Text);
             admin::rollback(args)
+        }
+        Command::Submit(args) => {
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
+            tasks::submit(args)
+        }
+        Command::Tasks(args) => {
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
+            tasks::list(args)
+        }
+        Command::Task(args) => {
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
+            tasks::show(args)
+        }
+        Command::Cancel(args) => {
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
+            tasks::cancel(args)
+        }
+        Command::Retry(args) => {
+            init_logging(ONE_SHOT_LOG, LogFormat::Text);
+            tasks::retry(args)
         }
     };
     match result {

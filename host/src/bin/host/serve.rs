@@ -9,12 +9,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use host::config::HostConfig;
 use host::control::{default_socket_path, ControlServer, HostInfo};
 use host::isolation::IsolationOptions;
+use host::tasks::settings::default_state_dir;
+use host::tasks::{SqliteStore, Tasks};
 use host::watch::Watcher;
 use host::{Host, HostOptions, LoadOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -79,8 +82,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         pid: std::process::id(),
         plugins_dir: dir.clone(),
     };
-    let server = ControlServer::start(host.clone(), info, &socket, limits)
-        .with_context(|| format!("control socket {}", socket.display()))?;
+    let state_dir = args
+        .state_dir
+        .or_else(|| config.state_dir.as_ref().map(|d| config_dir.join(d)))
+        .unwrap_or_else(default_state_dir);
+    let tasks = start_tasks(&host, &config, &state_dir);
+    let server =
+        ControlServer::start_with_tasks(host.clone(), info, &socket, limits, tasks.clone())
+            .with_context(|| format!("control socket {}", socket.display()))?;
     tracing::info!(
         plugins = host.plugin_names().len(),
         "serving {} on {}",
@@ -103,6 +112,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     });
     server.begin_shutdown();
     watcher.stop();
+    if let Ok(tasks) = &tasks {
+        if !tasks.stop(deadline.saturating_duration_since(Instant::now())) {
+            tracing::warn!("task calls still running at shutdown run again at the next start");
+        }
+    }
     let running = server.wait_idle(deadline);
     if !running.is_empty() {
         let names: Vec<String> = running.iter().map(ToString::to_string).collect();
@@ -126,6 +140,32 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the task database in `state_dir` and starts running tasks; if that fails, the
+/// host serves direct calls anyway and says why in one line.
+fn start_tasks(host: &Host, config: &HostConfig, state_dir: &Path) -> Result<Tasks, String> {
+    if !config.tasks.enabled {
+        return Err("[tasks] enabled = false in host.toml".to_owned());
+    }
+    let started = SqliteStore::open(&state_dir.join("tasks.db"))
+        .map_err(|err| err.to_string())
+        .and_then(|store| {
+            Tasks::start(
+                host.clone(),
+                Arc::new(store),
+                config.tasks.clone(),
+                config.schedule.clone(),
+            )
+            .map_err(|err| err.message)
+        });
+    match &started {
+        Ok(_) => tracing::info!("tasks: {}", state_dir.join("tasks.db").display()),
+        Err(reason) => {
+            tracing::error!("tasks are unavailable, direct calls are served: {reason}")
+        }
+    }
+    started
 }
 
 /// Lets the process open as many descriptors as its hard limit allows (each connection

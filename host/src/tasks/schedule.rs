@@ -1,0 +1,645 @@
+//! When periodic tasks fire, and the times and durations people write.
+//!
+//! A [`Schedule`] is what host.toml says about a periodic task: either `every = "5m"`, a
+//! fixed period whose firings are aligned to the Unix epoch (multiples of the period, so a
+//! restart does not shift them), or `cron = "0 3 * * *"`, a standard five-field cron
+//! expression (minute hour day-of-month month day-of-week) read in UTC.
+//!
+//! The parsers here also read the durations and instants people type elsewhere:
+//! [`parse_duration`] (`30s`, `5m`, `1h 30m`) and [`parse_time`] for the CLI's `--at` and
+//! `--since` (`2026-12-01T03:00:00Z`, `+5m`, `2h ago`, `now`, Unix seconds).
+//! [`format_duration_ms`] writes durations back in a short form for tables and logs.
+//!
+//! Every instant is a `u64` of milliseconds since the Unix epoch, UTC.
+
+use std::fmt;
+use std::time::{Duration, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
+
+/// The fields of a cron expression, for error messages.
+const CRON_FIELDS: &str = "minute hour day-of-month month day-of-week";
+
+/// The `@` nicknames croner expands (all in UTC).
+const CRON_NICKNAMES: [&str; 6] = [
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@hourly",
+];
+
+/// The forms [`parse_time`] accepts, for its error messages.
+const TIME_FORMS: &str = "expected RFC 3339 (2026-12-01T03:00:00Z), +DURATION (from now), \
+                          -DURATION or DURATION ago (before now), now, or Unix seconds";
+
+/// The examples [`parse_duration`] shows in its error messages.
+const DURATION_FORMS: &str = "write e.g. 30s, 5m, 1h 30m, 500ms or 2d";
+
+/// Why a schedule, duration or time could not be read: one line, naming what was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScheduleError(pub String);
+
+/// When a periodic task fires: every fixed period (aligned to the Unix epoch) or at the
+/// minutes a cron expression matches (UTC).
+#[derive(Clone, PartialEq)]
+pub struct Schedule {
+    kind: Kind,
+}
+
+#[derive(Clone, PartialEq)]
+enum Kind {
+    /// A period of at least 1 s, in whole milliseconds.
+    Every(Duration),
+    /// A parsed five-field expression (or `@` nickname), and its text as given (trimmed).
+    /// Boxed: a parsed expression is many times the size of a period.
+    Cron(Box<Cron>, String),
+}
+
+impl Schedule {
+    /// Fires every `d`, at the multiples of `d` since the Unix epoch.
+    ///
+    /// # Errors
+    ///
+    /// If `d` is shorter than 1 s, is not a whole number of milliseconds, or does not fit
+    /// in a `u64` of milliseconds.
+    pub fn every(d: Duration) -> Result<Schedule, ScheduleError> {
+        let shown = humantime::format_duration(d);
+        if d < Duration::from_secs(1) {
+            return Err(ScheduleError(format!(
+                "every {shown}: the period must be at least 1s"
+            )));
+        }
+        if d.subsec_nanos() % 1_000_000 != 0 {
+            return Err(ScheduleError(format!(
+                "every {shown}: the period must be a whole number of milliseconds"
+            )));
+        }
+        if u64::try_from(d.as_millis()).is_err() {
+            return Err(ScheduleError(format!(
+                "every {shown}: the period is too long"
+            )));
+        }
+        Ok(Schedule {
+            kind: Kind::Every(d),
+        })
+    }
+
+    /// Fires at the minutes the standard five-field cron expression `expr` matches
+    /// (minute hour day-of-month month day-of-week), in UTC. Also accepts `@hourly`,
+    /// `@daily`, `@weekly`, `@monthly` and `@yearly` (or `@annually`).
+    ///
+    /// The fields take what croner takes: numbers, `*`, ranges `1-5`, lists `1,3`, steps
+    /// `*/15`, names (`MON`, `JAN`), and `L`, `W`, `#`. When both day-of-month and
+    /// day-of-week are restricted, a day matching either fires (as in Vixie cron).
+    ///
+    /// # Errors
+    ///
+    /// One line, `cron expression "0 3 * *": ...`, if the expression is not five fields
+    /// (six-field expressions with seconds are refused), does not parse, or never fires
+    /// (such as `0 0 30 2 *`).
+    pub fn cron(expr: &str) -> Result<Schedule, ScheduleError> {
+        let text = expr.trim();
+        let fail = |why: &str| ScheduleError(format!("cron expression {text:?}: {why}"));
+        if text.is_empty() {
+            return Err(fail(&format!("is empty; give 5 fields: {CRON_FIELDS}")));
+        }
+        if text.starts_with('@') {
+            let known = CRON_NICKNAMES
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(text));
+            if !known {
+                return Err(fail(&format!(
+                    "unknown nickname; use @hourly, @daily, @weekly, @monthly or @yearly, \
+                     or 5 fields: {CRON_FIELDS}"
+                )));
+            }
+        } else {
+            match text.split_whitespace().count() {
+                5 => {}
+                6 => {
+                    return Err(fail(&format!(
+                        "6 fields, but a first field of seconds is not supported; \
+                         give 5 fields: {CRON_FIELDS}"
+                    )))
+                }
+                n => return Err(fail(&format!("{n} fields; give 5 fields: {CRON_FIELDS}"))),
+            }
+        }
+        let parser = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser.parse(text).map_err(|e| fail(&e.to_string()))?;
+        // Years are always `*`, so an expression that fires once fires again (the Gregorian
+        // calendar repeats every 400 years): one search from the epoch tells whether it
+        // ever fires.
+        if cron
+            .find_next_occurrence(&DateTime::<Utc>::UNIX_EPOCH, true)
+            .is_err()
+        {
+            return Err(fail("never fires"));
+        }
+        Ok(Schedule {
+            kind: Kind::Cron(Box::new(cron), text.to_string()),
+        })
+    }
+
+    /// Reads host.toml's `every = "5m"` or `cron = "0 3 * * *"`: exactly one of them.
+    ///
+    /// # Errors
+    ///
+    /// If both or neither is given, or the one given does not parse (see
+    /// [`parse_duration`], [`Schedule::every`] and [`Schedule::cron`]).
+    pub fn parse(every: Option<&str>, cron: Option<&str>) -> Result<Schedule, ScheduleError> {
+        match (every, cron) {
+            (Some(_), Some(_)) => Err(ScheduleError(
+                "give one of every and cron, not both".to_string(),
+            )),
+            (None, None) => Err(ScheduleError(
+                "give every = \"5m\" or cron = \"0 3 * * *\"".to_string(),
+            )),
+            (Some(every), None) => Schedule::every(parse_duration(every)?),
+            (None, Some(cron)) => Schedule::cron(cron),
+        }
+    }
+
+    /// The first firing strictly after `after_unix_ms` (milliseconds since the Unix
+    /// epoch): for `every`, the next multiple of the period; for `cron`, the start of the
+    /// next matching minute. `None` if there is none that a `u64` can hold.
+    pub fn next_after(&self, after_unix_ms: u64) -> Option<u64> {
+        match &self.kind {
+            Kind::Every(d) => {
+                let period = u64::try_from(d.as_millis()).ok()?;
+                (after_unix_ms / period).checked_add(1)?.checked_mul(period)
+            }
+            Kind::Cron(cron, _) => {
+                // Firings fall on whole seconds, so the first one after the second that
+                // holds `after_unix_ms` is the first one strictly after `after_unix_ms`.
+                let secs = i64::try_from(after_unix_ms / 1000).ok()?;
+                let start = DateTime::<Utc>::from_timestamp(secs, 0)?;
+                let next = cron.find_next_occurrence(&start, false).ok()?;
+                u64::try_from(next.timestamp_millis()).ok()
+            }
+        }
+    }
+
+    /// Whether a firing fell in `(last_fired_unix_ms, now_unix_ms]`: a run was missed
+    /// (say, while the host was down).
+    pub fn missed(&self, last_fired_unix_ms: u64, now_unix_ms: u64) -> bool {
+        self.next_after(last_fired_unix_ms)
+            .is_some_and(|next| next <= now_unix_ms)
+    }
+
+    /// How people wrote it: `every 5m`, `every 1h 30m`, `cron 0 3 * * *`, `cron @daily`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Every(d) => {
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                format!("every {}", join_parts(&duration_parts(ms)))
+            }
+            Kind::Cron(_, expr) => format!("cron {expr}"),
+        }
+    }
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Schedule").field(&self.describe()).finish()
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Reads a duration in humantime's syntax: `30s`, `5m`, `1h 30m`, `500ms`, `2d`.
+///
+/// # Errors
+///
+/// One line naming `text`, if it is not such a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, ScheduleError> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| ScheduleError(format!("invalid duration {text:?}: {e}; {DURATION_FORMS}")))
+}
+
+/// Reads an instant for the CLI's `--at` and `--since`, in milliseconds since the Unix
+/// epoch. Accepts:
+///
+/// - RFC 3339: `2026-12-01T03:00:00Z`, `2026-12-01T04:00:00+01:00`, or without the `Z`
+///   (`2026-12-01 03:00:00`, read as UTC);
+/// - `+DURATION`: that long after `now_unix_ms` (`+5m`);
+/// - `-DURATION` or `DURATION ago`: that long before `now_unix_ms` (`-1h`, `2h ago`);
+/// - `now`;
+/// - a plain integer: Unix seconds (`1796094000`).
+///
+/// # Errors
+///
+/// One line naming `text` and listing the accepted forms, if it is none of them, or if
+/// the instant is before the Unix epoch or too far off for a `u64` of milliseconds.
+pub fn parse_time(text: &str, now_unix_ms: u64) -> Result<u64, ScheduleError> {
+    let t = text.trim();
+    let fail = |why: &str| ScheduleError(format!("invalid time {text:?}: {why}{TIME_FORMS}"));
+    let duration_ms = |d: &str| -> Result<u64, ScheduleError> {
+        let d = humantime::parse_duration(d.trim()).map_err(|e| fail(&format!("{e}; ")))?;
+        u64::try_from(d.as_millis()).map_err(|_| fail("the duration is too long; "))
+    };
+    let before_now = |d: &str| -> Result<u64, ScheduleError> {
+        now_unix_ms
+            .checked_sub(duration_ms(d)?)
+            .ok_or_else(|| fail("that is before the Unix epoch; "))
+    };
+
+    if t.eq_ignore_ascii_case("now") {
+        return Ok(now_unix_ms);
+    }
+    if let Some(rest) = t.strip_prefix('+') {
+        return now_unix_ms
+            .checked_add(duration_ms(rest)?)
+            .ok_or_else(|| fail("that is too far in the future; "));
+    }
+    if let Some(rest) = t.strip_prefix('-') {
+        return before_now(rest);
+    }
+    if let Some(rest) = strip_ago(t) {
+        return before_now(rest);
+    }
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse::<u64>()
+            .ok()
+            .and_then(|secs| secs.checked_mul(1000))
+            .ok_or_else(|| fail("too many Unix seconds; "));
+    }
+    if let Ok(at) = humantime::parse_rfc3339_weak(t) {
+        // humantime refuses years before 1970, so this cannot fail in practice.
+        return at
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .ok_or_else(|| fail("that is before the Unix epoch; "));
+    }
+    // Offsets other than UTC (`+01:00`), which humantime does not read.
+    if let Ok(at) = DateTime::parse_from_rfc3339(t) {
+        return u64::try_from(at.timestamp_millis())
+            .map_err(|_| fail("that is before the Unix epoch; "));
+    }
+    Err(fail(""))
+}
+
+/// `text` without a trailing ` ago` (any case, after whitespace), if it has one.
+fn strip_ago(text: &str) -> Option<&str> {
+    let cut = text.len().checked_sub(3)?;
+    let (rest, tail) = (text.get(..cut)?, text.get(cut..)?);
+    (tail.eq_ignore_ascii_case("ago") && rest.ends_with(char::is_whitespace)).then_some(rest)
+}
+
+/// A duration in a short form for tables and logs: its two largest units, the rest
+/// dropped (not rounded): `500ms`, `30s`, `1m 30s`, `1h`, `6h`, `1d 2h`; `0s` for zero.
+pub fn format_duration_ms(ms: u64) -> String {
+    let parts = duration_parts(ms);
+    join_parts(&parts[..parts.len().min(2)])
+}
+
+/// The non-zero days, hours, minutes, seconds and milliseconds of `ms`, largest first.
+fn duration_parts(ms: u64) -> Vec<(u64, &'static str)> {
+    const UNITS: [(u64, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let mut left = ms;
+    let mut parts = Vec::new();
+    for (size, unit) in UNITS {
+        let n = left / size;
+        left %= size;
+        if n > 0 {
+            parts.push((n, unit));
+        }
+    }
+    parts
+}
+
+/// `1d 2h` from its parts; `0s` from none.
+fn join_parts(parts: &[(u64, &str)]) -> String {
+    if parts.is_empty() {
+        return "0s".to_string();
+    }
+    parts
+        .iter()
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Milliseconds since the epoch of an RFC 3339 instant.
+    fn at(text: &str) -> u64 {
+        let t = DateTime::parse_from_rfc3339(text).expect("test instant");
+        u64::try_from(t.timestamp_millis()).expect("after the epoch")
+    }
+
+    fn cron(expr: &str) -> Schedule {
+        Schedule::cron(expr).expect("valid cron expression")
+    }
+
+    fn every(text: &str) -> Schedule {
+        Schedule::every(parse_duration(text).expect("valid duration")).expect("valid period")
+    }
+
+    const MIN: u64 = 60_000;
+    const HOUR: u64 = 60 * MIN;
+    const DAY: u64 = 24 * HOUR;
+
+    #[test]
+    fn every_is_aligned_to_the_epoch_and_strictly_after() {
+        let s = every("5m");
+        assert_eq!(s.next_after(0), Some(5 * MIN));
+        assert_eq!(s.next_after(5 * MIN - 1), Some(5 * MIN));
+        assert_eq!(s.next_after(5 * MIN), Some(10 * MIN));
+        assert_eq!(
+            s.next_after(at("2026-03-10T10:07:30.250Z")),
+            Some(at("2026-03-10T10:10:00Z"))
+        );
+        // A period that does not divide an hour still counts from the epoch.
+        let s = every("7s");
+        assert_eq!(s.next_after(10_000), Some(14_000));
+        assert_eq!(s.next_after(14_000), Some(21_000));
+        // Daily periods fire at midnight UTC.
+        assert_eq!(
+            every("1d").next_after(at("2026-03-10T12:00:00Z")),
+            Some(at("2026-03-11T00:00:00Z"))
+        );
+        // No overflow panic near the end of u64.
+        assert_eq!(every("1s").next_after(u64::MAX - 1), None);
+    }
+
+    #[test]
+    fn every_under_one_second_is_refused() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(999),
+            Duration::from_millis(500),
+        ] {
+            let e = Schedule::every(d).expect_err("too short");
+            assert!(e.0.contains("at least 1s"), "{e}");
+        }
+        assert!(Schedule::every(Duration::from_secs(1)).is_ok());
+        let e = Schedule::every(Duration::from_micros(1_500_500)).expect_err("sub-ms");
+        assert!(e.0.contains("whole number of milliseconds"), "{e}");
+    }
+
+    #[test]
+    fn cron_daily_at_three() {
+        let s = cron("0 3 * * *");
+        assert_eq!(
+            s.next_after(at("2026-03-10T12:00:00Z")),
+            Some(at("2026-03-11T03:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(at("2026-03-10T02:59:59.999Z")),
+            Some(at("2026-03-10T03:00:00Z"))
+        );
+        // Strictly after: a firing at the instant itself, or just before it, is not next.
+        assert_eq!(
+            s.next_after(at("2026-03-10T03:00:00Z")),
+            Some(at("2026-03-11T03:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(at("2026-03-10T03:00:00.500Z")),
+            Some(at("2026-03-11T03:00:00Z"))
+        );
+        // Across a month and a year end.
+        assert_eq!(
+            s.next_after(at("2026-12-31T04:00:00Z")),
+            Some(at("2027-01-01T03:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn cron_every_fifteen_minutes() {
+        let s = cron("*/15 * * * *");
+        assert_eq!(
+            s.next_after(at("2026-03-10T10:07:00Z")),
+            Some(at("2026-03-10T10:15:00Z"))
+        );
+        assert_eq!(
+            s.next_after(at("2026-03-10T10:15:00Z")),
+            Some(at("2026-03-10T10:30:00Z"))
+        );
+        assert_eq!(
+            s.next_after(at("2026-03-10T23:59:30Z")),
+            Some(at("2026-03-11T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn cron_day_of_week() {
+        // 2026-03-10 is a Tuesday; the next Monday is the 16th.
+        let from = at("2026-03-10T12:00:00Z");
+        let monday = Some(at("2026-03-16T09:30:00Z"));
+        assert_eq!(cron("30 9 * * 1").next_after(from), monday);
+        assert_eq!(cron("30 9 * * MON").next_after(from), monday);
+        // Sunday is 0 and 7.
+        assert_eq!(
+            cron("0 0 * * 7").next_after(from),
+            Some(at("2026-03-15T00:00:00Z"))
+        );
+        // Day-of-month and day-of-week both restricted: either fires (Vixie cron), so the
+        // next Monday comes before the 1st of April.
+        assert_eq!(
+            cron("0 0 1 * 1").next_after(from),
+            Some(at("2026-03-16T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn cron_nicknames() {
+        let from = at("2026-03-10T10:07:00Z");
+        let next = |expr: &str| cron(expr).next_after(from);
+        assert_eq!(next("@daily"), Some(at("2026-03-11T00:00:00Z")));
+        assert_eq!(next("@DAILY"), Some(at("2026-03-11T00:00:00Z")));
+        assert_eq!(next("@hourly"), Some(at("2026-03-10T11:00:00Z")));
+        assert_eq!(next("@weekly"), Some(at("2026-03-15T00:00:00Z")));
+        assert_eq!(next("@monthly"), Some(at("2026-04-01T00:00:00Z")));
+        assert_eq!(next("@yearly"), Some(at("2027-01-01T00:00:00Z")));
+        assert_eq!(next("@annually"), Some(at("2027-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn cron_with_seconds_is_refused() {
+        let e = Schedule::cron("0 0 3 * * *").expect_err("6 fields");
+        assert!(
+            e.0.starts_with("cron expression \"0 0 3 * * *\": 6 fields"),
+            "{e}"
+        );
+        assert!(e.0.contains("seconds"), "{e}");
+        assert!(Schedule::cron("0 0 3 * * * 2026").is_err());
+    }
+
+    #[test]
+    fn bad_cron_expressions_are_refused_in_one_line() {
+        for (expr, why) in [
+            ("0 3 * *", "4 fields"),
+            ("", "is empty"),
+            ("61 * * * *", "cron expression \"61 * * * *\": "),
+            ("0 3 * * FOO", "cron expression \"0 3 * * FOO\": "),
+            ("@reboot", "unknown nickname"),
+            ("0 0 30 2 *", "never fires"),
+        ] {
+            let e = Schedule::cron(expr).expect_err(expr);
+            assert!(e.0.starts_with("cron expression \""), "{e}");
+            assert!(e.0.contains(why), "{expr}: {e}");
+            assert!(!e.0.contains('\n'), "{e}");
+        }
+        assert_eq!(
+            Schedule::cron("0 3 * *").expect_err("4 fields").0,
+            "cron expression \"0 3 * *\": 4 fields; give 5 fields: \
+             minute hour day-of-month month day-of-week"
+        );
+    }
+
+    #[test]
+    fn parse_takes_exactly_one_of_every_and_cron() {
+        assert_eq!(
+            Schedule::parse(Some("5m"), Some("0 3 * * *")).expect_err("both"),
+            ScheduleError("give one of every and cron, not both".to_string())
+        );
+        assert_eq!(
+            Schedule::parse(None, None).expect_err("neither"),
+            ScheduleError("give every = \"5m\" or cron = \"0 3 * * *\"".to_string())
+        );
+        assert_eq!(
+            Schedule::parse(Some("5m"), None).map(|s| s.describe()),
+            Ok("every 5m".to_string())
+        );
+        assert_eq!(
+            Schedule::parse(None, Some(" 0 3 * * * ")).map(|s| s.describe()),
+            Ok("cron 0 3 * * *".to_string())
+        );
+        let e = Schedule::parse(Some("5x"), None).expect_err("bad duration");
+        assert!(e.0.contains("\"5x\""), "{e}");
+        assert!(Schedule::parse(Some("500ms"), None).is_err());
+    }
+
+    #[test]
+    fn describe_says_it_as_written() {
+        assert_eq!(every("5m").describe(), "every 5m");
+        assert_eq!(every("1h 30m").describe(), "every 1h 30m");
+        assert_eq!(every("2d").describe(), "every 2d");
+        assert_eq!(every("1m 30s 250ms").describe(), "every 1m 30s 250ms");
+        assert_eq!(cron("0 3 * * *").describe(), "cron 0 3 * * *");
+        assert_eq!(cron("@daily").to_string(), "cron @daily");
+        assert_eq!(format!("{:?}", every("5m")), "Schedule(\"every 5m\")");
+    }
+
+    #[test]
+    fn missed_when_a_firing_fell_between_last_and_now() {
+        let s = every("1h");
+        let last = at("2026-03-10T10:00:00Z");
+        assert!(!s.missed(last, at("2026-03-10T10:59:59.999Z")));
+        assert!(s.missed(last, at("2026-03-10T11:00:00Z")));
+        assert!(s.missed(last, at("2026-03-10T13:30:00Z")));
+        assert!(!s.missed(last, last));
+        assert!(!s.missed(last, last - HOUR));
+
+        let s = cron("0 3 * * *");
+        let last = at("2026-03-10T03:00:00Z");
+        assert!(!s.missed(last, at("2026-03-11T02:59:00Z")));
+        assert!(s.missed(last, at("2026-03-11T03:00:00Z")));
+        assert!(s.missed(last, at("2026-03-14T12:00:00Z")));
+    }
+
+    #[test]
+    fn parse_duration_reads_humantime() {
+        let ok = |text: &str| parse_duration(text).expect(text);
+        assert_eq!(ok("30s"), Duration::from_secs(30));
+        assert_eq!(ok("5m"), Duration::from_secs(300));
+        assert_eq!(ok("1h 30m"), Duration::from_secs(5400));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2d"), Duration::from_secs(2 * 86_400));
+        assert_eq!(ok(" 5m "), Duration::from_secs(300));
+
+        for bad in ["5x", "", "five", "5"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(
+                e.0.starts_with(&format!("invalid duration {bad:?}: ")),
+                "{e}"
+            );
+            assert!(!e.0.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn parse_time_reads_each_form() {
+        let now = at("2026-03-10T10:00:00Z");
+        let ok = |text: &str| parse_time(text, now).expect(text);
+        assert_eq!(ok("now"), now);
+        assert_eq!(ok(" NOW "), now);
+        assert_eq!(ok("+5m"), now + 5 * MIN);
+        assert_eq!(ok("+1h 30m"), now + 90 * MIN);
+        assert_eq!(ok("-1h"), now - HOUR);
+        assert_eq!(ok("2h ago"), now - 2 * HOUR);
+        assert_eq!(ok("1d AGO"), now - DAY);
+        assert_eq!(ok("1796094000"), 1_796_094_000_000);
+        assert_eq!(ok("0"), 0);
+        assert_eq!(ok("2026-12-01T03:00:00Z"), 1_796_094_000_000);
+        assert_eq!(ok("2026-12-01T03:00:00.250Z"), 1_796_094_000_250);
+        assert_eq!(ok("2026-12-01 03:00:00"), 1_796_094_000_000);
+        assert_eq!(ok("2026-12-01T04:00:00+01:00"), 1_796_094_000_000);
+    }
+
+    #[test]
+    fn parse_time_errors_list_the_forms() {
+        let now = at("2026-03-10T10:00:00Z");
+        for bad in [
+            "tomorrow",
+            "",
+            "+",
+            "+5x",
+            "5m",
+            "5mago",
+            "2026-13-01T00:00:00Z",
+        ] {
+            let e = parse_time(bad, now).expect_err(bad);
+            assert!(e.0.starts_with(&format!("invalid time {bad:?}: ")), "{e}");
+            assert!(e.0.contains("RFC 3339"), "{e}");
+            assert!(e.0.contains("+DURATION"), "{e}");
+            assert!(e.0.contains("ago"), "{e}");
+            assert!(e.0.contains("Unix seconds"), "{e}");
+            assert!(!e.0.contains('\n'), "{e}");
+        }
+        // Before the epoch.
+        let e = parse_time("-2h", HOUR).expect_err("before the epoch");
+        assert!(e.0.contains("before the Unix epoch"), "{e}");
+        assert!(parse_time("+1s", u64::MAX).is_err());
+        assert!(parse_time("99999999999999999999", now).is_err());
+    }
+
+    #[test]
+    fn format_duration_ms_is_short() {
+        assert_eq!(format_duration_ms(0), "0s");
+        assert_eq!(format_duration_ms(500), "500ms");
+        assert_eq!(format_duration_ms(1_500), "1s 500ms");
+        assert_eq!(format_duration_ms(30_000), "30s");
+        assert_eq!(format_duration_ms(90_000), "1m 30s");
+        assert_eq!(format_duration_ms(HOUR), "1h");
+        assert_eq!(format_duration_ms(6 * HOUR), "6h");
+        assert_eq!(format_duration_ms(DAY + 2 * HOUR), "1d 2h");
+        // Only the two largest units; the rest is dropped, not rounded.
+        assert_eq!(format_duration_ms(DAY + 2 * HOUR + 59 * MIN), "1d 2h");
+        assert_eq!(format_duration_ms(DAY + 5 * MIN), "1d 5m");
+        assert_eq!(format_duration_ms(400 * DAY), "400d");
+    }
+}

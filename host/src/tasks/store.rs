@@ -1,0 +1,86 @@
+//! The task store: the one narrow interface between the task runner and where tasks are
+//! kept. [`SqliteStore`](super::SqliteStore) keeps them in one SQLite file; a store shared
+//! by a fleet of hosts (PostgreSQL, claiming with `FOR UPDATE SKIP LOCKED`) implements the
+//! same trait. Every method is one transaction, so that a host killed at any moment leaves
+//! the store consistent: what was claimed and not finished is found `running` at the next
+//! start and queued again ([`TaskStore::recover`]).
+
+use std::fmt::Debug;
+
+use super::task::{Finish, Insert, Inserted, TaskFilter, TaskId, TaskRecord, TaskStatus};
+
+/// Why the store could not do what was asked: one line, naming the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// Where tasks are kept. Implementations are shared by the runner's threads.
+pub trait TaskStore: Send + Sync + Debug {
+    /// Adds tasks in one transaction, each unless its key is queued or running already
+    /// ([`Inserted::Duplicate`], naming that task), or, with an age, succeeded within it
+    /// (recorded as a `skipped` task). An [`Insert`] with `refused` set is recorded as
+    /// `refused`, whatever its key. The answers are in the order of `tasks`.
+    fn insert(&self, tasks: &[Insert]) -> Result<Vec<Inserted>, StoreError>;
+
+    /// Takes up to `limit` queued tasks due at `now_unix_ms` (their `not_before` passed),
+    /// highest priority first, then the longest due, then the oldest, leaving out those of
+    /// the plugins in `exclude`; marks them `running`, counts an attempt and sets their
+    /// start time.
+    fn claim(
+        &self,
+        now_unix_ms: u64,
+        limit: usize,
+        exclude: &[String],
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// When the next queued task of a plugin not in `exclude` is due; `None` when none is
+    /// queued.
+    fn next_due(&self, exclude: &[String]) -> Result<Option<u64>, StoreError>;
+
+    /// Records how a running task's attempt ended, for good.
+    fn finish(&self, id: TaskId, finish: &Finish) -> Result<(), StoreError>;
+
+    /// A running task's attempt failed and it has attempts left: queued again, due at
+    /// `not_before_unix_ms`, with the attempt's error and logs kept.
+    fn retry_later(
+        &self,
+        id: TaskId,
+        not_before_unix_ms: u64,
+        failed: &Finish,
+    ) -> Result<(), StoreError>;
+
+    /// Queues again every task found `running`: they were running when the host that ran
+    /// them stopped (tasks run at least once). Returns how many.
+    fn recover(&self) -> Result<u64, StoreError>;
+
+    /// The task `id`.
+    fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// The tasks `parent`'s call asked for, oldest first.
+    fn children(&self, parent: TaskId) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Tasks matching `filter`, newest first.
+    fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Cancels task `id` if it is queued; returns the status it had (`None`: no such task).
+    /// A running task is left as it is: its runner cancels its call.
+    fn cancel(&self, id: TaskId, now_unix_ms: u64) -> Result<Option<TaskStatus>, StoreError>;
+
+    /// Queues a task that has ended (any final status) again, due now, with its attempts
+    /// reset; returns the status it had (`None`: no such task). An active one is left as it
+    /// is. Fails if another task with its key is active.
+    fn requeue(&self, id: TaskId, now_unix_ms: u64) -> Result<Option<TaskStatus>, StoreError>;
+
+    /// Active (queued or running) tasks of `plugin`.
+    fn active(&self, plugin: &str) -> Result<u64, StoreError>;
+
+    /// When schedule `name` last fired (milliseconds since the Unix epoch).
+    fn last_fired(&self, name: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Notes that schedule `name` fired at `at_unix_ms`.
+    fn set_last_fired(&self, name: &str, at_unix_ms: u64) -> Result<(), StoreError>;
+
+    /// Deletes ended tasks that ended before `before_unix_ms`, and the oldest ended ones
+    /// beyond the newest `keep_max`; active tasks are never deleted. Returns how many.
+    fn prune(&self, before_unix_ms: u64, keep_max: u64) -> Result<u64, StoreError>;
+}
