@@ -210,13 +210,20 @@ impl Generation {
     /// Counts a call started, unless a handover holds this generation's calls: then waits
     /// until it ends, and returns the generation that took over (or counts the call and
     /// returns `None` if this one serves again).
-    #[inline]
+    #[inline(always)]
     fn begin(&self) -> Result<Option<Arc<Generation>>, CallError> {
+        self.tally.started.increment();
+        if self.gate.is_open() {
+            return Ok(None);
+        }
+        self.wait_at_gate()
+    }
+
+    /// [`Generation::begin`] for a call that found the gate closed.
+    #[cold]
+    #[inline(never)]
+    fn wait_at_gate(&self) -> Result<Option<Arc<Generation>>, CallError> {
         loop {
-            self.tally.started.increment();
-            if self.gate.is_open() {
-                return Ok(None);
-            }
             self.tally.started.decrement();
             match self.gate.wait() {
                 Ok(None) => {}
@@ -232,6 +239,10 @@ impl Generation {
                         ),
                     ))
                 }
+            }
+            self.tally.started.increment();
+            if self.gate.is_open() {
+                return Ok(None);
             }
         }
     }
@@ -273,7 +284,7 @@ impl Generation {
             unreachable!("save_state_local on an isolated generation");
         };
         let ffi = handler.save_state(&call_context(cancelled, deadline));
-        self.owned(SAVE_STATE, ffi)
+        self.owned(SAVE_STATE, &ffi)
     }
 
     /// Its calls, counted.
@@ -468,12 +479,6 @@ impl Generation {
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
     ) -> Result<CallOutcome, CallError> {
-        if callback == SAVE_STATE {
-            return Err(CallError::new(
-                CallErrorKind::InvalidRequest,
-                format!("callback names starting with `#` are reserved: {callback}"),
-            ));
-        }
         if let Some(next) = self.begin()? {
             return next.call(callback, input, cancelled, deadline);
         }
@@ -482,8 +487,16 @@ impl Generation {
                 (self.run_counted(callback, input, cancelled, deadline), None)
             }
             Backend::Worker(supervised) => {
-                let deadline = deadline.unwrap_or_else(|| SystemTime::now() + self.timeout());
-                let result = supervised.call(callback, input, cancelled, deadline);
+                // In process, the plugin answers that it has no such callback.
+                let result = if callback == SAVE_STATE {
+                    Err(CallError::new(
+                        CallErrorKind::InvalidRequest,
+                        format!("callback names starting with `#` are reserved: {callback}"),
+                    ))
+                } else {
+                    let deadline = deadline.unwrap_or_else(|| SystemTime::now() + self.timeout());
+                    supervised.call(callback, input, cancelled, deadline)
+                };
                 self.tally.finished.increment();
                 let (outcome, pid) = result?;
                 (outcome, Some(pid))
@@ -541,13 +554,15 @@ impl Generation {
         } else {
             handler.callback(RStr::from(callback), RStr::from(input), &ctx)
         };
-        let outcome = self.owned(callback, ffi);
+        let outcome = self.owned(callback, &ffi);
+        drop(ffi);
         self.tally.finished.increment();
         outcome
     }
 
     /// Copies what the plugin returned out of its library, within the limits.
-    fn owned(&self, callback: &str, ffi: FfiOutcome) -> CallOutcome {
+    #[inline]
+    fn owned(&self, callback: &str, ffi: &FfiOutcome) -> CallOutcome {
         let name = self.name();
         let result = match &ffi.result {
             ROk(json) => Ok(json.as_bytes()),
@@ -556,7 +571,6 @@ impl Generation {
         let owned = self
             .budget
             .outcome(name, result, &ffi.follow_ups, &ffi.logs);
-        drop(ffi);
         CallOutcome {
             plugin: Name::new(name),
             callback: Name::new(callback),

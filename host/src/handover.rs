@@ -59,15 +59,14 @@ enum GateState {
 
 impl Gate {
     /// Whether a call that has just counted itself started may run.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn is_open(&self) -> bool {
         if CALLERS_FENCE.load(Ordering::Relaxed) {
-            fence(Ordering::SeqCst);
-        } else {
-            // The count's store must not move past the load below; the CPU's side of it
-            // is the host's `membarrier` (see the module doc).
-            compiler_fence(Ordering::SeqCst);
+            callers_fence();
         }
+        // The count's store must not move past the load below; the CPU's side of it is
+        // the host's `membarrier` (see the module doc).
+        compiler_fence(Ordering::SeqCst);
         !self.closed.load(Ordering::Relaxed)
     }
 
@@ -252,6 +251,13 @@ fn save_state(generation: &Arc<Generation>) -> Result<Option<String>, String> {
             timeout.as_millis()
         ))
     })
+}
+
+/// A caller's full barrier, where `membarrier` cannot stand in for it.
+#[cold]
+#[inline(never)]
+fn callers_fence() {
+    fence(Ordering::SeqCst);
 }
 
 /// Set while callers must fence themselves: until `membarrier` is known to work.

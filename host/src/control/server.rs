@@ -604,23 +604,31 @@ async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
         Op::Restart | Op::Rollback | Op::History => {
             let (host, plugin) = (shared.host.clone(), request.plugin.unwrap_or_default());
             let (op, generation) = (request.op, request.generation);
-            let done = tokio::task::spawn_blocking(move || match op {
+            blocking(move || match op {
                 Op::History => host.history(&plugin).map(|history| Response {
                     history: Some(history),
                     ..Response::new()
                 }),
                 Op::Rollback => host.rollback(&plugin, generation).map(message),
                 _ => host.restart_plugin(&plugin).map(message),
-            });
-            match done.await {
-                Ok(Ok(response)) => response,
-                Ok(Err(err)) => Response::error(err),
-                Err(_) => Response::error(CallError::new(
-                    CallErrorKind::Internal,
-                    "the request's thread ended without an answer",
-                )),
-            }
+            })
+            .await
         }
+    }
+}
+
+/// Runs `serve` on a blocking thread (it runs plugin code or does I/O), never on the
+/// runtime's threads.
+async fn blocking(
+    serve: impl FnOnce() -> Result<Response, CallError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(serve).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => Response::error(err),
+        Err(_) => Response::error(CallError::new(
+            CallErrorKind::Internal,
+            "the request's thread ended without an answer",
+        )),
     }
 }
 
@@ -635,7 +643,7 @@ async fn task_op(shared: &Arc<Shared>, request: super::protocol::Request) -> Res
             ))
         }
     };
-    let done = tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let id = request.task.unwrap_or_default();
         match request.op {
             Op::Submit => {
@@ -663,15 +671,8 @@ async fn task_op(shared: &Arc<Shared>, request: super::protocol::Request) -> Res
             Op::Cancel => tasks.cancel(id).map(message),
             _ => tasks.retry(id).map(message),
         }
-    });
-    match done.await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => Response::error(err),
-        Err(_) => Response::error(CallError::new(
-            CallErrorKind::Internal,
-            "the request's thread ended without an answer",
-        )),
-    }
+    })
+    .await
 }
 
 fn message(message: String) -> Response {

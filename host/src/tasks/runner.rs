@@ -225,11 +225,11 @@ impl Inner {
                     .running
                     .iter()
                     .filter(|(plugin, _)| !exclude.contains(plugin))
-                    .map(|(plugin, n)| self.plugin_limit(plugin) - n)
+                    .map(|(plugin, n)| self.plugin_limit(plugin).saturating_sub(*n))
                     .min()
                     .unwrap_or(usize::MAX)
                     .min(self.settings.max_running_per_plugin.max(1));
-                let free = self.settings.max_running.max(1) - state.total;
+                let free = self.settings.max_running.max(1).saturating_sub(state.total);
                 (free, exclude, free.min(room), state.configured.take())
             };
             let now = now_ms();
@@ -415,7 +415,7 @@ impl Inner {
                 }
                 self.store.finish(task.id, &finish)
             }
-            TaskStatus::Failed if task.attempts < task.max_attempts => {
+            TaskStatus::Failed if retried => {
                 let delay = retry_delay(&task.retry_delays_ms, task.attempts);
                 tracing::info!(
                     "attempt {} of {} failed, retrying in {}: {}",

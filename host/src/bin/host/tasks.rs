@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
+use host::control::{Client, ClientError};
 use host::tasks::schedule::{format_duration_ms, parse_duration, parse_time};
-use host::tasks::{Inserted, TaskFilter, TaskOptions, TaskRecord, TaskStatus, TaskTree};
+use host::tasks::{Inserted, TaskFilter, TaskId, TaskOptions, TaskRecord, TaskStatus, TaskTree};
 
 use crate::admin::{answer, connect};
 use crate::cli::{SubmitArgs, TaskArgs, TaskIdArgs, TasksArgs};
@@ -229,25 +230,28 @@ fn write_tree(out: &mut impl Write, children: &[TaskTree], depth: usize) -> Resu
 }
 
 pub fn cancel(args: TaskIdArgs) -> Result<ExitCode> {
-    let mut client = connect(args.socket)?;
-    println!(
-        "{}",
-        answer(
-            client.cancel(args.id),
-            "asking the running host to cancel the task"
-        )?
-    );
-    Ok(ExitCode::SUCCESS)
+    say(
+        args,
+        Client::cancel,
+        "asking the running host to cancel the task",
+    )
 }
 
 pub fn retry(args: TaskIdArgs) -> Result<ExitCode> {
+    say(
+        args,
+        Client::retry,
+        "asking the running host to queue the task again",
+    )
+}
+
+/// Asks the running host to do `what` to task `args.id`, and prints its one-line answer.
+fn say(
+    args: TaskIdArgs,
+    what: fn(&mut Client, TaskId) -> Result<String, ClientError>,
+    doing: &'static str,
+) -> Result<ExitCode> {
     let mut client = connect(args.socket)?;
-    println!(
-        "{}",
-        answer(
-            client.retry(args.id),
-            "asking the running host to queue the task again"
-        )?
-    );
+    println!("{}", answer(what(&mut client, args.id), doing)?);
     Ok(ExitCode::SUCCESS)
 }
