@@ -409,29 +409,49 @@ fn runaway_follow_ups_stop_at_the_limits_and_are_recorded_as_refused() {
             .unwrap()
             .contains("over the limit of 3 (max_depth)")));
 
+    // Past twice the limit, refused follow-ups are counted in the parent's logs, not
+    // recorded one by one.
     let id = submit(&server, "tasker", "burst", r#"{"n":120}"#, &[]);
     server.wait_until(WAIT, "the burst", |s| {
         let children = task(s, id)["children"]
             .as_array()
             .cloned()
             .unwrap_or_default();
-        children.len() == 120
+        children.len() == 100
             && children
                 .iter()
                 .filter(|c| c["task"]["status"] == "success")
                 .count()
                 == 50
     });
-    let children = task(&server, id)["children"].as_array().cloned().unwrap();
+    let tree = task(&server, id);
+    let children = tree["children"].as_array().cloned().unwrap();
     let refused: Vec<_> = children
         .iter()
         .filter(|c| c["task"]["status"] == "refused")
         .collect();
-    assert_eq!(refused.len(), 70);
+    assert_eq!(refused.len(), 50);
     assert!(refused[0]["task"]["error"]
         .as_str()
         .unwrap()
         .contains("follow-up 51 of one call, over the limit of 50 (max_follow_ups_per_call)"));
+    let logs = tree["task"]["logs"].as_array().unwrap();
+    let line = logs.last().unwrap()["message"].as_str().unwrap();
+    assert_eq!(
+        line,
+        "70 of its 120 follow-ups were refused (see its children); the 20 past the first 100 \
+         are counted here, not recorded one by one"
+    );
+    // A follow-up that cannot be a task at all is recorded as refused too.
+    let id = submit(&server, "tasker", "misdirect", "null", &[]);
+    wait_status(&server, id, "success");
+    let child = &task(&server, id)["children"][0]["task"];
+    assert_eq!(child["status"], "refused");
+    assert_eq!(child["plugin"], "no such plugin!");
+    assert_eq!(
+        child["error"],
+        "refused: invalid plugin name \"no such plugin!\""
+    );
 }
 
 #[test]

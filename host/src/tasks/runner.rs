@@ -411,7 +411,13 @@ impl Inner {
                     }
                 }
                 if let Some(outcome) = outcome.filter(|o| !o.follow_ups.is_empty()) {
-                    self.follow_ups(&task, outcome, now);
+                    if let Some(line) = self.follow_ups(&task, outcome, now) {
+                        finish.logs.push(LogRecord {
+                            level: Level::Warn,
+                            message: line,
+                            unix_ms: now,
+                        });
+                    }
                 }
                 self.store.finish(task.id, &finish)
             }
@@ -444,28 +450,32 @@ impl Inner {
         !retried
     }
 
-    /// Makes child tasks of what `outcome` asked for, within the limits.
-    fn follow_ups(&self, parent: &TaskRecord, outcome: &CallOutcome, now: u64) {
-        let mut inserts = Vec::with_capacity(outcome.follow_ups.len());
+    /// Makes child tasks of what `outcome` asked for, within the limits; returns a line
+    /// for the parent's logs when some were refused. A follow-up over a limit is recorded
+    /// as a `refused` task, up to twice `max_follow_ups_per_call` of them for one call; past
+    /// that they are counted in that line, not recorded one by one (a plugin could ask for
+    /// a million).
+    fn follow_ups(&self, parent: &TaskRecord, outcome: &CallOutcome, now: u64) -> Option<String> {
+        let recorded = self
+            .settings
+            .max_follow_ups_per_call
+            .saturating_mul(2)
+            .max(1);
+        let asked = outcome.follow_ups.len();
+        let mut inserts = Vec::with_capacity(asked.min(recorded));
         let mut active: HashMap<&str, u64> = HashMap::new();
-        for (index, follow_up) in outcome.follow_ups.iter().enumerate() {
+        let mut refused = asked.saturating_sub(recorded);
+        for (index, follow_up) in outcome.follow_ups.iter().take(recorded).enumerate() {
             let task = NewTask::new(
                 &follow_up.plugin,
                 &follow_up.callback,
                 &follow_up.input.to_string(),
             );
-            let mut insert = match self.insert_for(task, Some(parent), index, None, now) {
-                Ok(insert) => insert,
-                Err(err) => {
-                    tracing::warn!(
-                        "follow-up {} of task {} refused: {}",
-                        index + 1,
-                        parent.id,
-                        err.message
-                    );
-                    continue;
-                }
-            };
+            let mut insert = self
+                .insert_for(task, Some(parent), index, None, now)
+                .unwrap_or_else(|err| {
+                    refusal(parent, &follow_up.plugin, &follow_up.callback, &err, now)
+                });
             if insert.refused.is_none() {
                 let count = match active.get(follow_up.plugin.as_str()) {
                     Some(count) => *count,
@@ -481,8 +491,8 @@ impl Inner {
                     active.insert(&follow_up.plugin, count + 1);
                 }
             }
-            if let Some(reason) = &insert.refused {
-                tracing::warn!("follow-up {} of task {}: {reason}", index + 1, parent.id);
+            if insert.refused.is_some() {
+                refused += 1;
             }
             inserts.push(insert);
         }
@@ -499,6 +509,41 @@ impl Inner {
             }
         }
         self.poke();
+        if refused == 0 {
+            return None;
+        }
+        let mut line =
+            format!("{refused} of its {asked} follow-ups were refused (see its children)");
+        if asked > recorded {
+            line.push_str(&format!(
+                "; the {} past the first {recorded} are counted here, not recorded one by one",
+                asked - recorded
+            ));
+        }
+        tracing::warn!("task {}: {line}", parent.id);
+        Some(line)
+    }
+}
+
+/// A follow-up that cannot even be made into a task (an invalid name, input over
+/// `max_message_bytes`), recorded as refused with the reason, without its input.
+fn refusal(parent: &TaskRecord, plugin: &str, callback: &str, err: &CallError, now: u64) -> Insert {
+    let short = |name: &str| crate::call::cut(name, 64);
+    Insert {
+        plugin: short(plugin),
+        callback: short(callback),
+        input: "null".to_owned(),
+        key: default_key(plugin, callback, &serde_json::Value::Null),
+        priority: 0,
+        max_attempts: 1,
+        retry_delays_ms: Vec::new(),
+        not_before_unix_ms: now,
+        age_ms: None,
+        parent: Some(parent.id),
+        depth: parent.depth + 1,
+        schedule: None,
+        created_unix_ms: now,
+        refused: Some(format!("refused: {}", err.message)),
     }
 }
 
