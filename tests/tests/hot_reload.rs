@@ -307,23 +307,33 @@ fn shutdown_lets_calls_in_flight_finish() {
     let mut server = Server::start(dir.path(), &[]);
     wait_for_message(&server, "Hello, Ada!");
 
-    let mut client = server.client().unwrap();
-    let in_flight = thread::spawn(move || client.call("hello", "wait", r#"{"ms":700}"#));
-    // Running, not finished: SIGTERM must arrive while the call is in flight.
-    server.wait_until(WAIT, "the call to start", |s| {
+    // Many calls, each on its connection, ending at about the same moment: each answer
+    // must be written before the host closes its connections (a call that has returned
+    // but whose answer is not written yet is not idle).
+    let calls = 16;
+    let in_flight: Vec<_> = (0..calls)
+        .map(|_| {
+            let mut client = server.client().unwrap();
+            thread::spawn(move || client.call("hello", "wait", r#"{"ms":700}"#))
+        })
+        .collect();
+    // Running, not finished: SIGTERM must arrive while the calls are in flight.
+    server.wait_until(WAIT, "the calls to start", |s| {
         s.files()[0]
             .serving
             .as_ref()
-            .is_some_and(|g| g.in_flight == 1)
+            .is_some_and(|g| g.in_flight == calls)
     });
     let socket = server.socket.clone();
     assert!(server.stop(), "host serve exits successfully on SIGTERM");
-    let outcome = in_flight
-        .join()
-        .unwrap()
-        .expect("the call in flight is answered");
-    let result: Value = serde_json::from_str(outcome.result().unwrap().get()).unwrap();
-    assert!(result["waited_ms"].as_u64().unwrap() >= 700);
+    for call in in_flight {
+        let outcome = call
+            .join()
+            .unwrap()
+            .expect("every call in flight is answered");
+        let result: Value = serde_json::from_str(outcome.result().unwrap().get()).unwrap();
+        assert!(result["waited_ms"].as_u64().unwrap() >= 700);
+    }
     assert!(!socket.exists(), "the socket is removed");
     let log = server.log();
     assert!(

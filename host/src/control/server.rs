@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -80,6 +80,9 @@ struct Shared {
     call_threads: Arc<Semaphore>,
     buffers: Arc<Semaphore>,
     running: Mutex<HashMap<u64, Registered>>,
+    /// Requests read and not yet answered (their answer written, or the connection gone):
+    /// a call leaves `running` when it returns, a moment before its answer is written.
+    answering: AtomicUsize,
     next_call: AtomicU64,
     refused: Mutex<Throttle>,
 }
@@ -179,6 +182,7 @@ impl ControlServer {
             limits,
             shutting_down: AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
+            answering: AtomicUsize::new(0),
             next_call: AtomicU64::new(0),
             refused: Mutex::new(Throttle::default()),
         });
@@ -223,12 +227,13 @@ impl ControlServer {
         calls
     }
 
-    /// Waits until no call is running, or `deadline`. Returns the calls still running then
-    /// (empty when idle in time).
+    /// Waits until no call is running and every answer has been written, or `deadline`.
+    /// Returns the calls still running then (empty when idle in time).
     pub fn wait_idle(&self, deadline: Instant) -> Vec<RunningCall> {
         loop {
             let running = self.running_calls();
-            if running.is_empty() || Instant::now() >= deadline {
+            let answering = self.shared.answering.load(Ordering::SeqCst);
+            if (running.is_empty() && answering == 0) || Instant::now() >= deadline {
                 return running;
             }
             std::thread::sleep(Duration::from_millis(5).min(deadline - Instant::now()));
@@ -375,6 +380,8 @@ async fn serve_connection(
             _ = phase.wait_for(|p| *p == Phase::Closed) => return,
             line = request.read(&shared, &mut reader) => line,
         };
+        // Counted until its answer is written (or the connection is gone), for wait_idle.
+        let _answering = Answering::new(&shared.answering);
         let response = match line {
             Ok(Some(line)) => handle(&shared, &line).await,
             Ok(None) => return,
@@ -390,6 +397,22 @@ async fn serve_connection(
             tracing::debug!("control socket: closing a connection: {err}");
             return;
         }
+    }
+}
+
+/// One request being answered, counted in `Shared::answering` while it lives.
+struct Answering<'a>(&'a AtomicUsize);
+
+impl<'a> Answering<'a> {
+    fn new(count: &'a AtomicUsize) -> Answering<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Answering(count)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

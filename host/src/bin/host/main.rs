@@ -36,56 +36,24 @@ fn main() -> ExitCode {
         return host::isolation::worker_main();
     }
     let cli = Cli::parse();
+    // `serve` sets up its own logging, from host.toml.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(ONE_SHOT_LOG, LogFormat::Text);
+    }
     let result = match cli.command {
-        Command::Call(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            commands::call(args)
-        }
-        Command::List(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            commands::list(args)
-        }
-        Command::Check(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            commands::check(args)
-        }
-        Command::New(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            new::run(args)
-        }
+        Command::Call(args) => commands::call(args),
+        Command::List(args) => commands::list(args),
+        Command::Check(args) => commands::check(args),
+        Command::New(args) => new::run(args),
         Command::Serve(args) => serve::run(args),
-        Command::Restart(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            admin::restart(args)
-        }
-        Command::History(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            admin::history(args)
-        }
-        Command::Rollback(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            admin::rollback(args)
-        }
-        Command::Submit(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            tasks::submit(args)
-        }
-        Command::Tasks(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            tasks::list(args)
-        }
-        Command::Task(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            tasks::show(args)
-        }
-        Command::Cancel(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            tasks::cancel(args)
-        }
-        Command::Retry(args) => {
-            init_logging(ONE_SHOT_LOG, LogFormat::Text);
-            tasks::retry(args)
-        }
+        Command::Restart(args) => admin::restart(args),
+        Command::History(args) => admin::history(args),
+        Command::Rollback(args) => admin::rollback(args),
+        Command::Submit(args) => tasks::submit(args),
+        Command::Tasks(args) => tasks::list(args),
+        Command::Task(args) => tasks::show(args),
+        Command::Cancel(args) => tasks::cancel(args),
+        Command::Retry(args) => tasks::retry(args),
     };
     match result {
         Ok(code) => code,
