@@ -15,6 +15,9 @@
 //! * `reaper` drains, drops and unloads replaced generations off every caller's path;
 //! * [`isolation`] runs a generation in a supervised worker process instead;
 //! * [`watch`] turns changes in a plugins directory into loads, reloads and unloads;
+//! * `handover` carries a plugin's state from one version to the next, holding its calls
+//!   meanwhile;
+//! * [`tasks`] runs calls as tasks: follow-ups, schedules and retries, kept in SQLite;
 //! * [`control`] is the Unix-socket protocol `host serve` speaks and `host call` uses;
 //! * [`config`] reads `host.toml`.
 //!

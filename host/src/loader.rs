@@ -10,7 +10,7 @@
 //! 3. the metadata is read and validated.
 //!
 //! Closing is the other half: [`Library`]'s `Drop` calls `dlclose`. Whether the library then
-//! really left memory is for [`still_mapped`] and [`release_pass`] to find out: glibc keeps a
+//! really left memory is for `still_mapped` and `release_pass` to find out: glibc keeps a
 //! library that registered a thread-local destructor until that thread has ended *and* a
 //! later `dlclose` pass has run.
 
