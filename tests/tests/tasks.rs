@@ -534,3 +534,41 @@ fn a_corrupt_or_locked_database_is_one_line_and_direct_calls_are_still_served() 
     assert_eq!(server.call("tasker", "echo", "8").unwrap(), 8);
     drop(holder);
 }
+
+#[test]
+fn a_plugin_runs_no_more_tasks_at_once_than_its_own_limit() {
+    let (dir, state) = (plugins_dir(), tempfile::tempdir().unwrap());
+    let server = serve(
+        dir.path(),
+        state.path(),
+        "[plugins.tasker]\nmax_running_tasks = 1\n",
+    );
+    let ids: Vec<i64> = (0..4)
+        .map(|i| {
+            submit(
+                &server,
+                "tasker",
+                "slow",
+                &format!(r#"{{"ms":300,"i":{i}}}"#),
+                &[],
+            )
+        })
+        .collect();
+    let slow_running = |s: &Server| {
+        tasks(s, &["--status", "running"])
+            .iter()
+            .filter(|t| t["callback"] == "slow")
+            .count()
+    };
+    server.wait_until(WAIT, "a task to run", |s| slow_running(s) > 0);
+    loop {
+        let running = slow_running(&server);
+        assert!(
+            running <= 1,
+            "{running} of its tasks run at once, over its limit of 1"
+        );
+        if ids.iter().all(|id| status(&server, *id) == "success") {
+            break;
+        }
+    }
+}

@@ -1188,6 +1188,15 @@ impl Host {
         self.state().settings.get(name).cloned().unwrap_or_default()
     }
 
+    /// Plugin `name`'s own limit on task calls at once (`max_running_tasks`), without
+    /// copying its settings.
+    pub(crate) fn max_running_tasks(&self, name: &str) -> Option<usize> {
+        self.state()
+            .settings
+            .get(name)
+            .and_then(|s| s.max_running_tasks)
+    }
+
     /// The names of the plugins being served.
     pub fn plugin_names(&self) -> Vec<String> {
         self.inner.table.names()

@@ -195,8 +195,7 @@ impl Inner {
     /// How many task calls of `plugin` may run at once.
     fn plugin_limit(&self, plugin: &str) -> usize {
         self.host
-            .settings_of(plugin)
-            .max_running_tasks
+            .max_running_tasks(plugin)
             .unwrap_or(self.settings.max_running_per_plugin)
             .max(1)
     }
@@ -220,12 +219,16 @@ impl Inner {
                     .map(|(plugin, _)| plugin.clone())
                     .collect();
                 // A claim may bring several tasks of one plugin: no more than any plugin
-                // may still start.
-                let room = state
-                    .running
+                // served may still start (a plugin's own limit may be below the default).
+                let room = self
+                    .host
+                    .plugin_names()
                     .iter()
-                    .filter(|(plugin, _)| !exclude.contains(plugin))
-                    .map(|(plugin, n)| self.plugin_limit(plugin).saturating_sub(*n))
+                    .map(|plugin| {
+                        let running = state.running.get(plugin).copied().unwrap_or(0);
+                        self.plugin_limit(plugin).saturating_sub(running)
+                    })
+                    .filter(|room| *room > 0)
                     .min()
                     .unwrap_or(usize::MAX)
                     .min(self.settings.max_running_per_plugin.max(1));
