@@ -26,7 +26,7 @@ pub(crate) mod table;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -1183,18 +1183,21 @@ impl Host {
         files
     }
 
-    /// The settings plugin `name` runs with (its `[plugins.NAME]` table, or the defaults).
-    pub fn settings_of(&self, name: &str) -> PluginSettings {
-        self.state().settings.get(name).cloned().unwrap_or_default()
-    }
-
-    /// Plugin `name`'s own limit on task calls at once (`max_running_tasks`), without
-    /// copying its settings.
-    pub(crate) fn max_running_tasks(&self, name: &str) -> Option<usize> {
-        self.state()
-            .settings
-            .get(name)
-            .and_then(|s| s.max_running_tasks)
+    /// What `read` takes from plugin `name`'s settings, without copying them (it runs
+    /// under the state lock: no plugin code, nothing slow).
+    pub(crate) fn with_settings<R>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&PluginSettings) -> R,
+    ) -> R {
+        static DEFAULT: OnceLock<PluginSettings> = OnceLock::new();
+        let state = self.state();
+        read(
+            state
+                .settings
+                .get(name)
+                .unwrap_or_else(|| DEFAULT.get_or_init(PluginSettings::default)),
+        )
     }
 
     /// The names of the plugins being served.

@@ -141,7 +141,6 @@ impl Inner {
         self.host.check_input(&task.input)?;
         let input: serde_json::Value = serde_json::from_str(&task.input)
             .map_err(|err| invalid(format!("input is not JSON: {err}")))?;
-        let settings = self.host.settings_of(&task.plugin);
         let options = task.options;
         let key = options
             .key
@@ -161,15 +160,16 @@ impl Inner {
             )),
             _ => None,
         };
-        let retry_delays = options.retry_delays_ms.unwrap_or_else(|| {
-            settings
-                .task_retry_delays
-                .as_ref()
-                .unwrap_or(&self.settings.retry_delays)
-                .iter()
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .collect()
+        let (plugin_delays, plugin_attempts) = self.host.with_settings(&task.plugin, |s| {
+            (
+                s.task_retry_delays.as_deref().map(millis),
+                s.task_max_attempts,
+            )
         });
+        let retry_delays = options
+            .retry_delays_ms
+            .or(plugin_delays)
+            .unwrap_or_else(|| millis(&self.settings.retry_delays));
         Ok(Insert {
             plugin: task.plugin,
             callback: task.callback,
@@ -178,7 +178,7 @@ impl Inner {
             priority: options.priority,
             max_attempts: options
                 .max_attempts
-                .or(settings.task_max_attempts)
+                .or(plugin_attempts)
                 .unwrap_or(self.settings.max_attempts)
                 .max(1),
             retry_delays_ms: retry_delays,
@@ -195,7 +195,7 @@ impl Inner {
     /// How many task calls of `plugin` may run at once.
     fn plugin_limit(&self, plugin: &str) -> usize {
         self.host
-            .max_running_tasks(plugin)
+            .with_settings(plugin, |s| s.max_running_tasks)
             .unwrap_or(self.settings.max_running_per_plugin)
             .max(1)
     }
@@ -364,7 +364,8 @@ impl Inner {
             .get(&task.id)
             .cloned()
             .unwrap_or_default();
-        let timeout = Duration::from_millis(self.host.settings_of(&task.plugin).timeout_ms);
+        let timeout =
+            Duration::from_millis(self.host.with_settings(&task.plugin, |s| s.timeout_ms));
         let result = self.host.call_with(
             &task.plugin,
             &task.callback,
@@ -598,6 +599,14 @@ fn bounded_logs(logs: &[LogRecord], max: usize) -> Vec<LogRecord> {
         kept.push(record.clone());
     }
     kept
+}
+
+/// `delays` in milliseconds.
+fn millis(delays: &[Duration]) -> Vec<u64> {
+    delays
+        .iter()
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .collect()
 }
 
 /// The default key: a hash of plugin, callback and input (keys in JSON objects sorted).

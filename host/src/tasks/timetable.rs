@@ -27,19 +27,17 @@ pub(crate) struct Timetable {
     refreshed: Option<Instant>,
 }
 
+/// An active schedule.
 #[derive(Debug)]
 struct Entry {
-    plugin: String,
-    callback: String,
-    input: String,
-    schedule: Schedule,
+    job: Job,
     /// When it fires next, in milliseconds since the Unix epoch.
     next_unix_ms: u64,
 }
 
-/// A schedule that should be active.
-struct Wanted {
-    name: String,
+/// What a schedule calls, and when.
+#[derive(Debug, PartialEq)]
+struct Job {
     plugin: String,
     callback: String,
     input: String,
@@ -76,10 +74,11 @@ impl Timetable {
             if entry.next_unix_ms > now {
                 continue;
             }
-            let mut task = NewTask::new(&entry.plugin, &entry.callback, &entry.input);
+            let job = &entry.job;
+            let mut task = NewTask::new(&job.plugin, &job.callback, &job.input);
             task.options.key = Some(format!("schedule:{name}"));
             // Its next time is set whatever happens, so a failing schedule does not spin.
-            entry.next_unix_ms = entry.schedule.next_after(now).unwrap_or(u64::MAX);
+            entry.next_unix_ms = job.schedule.next_after(now).unwrap_or(u64::MAX);
             let inserted = submit(task, name.clone())
                 .map_err(|err| format!("schedule {name}: {}", err.message))?;
             store
@@ -100,13 +99,15 @@ impl Timetable {
         let mut wanted = Vec::new();
         for config in &self.configured {
             match Schedule::parse(config.every.as_deref(), config.cron.as_deref()) {
-                Ok(schedule) => wanted.push(Wanted {
-                    name: config.name(),
-                    plugin: config.plugin.clone(),
-                    callback: config.callback.clone(),
-                    input: config.input_json(),
-                    schedule,
-                }),
+                Ok(schedule) => wanted.push((
+                    config.name(),
+                    Job {
+                        plugin: config.plugin.clone(),
+                        callback: config.callback.clone(),
+                        input: config.input_json(),
+                        schedule,
+                    },
+                )),
                 // host.toml was checked when read; this cannot happen but is not fatal.
                 Err(err) => tracing::error!("schedule {}: {err}", config.name()),
             }
@@ -119,52 +120,45 @@ impl Timetable {
                 let Ok(schedule) = Schedule::every(Duration::from_millis(declared.every_ms)) else {
                     continue;
                 };
-                wanted.push(Wanted {
-                    name: format!("plugin:{plugin}.{}", declared.callback),
-                    plugin: plugin.clone(),
-                    callback: declared.callback.clone(),
-                    input: "null".to_owned(),
-                    schedule,
-                });
+                wanted.push((
+                    format!("plugin:{plugin}.{}", declared.callback),
+                    Job {
+                        plugin: plugin.clone(),
+                        callback: declared.callback.clone(),
+                        input: "null".to_owned(),
+                        schedule,
+                    },
+                ));
             }
         }
         self.entries.retain(|name, entry| {
-            let keep = wanted.iter().any(|w| {
-                &w.name == name
-                    && w.plugin == entry.plugin
-                    && w.callback == entry.callback
-                    && w.input == entry.input
-                    && w.schedule.describe() == entry.schedule.describe()
-            });
+            let keep = wanted.iter().any(|(n, job)| n == name && *job == entry.job);
             if !keep {
                 tracing::info!(schedule = %name, "schedule stopped");
             }
             keep
         });
-        for want in wanted {
-            if self.entries.contains_key(&want.name) {
+        for (name, job) in wanted {
+            if self.entries.contains_key(&name) {
                 continue;
             }
             let last = store
-                .last_fired(&want.name)
-                .map_err(|err| format!("schedule {}: {err}", want.name))?;
+                .last_fired(&name)
+                .map_err(|err| format!("schedule {name}: {err}"))?;
             let next = match last {
-                Some(last) if settings.run_missed && want.schedule.missed(last, now) => Some(now),
-                Some(last) => want.schedule.next_after(last.max(now)),
-                None => want.schedule.next_after(now),
+                Some(last) if settings.run_missed && job.schedule.missed(last, now) => Some(now),
+                Some(last) => job.schedule.next_after(last.max(now)),
+                None => job.schedule.next_after(now),
             }
             .unwrap_or(u64::MAX);
-            tracing::info!(schedule = %want.name, plugin = %want.plugin,
-                "schedule started: {} `{}`, {}", want.schedule.describe(), want.callback,
+            tracing::info!(schedule = %name, plugin = %job.plugin,
+                "schedule started: {} `{}`, {}", job.schedule.describe(), job.callback,
                 if next <= now { "missed while the host was down: now".to_owned() }
                 else { format!("next in {} ms", next - now) });
             self.entries.insert(
-                want.name,
+                name,
                 Entry {
-                    plugin: want.plugin,
-                    callback: want.callback,
-                    input: want.input,
-                    schedule: want.schedule,
+                    job,
                     next_unix_ms: next,
                 },
             );
