@@ -8,7 +8,7 @@
 //! max_message_bytes = 16777216     # largest request, or answer (result, follow-ups, logs)
 //! max_log_bytes_per_call = 262144  # log records kept from one call
 //! max_connections = 1024           # open control connections
-//! max_call_threads = 64            # plugin calls running at once (socket)
+//! max_call_threads = 64            # plugin calls running at once (socket and tasks)
 //! request_timeout_ms = 10000       # a started request must arrive whole within this
 //! idle_timeout_ms = 300000         # a connection silent this long is closed
 //! write_timeout_ms = 30000         # a client must take its answer within this
@@ -85,8 +85,8 @@ pub struct HostConfig {
     pub max_log_bytes_per_call: usize,
     /// Connections open at once; one more is refused with an error line (default 1,024).
     pub max_connections: usize,
-    /// Plugin calls from the socket running at once, each on a thread of a bounded pool; a
-    /// call waits for a free one until its own timeout (default 64).
+    /// Plugin calls running at once on the host's call pool (socket calls and tasks), each
+    /// on a thread of it; a call waits for a free one until its own timeout (default 64).
     pub max_call_threads: usize,
     /// A request that has started arriving must be complete within this (default 10 s).
     pub request_timeout_ms: u64,
@@ -117,9 +117,6 @@ pub struct ServerLimits {
     pub max_message_bytes: usize,
     /// Connections open at once; one more is refused with an error line (default 1,024).
     pub max_connections: usize,
-    /// Plugin calls from the socket running at once, each on a thread of a bounded pool; a
-    /// call waits for a free one until its own timeout (default 64).
-    pub max_call_threads: usize,
     /// A request that has started arriving must be complete within this (default 10 s).
     pub request_timeout_ms: u64,
     /// A connection with no request for this long is closed (default 5 minutes).
@@ -144,7 +141,6 @@ impl HostConfig {
         ServerLimits {
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
-            max_call_threads: self.max_call_threads,
             request_timeout_ms: self.request_timeout_ms,
             idle_timeout_ms: self.idle_timeout_ms,
             write_timeout_ms: self.write_timeout_ms,

@@ -24,7 +24,7 @@ use crate::call::{Budget, CallError, CallErrorKind, CallOutcome, Name};
 use crate::config::{Isolation, PluginSettings};
 use crate::counter::Counter;
 use crate::digest::Digest;
-use crate::handover::{Gate, PreviousState};
+use crate::handover::{Gate, Held, PreviousState};
 use crate::isolation::{Supervised, WorkerSpec, WorkerStatus};
 use crate::loader::{Library, LoadError, LoadErrorKind, Metadata};
 use crate::plugin_file::KeptCopy;
@@ -211,24 +211,37 @@ impl Generation {
     /// until it ends, and returns the generation that took over (or counts the call and
     /// returns `None` if this one serves again).
     #[inline(always)]
-    fn begin(&self) -> Result<Option<Arc<Generation>>, CallError> {
+    fn begin(&self, deadline: Option<SystemTime>) -> Result<Option<Arc<Generation>>, CallError> {
         self.tally.started.increment();
         if self.gate.is_open() {
             return Ok(None);
         }
-        self.wait_at_gate()
+        self.wait_at_gate(deadline)
     }
 
     /// [`Generation::begin`] for a call that found the gate closed.
     #[cold]
     #[inline(never)]
-    fn wait_at_gate(&self) -> Result<Option<Arc<Generation>>, CallError> {
+    fn wait_at_gate(
+        &self,
+        deadline: Option<SystemTime>,
+    ) -> Result<Option<Arc<Generation>>, CallError> {
         loop {
             self.tally.started.decrement();
-            match self.gate.wait() {
+            match self.gate.wait(deadline) {
                 Ok(None) => {}
                 Ok(Some(next)) => return Ok(Some(next)),
-                Err(next) => {
+                Err(Held::PastDeadline) => {
+                    return Err(CallError::new(
+                        CallErrorKind::Timeout,
+                        format!(
+                            "plugin {} (generation {}): its deadline passed while a handover                              to its next version held the call",
+                            self.name(),
+                            self.number
+                        ),
+                    ))
+                }
+                Err(Held::Unloaded(next)) => {
                     return Err(CallError::new(
                         CallErrorKind::UnknownPlugin,
                         format!(
@@ -479,7 +492,7 @@ impl Generation {
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
     ) -> Result<CallOutcome, CallError> {
-        if let Some(next) = self.begin()? {
+        if let Some(next) = self.begin(deadline)? {
             return next.call(callback, input, cancelled, deadline);
         }
         let (outcome, worker_pid) = match &self.backend {
@@ -608,7 +621,7 @@ impl Generation {
                 "typed calls run in-process only; this plugin runs in a worker process",
             )));
         };
-        if !matches!(self.begin(), Ok(None)) {
+        if !matches!(self.begin(None), Ok(None)) {
             return Err(Moved);
         }
         let ctx = call_context(cancelled, None);

@@ -22,7 +22,7 @@
 use std::sync::atomic::{compiler_fence, fence, AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,15 @@ pub(crate) struct PreviousState {
     pub(crate) state_json: String,
     /// Its version.
     pub(crate) version: String,
+}
+
+/// Why a call held at a closed gate does not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// The generation that took over (this number) is unloaded since.
+    Unloaded(u64),
+    /// The call's deadline passed while the handover went on.
+    PastDeadline,
 }
 
 /// Whether new calls may run on a generation, or must wait for a handover to end.
@@ -70,21 +79,39 @@ impl Gate {
         !self.closed.load(Ordering::Relaxed)
     }
 
-    /// Waits while a handover holds calls; then the generation that took over, or `None`
-    /// if this one serves again. Fails if the one that took over is unloaded since.
-    pub(crate) fn wait(&self) -> Result<Option<Arc<Generation>>, u64> {
+    /// Waits while a handover holds calls, until `deadline` at the most; then the
+    /// generation that took over, or `None` if this one serves again. Fails if the one that
+    /// took over is unloaded since, or the deadline passed first.
+    pub(crate) fn wait(
+        &self,
+        deadline: Option<SystemTime>,
+    ) -> Result<Option<Arc<Generation>>, Held> {
         let mut state = lock(&self.state);
         loop {
             match &*state {
                 GateState::Open => return Ok(None),
                 GateState::Superseded(number, next) => {
-                    return next.upgrade().map(Some).ok_or(*number)
+                    return next.upgrade().map(Some).ok_or(Held::Unloaded(*number))
                 }
                 GateState::Closed => {
+                    let Some(deadline) = deadline else {
+                        state = self
+                            .changed
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        continue;
+                    };
+                    let Ok(left) = deadline.duration_since(SystemTime::now()) else {
+                        return Err(Held::PastDeadline);
+                    };
+                    if left.is_zero() {
+                        return Err(Held::PastDeadline);
+                    }
                     state = self
                         .changed
-                        .wait(state)
+                        .wait_timeout(state, left)
                         .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
             }
         }

@@ -56,6 +56,7 @@ pub use generation::TypedOutcome;
 pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata, PluginSchedule};
 pub use reaper::{Retired, RetiredState};
 pub use registry::{
-    Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent, PluginHandle, Serving,
+    CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent,
+    PluginHandle, RunningCall, Serving, DEFAULT_MAX_CALL_THREADS,
 };
 pub use typed::{TypedCall, TypedError};

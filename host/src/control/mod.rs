@@ -67,9 +67,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 pub use crate::config::ServerLimits;
+pub use crate::registry::RunningCall;
 pub use client::{Client, ClientError};
 pub use protocol::{decode_request, HostInfo, Op, Request, Response, PROTOCOL_VERSION};
-pub use server::{ControlServer, RunningCall};
+pub use server::ControlServer;
 
 /// The default socket path: `$XDG_RUNTIME_DIR/plugin-host/host.sock`, or
 /// `/tmp/plugin-host-UID/host.sock` without a runtime directory.

@@ -1,11 +1,10 @@
 //! The control server: serves the protocol for a [`Host`] on a Unix socket.
 //!
 //! Event-driven, on a small tokio runtime of its own: an idle connection costs a socket and
-//! a few hundred bytes, no thread. Plugin calls never run on the runtime's threads: each runs
-//! on a thread of tokio's blocking pool, at most `max_call_threads` at once (a semaphore), and
-//! the connection's task waits for it with the call's deadline. A call past its deadline is
-//! answered `timeout` by its own connection's task, so a slow or stuck client or call holds
-//! up nobody else. Answers on one connection keep the order of its requests: a connection
+//! a few hundred bytes, no thread. Plugin calls go through the host's one call path,
+//! [`Host::invoke_async`]: they run on the host's call pool, never on this runtime's
+//! threads, and are answered `timeout` at their deadline, so a slow or stuck client or call
+//! holds up nobody else. Answers on one connection keep the order of its requests: a connection
 //! reads its next request only after answering the last.
 //!
 //! Memory is bounded: a request line may not exceed `max_message_bytes`, each connection
@@ -14,12 +13,11 @@
 //! `max_buffered_bytes` shared by all connections (a request that finds the pool empty is
 //! refused; an answer waits for room until `write_timeout_ms`).
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
@@ -29,12 +27,13 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::protocol::{decode_request, too_large, HostInfo, Op, Response};
 use crate::call::{CallError, CallErrorKind};
-use crate::clock::Stopwatch;
-use crate::config::{Isolation, ServerLimits};
-use crate::generation::Generation;
-use crate::registry::{Host, PluginHandle};
+use crate::config::ServerLimits;
+use crate::registry::{CallRequest, Host, RunningCall};
 use crate::tasks::{NewTask, Tasks};
 
+/// Threads for the requests that do blocking work other than plugin calls (listings,
+/// histories, restarts, task operations).
+const MAX_BLOCKING_THREADS: usize = 16;
 /// Bytes of request or answer a connection may hold without drawing on the shared pool.
 pub const FREE_BYTES: usize = 64 * 1024;
 /// The pool of buffer bytes is counted in units of this many bytes.
@@ -77,51 +76,12 @@ struct Shared {
     limits: ServerLimits,
     shutting_down: AtomicBool,
     connections: Arc<Semaphore>,
-    call_threads: Arc<Semaphore>,
     buffers: Arc<Semaphore>,
-    running: Mutex<HashMap<u64, Registered>>,
     /// Requests read and not yet answered (their answer written, or the connection gone):
-    /// a call leaves `running` when it returns, a moment before its answer is written.
+    /// a call leaves the host's running calls when it returns, a moment before its answer
+    /// is written.
     answering: AtomicUsize,
-    next_call: AtomicU64,
     refused: Mutex<Throttle>,
-}
-
-/// A call running on the server, as [`ControlServer::running_calls`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunningCall {
-    /// The plugin.
-    pub plugin: String,
-    /// The generation it runs on.
-    pub generation: u64,
-    /// The callback.
-    pub callback: String,
-    /// How long it has been running.
-    pub elapsed: Duration,
-    /// Whether its caller was already told it timed out.
-    pub timed_out: bool,
-}
-
-impl std::fmt::Display for RunningCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} `{}` (generation {}, running for {} ms{})",
-            self.plugin,
-            self.callback,
-            self.generation,
-            self.elapsed.as_millis(),
-            if self.timed_out { ", timed out" } else { "" }
-        )
-    }
-}
-
-struct Registered {
-    plugin: String,
-    generation: u64,
-    callback: String,
-    started: Instant,
-    state: Arc<CallState>,
 }
 
 impl ControlServer {
@@ -155,14 +115,13 @@ impl ControlServer {
         if limits.max_connections == 0 {
             return Err(invalid("max_connections"));
         }
-        if limits.max_call_threads == 0 {
-            return Err(invalid("max_call_threads"));
-        }
         let listener = super::bind(path)?;
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .max_blocking_threads(limits.max_call_threads + 1)
+            // Listings, histories, restarts and task operations: plugin calls run on the
+            // host's own call pool.
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
             .thread_name("control")
             .enable_io()
             .enable_time()
@@ -174,16 +133,13 @@ impl ControlServer {
         let units = (limits.max_buffered_bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
-            call_threads: Arc::new(Semaphore::new(limits.max_call_threads)),
             buffers: Arc::new(Semaphore::new(units)),
             host,
             tasks,
             info,
             limits,
             shutting_down: AtomicBool::new(false),
-            running: Mutex::new(HashMap::new()),
             answering: AtomicUsize::new(0),
-            next_call: AtomicU64::new(0),
             refused: Mutex::new(Throttle::default()),
         });
         let (phase, watching) = watch::channel(Phase::Serving);
@@ -211,20 +167,9 @@ impl ControlServer {
         let _ = std::fs::remove_file(&self.path);
     }
 
-    /// The calls running now, including those whose caller was told they timed out.
+    /// The host's calls running now (see [`Host::running_calls`]).
     pub fn running_calls(&self) -> Vec<RunningCall> {
-        let mut calls: Vec<RunningCall> = lock(&self.shared.running)
-            .values()
-            .map(|r| RunningCall {
-                plugin: r.plugin.clone(),
-                generation: r.generation,
-                callback: r.callback.clone(),
-                elapsed: r.started.elapsed(),
-                timed_out: r.state.phase.load(Ordering::Relaxed) == TIMED_OUT,
-            })
-            .collect();
-        calls.sort_by_key(|c| std::cmp::Reverse(c.elapsed));
-        calls
+        self.shared.host.running_calls()
     }
 
     /// Waits until no call is running and every answer has been written, or `deadline`.
@@ -590,10 +535,19 @@ async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
             CallError::new(CallErrorKind::ShuttingDown, "the host is shutting down"),
         ),
         Op::Call => {
-            let plugin = request.plugin.unwrap_or_default();
-            let callback = request.callback.unwrap_or_default();
-            let input = request.input.unwrap_or_else(null);
-            call(shared, &plugin, callback, input).await
+            let input: Box<str> = request.input.unwrap_or_else(null).into();
+            let call = CallRequest::new(
+                request.plugin.unwrap_or_default(),
+                request.callback.unwrap_or_default(),
+                input,
+            );
+            match shared.host.invoke_async(call).await {
+                Ok(outcome) => Response {
+                    outcome: Some(outcome),
+                    ..Response::new()
+                },
+                Err(err) => Response::error(err),
+            }
         }
         // A listing may compute SHA-256s left for later: not on the runtime's threads.
         Op::List => {
@@ -707,178 +661,6 @@ fn message(message: String) -> Response {
 
 fn null() -> Box<RawValue> {
     RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!("null is JSON"))
-}
-
-const RUNNING: u8 = 0;
-const DONE: u8 = 1;
-const TIMED_OUT: u8 = 2;
-
-/// What the connection's task and the call's thread share about one call. Whichever of the
-/// two moves `phase` away from `RUNNING` first decides: the thread's result is the answer
-/// (`DONE`), or the caller was told it timed out (`TIMED_OUT`) and the thread's result is
-/// dropped.
-struct CallState {
-    cancelled: AtomicBool,
-    phase: AtomicU8,
-}
-
-/// Runs one call on a blocking thread and answers it, or its timeout, on time.
-async fn call(
-    shared: &Arc<Shared>,
-    plugin: &str,
-    callback: String,
-    input: Box<RawValue>,
-) -> Response {
-    let handle = match shared.host.plugin(plugin) {
-        Ok(handle) => handle,
-        Err(err) => return Response::error(err),
-    };
-    if let Err(err) = shared.host.check_input(input.get()) {
-        return Response::error(err);
-    }
-    let timeout = handle.timeout();
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let generation: Arc<Generation> = handle.generation_ref().clone();
-    // The plugin's concurrency slot belongs to the caller: it is given back when the caller
-    // gets its answer, timeout included.
-    let slot = match generation.enter() {
-        Ok(slot) => slot,
-        Err(err) => return Response::error(err),
-    };
-    let Ok(Ok(thread)) =
-        tokio::time::timeout_at(deadline, shared.call_threads.clone().acquire_owned()).await
-    else {
-        return Response::error(CallError::new(
-            CallErrorKind::Busy,
-            format!(
-                "plugin {plugin}: no call thread came free within the call's timeout of {} ms: \
-                 all {} are busy (max_call_threads)",
-                timeout.as_millis(),
-                shared.limits.max_call_threads
-            ),
-        ));
-    };
-    let state = Arc::new(CallState {
-        cancelled: AtomicBool::new(false),
-        phase: AtomicU8::new(RUNNING),
-    });
-    let id = shared.next_call.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.running).insert(
-        id,
-        Registered {
-            plugin: plugin.to_owned(),
-            generation: generation.number(),
-            callback: callback.clone(),
-            started,
-            state: state.clone(),
-        },
-    );
-    let (send, mut answer) = tokio::sync::oneshot::channel();
-    {
-        let (shared, state, generation, callback) = (
-            shared.clone(),
-            state.clone(),
-            generation.clone(),
-            callback.clone(),
-        );
-        let deadline = SystemTime::now() + timeout;
-        tokio::task::spawn_blocking(move || {
-            let watch = Stopwatch::start();
-            let mut outcome =
-                generation.run(&callback, input.get(), &state.cancelled, Some(deadline));
-            if let Ok(outcome) = &mut outcome {
-                if outcome.elapsed_us == 0 {
-                    outcome.elapsed_us = watch.elapsed_us();
-                }
-            }
-            shared.host.after_call(&generation, &outcome);
-            drop(thread);
-            lock(&shared.running).remove(&id);
-            let finished =
-                state
-                    .phase
-                    .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire);
-            if finished.is_err() && generation.isolation() == Isolation::Process {
-                // The worker call gave up at its deadline too; the worker is killed later
-                // if the plugin does not return.
-                generation.mark_stuck(false);
-            } else if finished.is_err() {
-                generation.mark_stuck(false);
-                tracing::warn!(
-                    plugin = generation.name(),
-                    generation = generation.number(),
-                    "stuck call `{callback}` returned after {} ms; its answer was dropped",
-                    started.elapsed().as_millis()
-                );
-            }
-            let _ = send.send(outcome);
-        });
-    }
-    let outcome = match tokio::time::timeout_at(deadline, &mut answer).await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            let timed_out = state
-                .phase
-                .compare_exchange(RUNNING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok();
-            if timed_out {
-                state.cancelled.store(true, Ordering::Relaxed);
-                generation.mark_stuck(true);
-                drop(slot);
-                tracing::warn!(
-                    plugin = generation.name(),
-                    generation = generation.number(),
-                    "call timed out: `{callback}`"
-                );
-                let mut error = timeout_error(&handle, &callback);
-                error.message.push_str(match generation.isolation() {
-                    Isolation::InProcess => {
-                        "; it was told to cancel and counts as stuck until it returns"
-                    }
-                    Isolation::Process => {
-                        "; it was told to cancel, and its worker process is killed if it has \
-                         not returned kill_after_ms later"
-                    }
-                });
-                return Response::error(error);
-            }
-            // It finished at the very moment the deadline passed: its answer is on the way.
-            answer.await
-        }
-    };
-    drop(slot);
-    match outcome {
-        // The plugin noticed the deadline itself, a moment before the server did.
-        Ok(Ok(outcome))
-            if started.elapsed() >= timeout
-                && outcome
-                    .error
-                    .as_ref()
-                    .is_some_and(|e| e.kind() == plugin_api::ErrorKind::Cancelled) =>
-        {
-            Response::error(timeout_error(&handle, &callback))
-        }
-        Ok(Ok(outcome)) => Response {
-            outcome: Some(outcome),
-            ..Response::new()
-        },
-        Ok(Err(err)) => Response::error(err),
-        Err(_) => Response::error(CallError::new(
-            CallErrorKind::Internal,
-            format!("plugin {plugin}: the call's thread ended without an answer"),
-        )),
-    }
-}
-
-fn timeout_error(plugin: &PluginHandle, callback: &str) -> CallError {
-    let message = format!(
-        "plugin {} (generation {}): `{callback}` did not finish within {} ms",
-        plugin.metadata().name,
-        plugin.generation(),
-        plugin.timeout().as_millis()
-    );
-    CallError::new(CallErrorKind::Timeout, message)
 }
 
 #[cfg(test)]

@@ -19,19 +19,20 @@
 
 mod files;
 mod history;
+mod invoke;
+mod pool;
 mod rollback;
 pub(crate) mod rollout;
 pub(crate) mod table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::{Budget, CallError, CallErrorKind, CallOutcome};
+use crate::call::{Budget, CallError, CallErrorKind};
 use crate::config::Isolation;
 use crate::config::{PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::digest::Digest;
@@ -45,8 +46,13 @@ use crate::reaper::{unix_ms, Reaper, Retired};
 use files::{FileBook, Verdict};
 use history::History;
 pub use history::{Ended, HistoryEntry, MAX_RECORDS};
+use invoke::Running;
+use pool::CallPool;
 use rollback::Rollback;
 use table::CallTable;
+
+pub use invoke::{CallRequest, RunningCall};
+pub use pool::DEFAULT_MAX_CALL_THREADS;
 
 /// Options for a [`Host`].
 #[derive(Debug, Clone)]
@@ -62,6 +68,9 @@ pub struct HostOptions {
     pub max_log_bytes_per_call: usize,
     /// How isolated plugins are run (and whether every plugin is).
     pub isolation: IsolationOptions,
+    /// Threads of the call pool, where [`Host::invoke`] runs plugin code: calls running at
+    /// once through it (default 64).
+    pub max_call_threads: usize,
 }
 
 impl Default for HostOptions {
@@ -72,6 +81,7 @@ impl Default for HostOptions {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_log_bytes_per_call: DEFAULT_MAX_LOG_BYTES_PER_CALL,
             isolation: IsolationOptions::default(),
+            max_call_threads: DEFAULT_MAX_CALL_THREADS,
         }
     }
 }
@@ -108,28 +118,6 @@ impl PluginHandle {
     /// call's deadline.
     pub fn timeout(&self) -> Duration {
         self.0.timeout()
-    }
-
-    /// Calls `callback` (`execute` for the entry point) with JSON `input`. `cancelled` is
-    /// what the plugin sees as cancellation; `deadline` what it sees as the deadline.
-    pub fn call(
-        &self,
-        callback: &str,
-        input: &str,
-        cancelled: &AtomicBool,
-        deadline: Option<SystemTime>,
-    ) -> Result<CallOutcome, CallError> {
-        self.0.call(callback, input, cancelled, deadline)
-    }
-
-    /// Counts a call whose caller was told it timed out as stuck (shown by
-    /// [`Host::status`]), or, with `false`, counts it back when it finally returns.
-    pub fn mark_stuck(&self, stuck: bool) {
-        self.0.mark_stuck(stuck)
-    }
-
-    pub(crate) fn generation_ref(&self) -> &Arc<Generation> {
-        &self.0
     }
 }
 
@@ -171,6 +159,8 @@ struct Inner {
     options: LoadOptions,
     isolation: IsolationOptions,
     budget: Budget,
+    pool: CallPool,
+    running: Running,
 }
 
 #[derive(Default)]
@@ -302,6 +292,9 @@ pub enum HostError {
     /// The reaper thread cannot be started.
     #[error("cannot start the reaper thread: {0}")]
     Thread(std::io::Error),
+    /// The call pool cannot be started (or `max_call_threads` is 0).
+    #[error("cannot start the call pool: {0}")]
+    CallPool(std::io::Error),
 }
 
 /// What a load or removal leaves to do: files that may serve a name now.
@@ -314,6 +307,7 @@ impl Host {
         crate::handover::init();
         let copy_dir =
             CopyDir::new(options.load.copy_dir.as_deref()).map_err(HostError::CopyDir)?;
+        let pool = CallPool::new(options.max_call_threads).map_err(HostError::CallPool)?;
         let reaper = Reaper::start().map_err(HostError::Thread)?;
         Ok(Host {
             inner: Arc::new(Inner {
@@ -332,6 +326,8 @@ impl Host {
                     max_message: options.max_message_bytes,
                     max_log_bytes: options.max_log_bytes_per_call,
                 },
+                pool,
+                running: Running::default(),
             }),
         })
     }
@@ -1014,45 +1010,6 @@ impl Host {
         }
     }
 
-    /// Calls `callback` of plugin `plugin` with JSON `input` on its current generation.
-    /// `execute` calls the plugin's entry point.
-    ///
-    /// The plugin runs on the calling thread, so its `timeout_ms` cannot be enforced here:
-    /// use [`Host::call_with`] to hand it a deadline and a cancellation flag, or serve calls
-    /// through [`ControlServer`](crate::control::ControlServer), which answers overrunning
-    /// calls with a timeout error on time.
-    pub fn call(
-        &self,
-        plugin: &str,
-        callback: &str,
-        input: &str,
-    ) -> Result<CallOutcome, CallError> {
-        self.call_with(plugin, callback, input, &AtomicBool::new(false), None)
-    }
-
-    /// Like [`Host::call`], with a cancellation flag the plugin can observe and a deadline
-    /// it is told about.
-    pub fn call_with(
-        &self,
-        plugin: &str,
-        callback: &str,
-        input: &str,
-        cancelled: &AtomicBool,
-        deadline: Option<SystemTime>,
-    ) -> Result<CallOutcome, CallError> {
-        self.check_input(input)?;
-        // The guard pins this plugin's current generation, and nothing else, for the call.
-        let current = self.inner.table.load(plugin);
-        match current.as_ref().and_then(|guard| guard.as_ref()) {
-            Some(generation) => {
-                let result = generation.call(callback, input, cancelled, deadline);
-                self.after_call(generation, &result);
-                result
-            }
-            None => Err(self.unknown_plugin(plugin)),
-        }
-    }
-
     pub(crate) fn check_input(&self, input: &str) -> Result<(), CallError> {
         self.check_input_len(input.len())
     }
@@ -1066,20 +1023,6 @@ impl Host {
             ));
         }
         Ok(())
-    }
-
-    /// Like [`Host::call_with`], on a version already looked up with [`Host::plugin`], with
-    /// the host's input size limit applied.
-    pub fn call_with_handle(
-        &self,
-        plugin: &PluginHandle,
-        callback: &str,
-        input: &str,
-        cancelled: &AtomicBool,
-        deadline: Option<SystemTime>,
-    ) -> Result<CallOutcome, CallError> {
-        self.check_input(input)?;
-        plugin.call(callback, input, cancelled, deadline)
     }
 
     /// A handle for fast calls of plugin `plugin`'s typed callback `callback`: bytes in,

@@ -16,7 +16,7 @@ use crate::loader::{LoadError, LoadErrorKind};
 
 use super::history::{Ended, HistoryEntry};
 use super::rollout::Trip;
-use super::{hex, Host, LoadEvent, State};
+use super::{hex, lock, Host, LoadEvent, State};
 
 /// A load that is a rollback by request, to the kept copy of generation `of`.
 #[derive(Debug)]
@@ -68,7 +68,37 @@ impl Host {
 
     /// Serves again the version plugin `name`'s generation `bad` replaced, because `bad`
     /// tripped its probation; remembers `bad`'s content as bad until its file changes.
+    ///
+    /// Rollbacks and loads of one plugin are serialized by its load lock, so a load in
+    /// flight never commits a version started from the state of the generation rolled
+    /// back. The lock is held by loads for as long as an `init` takes: a caller whose call
+    /// tripped the rollback is not kept waiting for it, a thread of its own waits.
     fn roll_back_tripped(&self, name: &str, bad: u64, trip: &Trip) {
+        let load_lock = self.load_lock(name);
+        let held = match load_lock.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(_one_at_a_time) = held {
+            self.roll_back_tripped_locked(name, bad, trip);
+            return;
+        }
+        drop(held);
+        let (host, owned, why) = (self.clone(), name.to_owned(), trip.clone());
+        let waiting = std::thread::Builder::new()
+            .name("host-rollback".to_owned())
+            .spawn(move || {
+                let _one_at_a_time = lock(&load_lock);
+                host.roll_back_tripped_locked(&owned, bad, &why);
+            });
+        if let Err(err) = waiting {
+            tracing::error!(plugin = %name, generation = bad,
+                "cannot start the thread to roll back ({}): {err}", trip.describe());
+        }
+    }
+
+    fn roll_back_tripped_locked(&self, name: &str, bad: u64, trip: &Trip) {
         let reinstated = {
             let mut state = self.state();
             let Some(current) = self.inner.table.current(name).filter(|g| g.number() == bad) else {
@@ -144,7 +174,7 @@ impl Host {
             )
         };
         let (current, target) = {
-            let mut state = self.state();
+            let state = self.state();
             let current = self
                 .inner
                 .table
@@ -152,6 +182,28 @@ impl Host {
                 .ok_or_else(|| self.unknown_plugin(plugin))?;
             let standby = state.standby.get(plugin).and_then(Weak::upgrade);
             if let Some(previous) = standby.filter(|p| to.is_none_or(|to| to == p.number())) {
+                // Serialized with loads of the plugin (see `roll_back_tripped`); the state
+                // lock is taken again once the load lock is held.
+                drop(state);
+                let load_lock = self.load_lock(plugin);
+                let _one_at_a_time = lock(&load_lock);
+                let mut state = self.state();
+                let still = self
+                    .inner
+                    .table
+                    .current(plugin)
+                    .is_some_and(|c| Arc::ptr_eq(&c, &current))
+                    && state
+                        .standby
+                        .get(plugin)
+                        .and_then(Weak::upgrade)
+                        .is_some_and(|p| Arc::ptr_eq(&p, &previous));
+                if !still {
+                    return Err(refused(
+                        "a new version was loaded meanwhile: look at `host history` and try again"
+                            .to_owned(),
+                    ));
+                }
                 state.standby.remove(plugin);
                 let error = requested(current.source(), previous.number());
                 self.reinstate(&mut state, &current, &previous, &error);

@@ -25,7 +25,7 @@ use super::store::{StoreError, TaskStore};
 use super::task::{Finish, Insert, Inserted, NewTask, TaskId, TaskRecord, TaskStatus};
 use super::timetable::Timetable;
 use crate::call::{CallError, CallErrorKind, CallOutcome};
-use crate::Host;
+use crate::registry::{CallRequest, Host};
 
 /// How often ended tasks past `keep_days`/`keep_max` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -364,15 +364,11 @@ impl Inner {
             .get(&task.id)
             .cloned()
             .unwrap_or_default();
-        let timeout =
-            Duration::from_millis(self.host.with_settings(&task.plugin, |s| s.timeout_ms));
-        let result = self.host.call_with(
-            &task.plugin,
-            &task.callback,
-            &task.input,
-            &cancelled,
-            Some(SystemTime::now() + timeout),
-        );
+        // The host's one call path: the plugin's `timeout_ms` is enforced, and a timeout is a
+        // failed attempt like any other.
+        let request = CallRequest::new(&*task.plugin, &*task.callback, &*task.input)
+            .cancel(cancelled.clone());
+        let result = self.host.invoke(request);
         let now = now_ms();
         let verdict = verdict(&result, cancelled.load(Ordering::Relaxed));
         let max = self.settings.max_result_bytes;
@@ -559,6 +555,8 @@ fn verdict(result: &Result<CallOutcome, CallError>, cancelled: bool) -> TaskStat
             CallErrorKind::UnknownPlugin
             | CallErrorKind::UnknownCallback
             | CallErrorKind::InvalidRequest => TaskStatus::Bad,
+            // The host set the cancellation flag itself, at the deadline.
+            CallErrorKind::Timeout => TaskStatus::Failed,
             _ if cancelled => TaskStatus::Cancelled,
             _ => TaskStatus::Failed,
         },

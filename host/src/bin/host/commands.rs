@@ -11,8 +11,7 @@ use host::control::{default_socket_path, Client, ClientError};
 use host::isolation::IsolationOptions;
 use host::isolation::WorkerStatus;
 use host::{
-    inspect, CallError, CallErrorKind, CallOutcome, FileStatus, Host, HostOptions, LoadOptions,
-    RetiredState,
+    inspect, CallOutcome, CallRequest, FileStatus, Host, HostOptions, LoadOptions, RetiredState,
 };
 
 use crate::cli::{CallArgs, CheckArgs, ListArgs, Target};
@@ -74,44 +73,12 @@ fn one_shot_host(target: &Target, isolate_all: bool) -> Result<Host> {
         plugins: config.plugins,
         max_message_bytes: config.max_message_bytes,
         max_log_bytes_per_call: config.max_log_bytes_per_call,
+        max_call_threads: config.max_call_threads,
         isolation: IsolationOptions {
             isolate_all,
             ..IsolationOptions::default()
         },
     })?)
-}
-
-/// Runs one call in this process, giving up after the plugin's timeout (the process then
-/// exits, ending the stuck call with it).
-fn call_here(host: &Host, args: &CallArgs, input: String) -> Result<CallOutcome> {
-    let plugin = host.plugin(&args.plugin)?;
-    let timeout = plugin.timeout();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let (host, callback) = (host.clone(), args.callback.clone());
-    std::thread::spawn(move || {
-        let cancelled = std::sync::atomic::AtomicBool::new(false);
-        let deadline = std::time::SystemTime::now() + timeout;
-        let _ = sender.send(host.call_with_handle(
-            &plugin,
-            &callback,
-            &input,
-            &cancelled,
-            Some(deadline),
-        ));
-    });
-    match receiver.recv_timeout(timeout) {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(CallError::new(
-            CallErrorKind::Timeout,
-            format!(
-                "plugin {}: `{}` did not finish within {} ms (timeout_ms)",
-                args.plugin,
-                args.callback,
-                timeout.as_millis()
-            ),
-        )
-        .into()),
-    }
 }
 
 fn load_options(allow_insecure_permissions: bool) -> LoadOptions {
@@ -134,7 +101,9 @@ pub fn call(args: CallArgs) -> Result<ExitCode> {
             let host = one_shot_host(&args.target, args.isolated)?;
             let file = find_plugin(dir, &args.plugin)?;
             host.load_file(&file)?;
-            call_here(&host, &args, input)?
+            // On the host's call pool: answered `timeout` at the plugin's deadline (the
+            // process then exits, ending a stuck call with it).
+            host.invoke(CallRequest::new(&*args.plugin, &*args.callback, input))?
         }
     };
     print_outcome(&outcome, args.json)

@@ -70,6 +70,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         plugins: config.plugins.clone(),
         max_message_bytes: config.max_message_bytes,
         max_log_bytes_per_call: config.max_log_bytes_per_call,
+        max_call_threads: config.max_call_threads,
         isolation: IsolationOptions {
             isolate_all: args.isolate_all,
             ..IsolationOptions::default()
