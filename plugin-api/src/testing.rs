@@ -180,3 +180,6 @@ impl<P: Plugin> Harness<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod panics;
