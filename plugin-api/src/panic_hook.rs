@@ -8,7 +8,9 @@
 //!
 //! * in a guarded call (author code the glue runs under `catch_unwind`) it records where the
 //!   panic happened, for the `panicked` error the glue returns, and prints nothing;
-//! * anywhere else (a thread the plugin spawned) it writes one line to stderr;
+//! * anywhere else (a thread the plugin spawned), and anywhere at all in a plugin built with
+//!   `panic = "abort"` (whose panics end the process: nothing catches them), it writes one
+//!   line to stderr;
 //! * it captures a backtrace only when `PLUGIN_HOST_BACKTRACE=1` is set.
 //!
 //! Nothing here may keep the library mapped after `dlclose`: the thread-local is a `Cell` of a
@@ -152,7 +154,10 @@ fn unguarded_line(plugin: &str, location: Option<(&str, u32)>, message: &str) ->
 /// `write_all` and ignores errors instead of using `eprintln!`.
 fn hook(info: &PanicHookInfo<'_>) {
     let state = STATE.try_with(Cell::get).unwrap_or(OUTSIDE);
-    if state.guarded {
+    // Built with panic = "abort" (this crate is compiled with the plugin's profile), no
+    // panic is caught: the process ends after this hook, so say why, as for any panic
+    // outside a guarded call.
+    if state.guarded && cfg!(panic = "unwind") {
         let caught = Caught {
             location: info
                 .location()
