@@ -1,12 +1,15 @@
 //! Plugin files on disk: opening one safely, checking who could have written it, and
 //! staging its private copy.
 //!
-//! The host never maps a watched file itself (a process that maps a file someone rewrites in
+//! The host never `dlopen`s a watched file (a process that maps a file someone rewrites in
 //! place can die of SIGBUS, and `dlopen` caches by path). [`stage`] copies the file into the
 //! private copy directory in the kernel (`copy_file_range`, no buffer in the host), under a
-//! read lease so that no writer changes it meanwhile, then maps the copy (which nobody else
-//! can write) to check its ELF structure, read its plugin-name note and hash it (see
-//! `digest`): a 7 MB plugin is staged in about 2 ms.
+//! read lease so that no writer changes it meanwhile. While the lease holds, the watched
+//! file may be mapped to check its ELF structure, read its plugin-name note and take its
+//! fast hash during the copy; it is unmapped before the lease is released. Everything read
+//! afterwards, the SHA-256 a pin checks included (see `digest`), is read from the copy,
+//! which nobody else can write and which is what `dlopen` maps. A 7 MB plugin is staged in
+//! about 2 ms.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
