@@ -51,6 +51,7 @@ fn handler(c: &mut Criterion) {
         name: "bench-noop",
         version: "0",
         description: "",
+        unwinds: cfg!(panic = "unwind"),
     };
     let init = FfiInit {
         config_json: "{}".into(),

@@ -21,7 +21,9 @@
 //! timeout_ms = 30000               # callers get a timeout error after this
 //! max_concurrent_calls = 8         # callers past this get a busy error (default: no limit)
 //! init_timeout_ms = 10000          # an init running longer is abandoned, the load refused
-//! isolation = "process"            # or "in-process" (the default)
+//! isolation = "process"            # or "in-process"; default: in-process, but process for
+//!                                  #   a plugin built with panic = "abort", which
+//!                                  #   "in-process" refuses
 //! max_memory_mb = 512              # worker processes: address space limit (RLIMIT_AS)
 //! kill_after_ms = 2000             # worker processes: kill a call this long past its timeout
 //! max_restarts = 5                 # worker processes: crashes within restart_window_ms
@@ -207,9 +209,12 @@ pub struct PluginSettings {
     /// How long `init` may run, in milliseconds; past it the load is refused and the thread
     /// running `init` is counted as stuck (in a worker process: the worker is killed).
     pub init_timeout_ms: u64,
-    /// Where the plugin runs: in the host's process (the default), or in a worker process
-    /// of its own that may crash without taking the host down.
-    pub isolation: Isolation,
+    /// Where the plugin runs: in the host's process, or in a worker process of its own
+    /// that may crash without taking the host down. When not set: in the host's process,
+    /// unless the plugin was built with `panic = "abort"` (its first panic would end the
+    /// host), which then runs in a worker process; set to in-process, such a plugin is
+    /// refused.
+    pub isolation: Option<Isolation>,
     /// Worker processes only: the most address space the worker may use, in MiB
     /// (`RLIMIT_AS`); an allocation past it fails and the call gets a `crashed` error
     /// saying so. No limit when absent.
@@ -281,7 +286,7 @@ impl Default for PluginSettings {
             timeout_ms: 30_000,
             max_concurrent_calls: None,
             init_timeout_ms: 10_000,
-            isolation: Isolation::InProcess,
+            isolation: None,
             max_memory_mb: None,
             kill_after_ms: 2_000,
             max_restarts: 5,
@@ -446,9 +451,11 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         let hello = &config.plugins["hello"];
         assert!(!hello.enabled);
-        assert_eq!(hello.isolation, Isolation::InProcess);
+        assert_eq!(hello.isolation, None);
         let isolated = parse("[plugins.x]\nisolation = \"process\"\nmax_memory_mb = 64\n").unwrap();
-        assert_eq!(isolated.plugins["x"].isolation, Isolation::Process);
+        assert_eq!(isolated.plugins["x"].isolation, Some(Isolation::Process));
+        let here = parse("[plugins.x]\nisolation = \"in-process\"\n").unwrap();
+        assert_eq!(here.plugins["x"].isolation, Some(Isolation::InProcess));
         assert_eq!(isolated.plugins["x"].max_memory_mb, Some(64));
         let err = parse("[plugins.x]\nisolation = \"sandbox\"\n").unwrap_err();
         assert!(err.contains("key `plugins.x.isolation`"), "{err}");

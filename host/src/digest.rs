@@ -4,8 +4,9 @@
 //! The fast hash (XXH3, 128 bits) is computed while the file is staged: about 1 ms for a
 //! 7 MB plugin, where SHA-256 takes about 4 ms, which would be most of a reload. So SHA-256
 //! is computed while staging only when a pin needs it, and otherwise on first demand (a
-//! listing, a pin added later) from the private copy: the digest keeps a descriptor of it,
-//! which keeps its content after it is unlinked, until then.
+//! listing, a pin added later); either way from the private copy, the bytes that are
+//! loaded, never from the watched file. The digest keeps a descriptor of the copy, which
+//! keeps its content after it is unlinked, until then.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

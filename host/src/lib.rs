@@ -53,7 +53,9 @@ pub mod watch;
 
 pub use call::{CallError, CallErrorKind, CallOutcome, Json, Name, MAX_ERROR_MESSAGE};
 pub use generation::TypedOutcome;
-pub use loader::{inspect, LoadError, LoadErrorKind, LoadOptions, Metadata, PluginSchedule};
+pub use loader::{
+    inspect, LoadError, LoadErrorKind, LoadOptions, Metadata, PanicStrategy, PluginSchedule,
+};
 pub use reaper::{Retired, RetiredState};
 pub use registry::{
     CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent,

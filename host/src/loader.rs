@@ -69,6 +69,31 @@ pub struct Metadata {
     /// The callbacks it asks to be run periodically (plugin ABI 1.3, `Callbacks::every`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<PluginSchedule>,
+    /// How it was built to handle a panic; `unwind` for a plugin that does not say (built
+    /// before plugins said).
+    #[serde(default)]
+    pub panic: PanicStrategy,
+}
+
+/// The panic strategy a plugin was compiled with (`panic` in its Cargo profile), as its
+/// declarations name it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PanicStrategy {
+    /// A panic unwinds: the plugin's glue catches it and the call fails as `panicked`.
+    #[default]
+    Unwind,
+    /// A panic aborts the process the plugin runs in: such a plugin runs only isolated.
+    Abort,
+}
+
+impl fmt::Display for PanicStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PanicStrategy::Unwind => "unwind",
+            PanicStrategy::Abort => "abort",
+        })
+    }
 }
 
 /// A callback a plugin asks the host to run every so often, as a task.
@@ -81,10 +106,19 @@ pub struct PluginSchedule {
 }
 
 /// What a plugin declares beyond its metadata (ABI 1.3), as the JSON it returns.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct Declarations {
     #[serde(default)]
     schedules: Vec<PluginSchedule>,
+    /// Absent in plugins built before it was declared: they unwind.
+    #[serde(default)]
+    panic: PanicStrategy,
+}
+
+impl Declarations {
+    fn parse(json: &str) -> serde_json::Result<Declarations> {
+        serde_json::from_str(json)
+    }
 }
 
 impl Metadata {
@@ -98,6 +132,7 @@ impl Metadata {
             api_version: String::new(),
             abi_version: String::new(),
             schedules: Vec::new(),
+            panic: PanicStrategy::Unwind,
         }
     }
 }
@@ -134,6 +169,9 @@ pub enum LoadErrorKind {
     RolledBack,
     /// The file's SHA-256 is not the pinned one.
     HashMismatch,
+    /// The plugin was built with `panic = "abort"` and its settings keep it in the host's
+    /// process, where its first panic would end the host.
+    AbortsOnPanic,
     /// The host itself could not do its part (for example write the private copy).
     Host,
 }
@@ -439,24 +477,21 @@ fn read_metadata(
             )));
         }
     }
-    let schedules = match module.declarations() {
+    let declared = match module.declarations() {
         // Older than ABI 1.3: it declares nothing.
-        None => Vec::new(),
+        None => Declarations::default(),
         Some(declarations) => match declarations() {
-            ROk(json) => {
-                let declared: Declarations =
-                    serde_json::from_str(json.as_str()).map_err(|err| {
-                        invalid(format!(
-                            "plugin {name}: its declarations are not valid: {err}"
-                        ))
-                    })?;
-                declared.schedules
-            }
+            ROk(json) => Declarations::parse(json.as_str()).map_err(|err| {
+                invalid(format!(
+                    "plugin {name}: its declarations are not valid: {err}"
+                ))
+            })?,
             RResult::RErr(err) => {
                 return Err(invalid(format!("declarations failed: {}", err.message)))
             }
         },
     };
+    let Declarations { schedules, panic } = declared;
     for schedule in &schedules {
         let known = schedule.callback == "execute" || callbacks.contains(&schedule.callback);
         if !known || schedule.every_ms < 1000 {
@@ -475,6 +510,7 @@ fn read_metadata(
         api_version: ffi.api_version.to_string(),
         abi_version: format!("{}.{}", version.major, version.minor),
         schedules,
+        panic,
     })
 }
 
@@ -602,3 +638,6 @@ pub fn inspect(path: &Path, options: &LoadOptions) -> Result<Metadata, LoadError
 pub fn declared_name(path: &Path) -> std::io::Result<Option<String>> {
     crate::elf::declared_name_in_file(path)
 }
+
+#[cfg(test)]
+mod tests;

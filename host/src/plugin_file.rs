@@ -1,12 +1,15 @@
 //! Plugin files on disk: opening one safely, checking who could have written it, and
 //! staging its private copy.
 //!
-//! The host never maps a watched file itself (a process that maps a file someone rewrites in
+//! The host never `dlopen`s a watched file (a process that maps a file someone rewrites in
 //! place can die of SIGBUS, and `dlopen` caches by path). [`stage`] copies the file into the
 //! private copy directory in the kernel (`copy_file_range`, no buffer in the host), under a
-//! read lease so that no writer changes it meanwhile, then maps the copy (which nobody else
-//! can write) to check its ELF structure, read its plugin-name note and hash it (see
-//! `digest`): a 7 MB plugin is staged in about 2 ms.
+//! read lease so that no writer changes it meanwhile. While the lease holds, the watched
+//! file may be mapped to check its ELF structure, read its plugin-name note and take its
+//! fast hash during the copy; it is unmapped before the lease is released. Everything read
+//! afterwards, the SHA-256 a pin checks included (see `digest`), is read from the copy,
+//! which nobody else can write and which is what `dlopen` maps. A 7 MB plugin is staged in
+//! about 2 ms.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -199,23 +202,41 @@ pub(crate) fn stage(
     let after = source
         .metadata()
         .map_err(|err| unreadable("cannot stat", err))?;
+    // The watched file is unmapped while the lease still holds: once it is released, a
+    // writer may truncate the file, and a touch of its mapping would be a SIGBUS.
+    drop(source_map);
+    #[cfg(test)]
+    let leased = lease.is_some();
     drop(lease);
+    #[cfg(test)]
+    if leased {
+        after_lease::run(path);
+    }
     if version(&meta) != version(&after) || after.len() != copied || copied != len {
         return Err(being_written());
     }
-    let copy_map;
-    let (bytes, look) = match (&source_map, looked) {
-        (Some(map), Some(Ok(look))) => (map.bytes(), look),
+    // From here on only the private copy is read, which nothing but this host writes: the
+    // SHA-256 a pin checks is the one of the bytes `dlopen` maps. (What was looked at under
+    // the lease is the same bytes: no writer could open the file while it was held, and its
+    // length and change times are the copy's.)
+    let map_copy = || Mapping::of(&copy, len).map_err(|err| host_error("map", err));
+    let (look, copy_map) = match looked {
+        Some(Ok(look)) => (look, None),
         _ => {
-            copy_map = Mapping::of(&copy, len).map_err(|err| host_error("map", err))?;
-            (copy_map.bytes(), Look::at(copy_map.bytes()))
+            let copy_map = map_copy()?;
+            (Look::at(copy_map.bytes()), Some(copy_map))
         }
     };
     staged.structure = look.structure;
     staged.declared = look.declared;
     staged.digest = if wants_sha256(staged.declared.as_deref()) {
-        Digest::known(look.content, Digest::sha256_of(bytes))
+        let copy_map = match copy_map {
+            Some(copy_map) => copy_map,
+            None => map_copy()?,
+        };
+        Digest::known(look.content, Digest::sha256_of(copy_map.bytes()))
     } else {
+        drop(copy_map);
         Digest::later(look.content, copy, len)
     };
     Ok(staged)
@@ -357,57 +378,36 @@ fn check_permissions(
     }
 }
 
+/// A test's hook into [`stage`]: what a writer does right after the read lease on the
+/// watched file is given back.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod after_lease {
+    use std::cell::RefCell;
+    use std::path::Path;
 
-    fn libc_path() -> &'static Path {
-        [
-            "/lib/x86_64-linux-gnu/libc.so.6",
-            "/usr/lib/x86_64-linux-gnu/libc.so.6",
-            "/lib/aarch64-linux-gnu/libc.so.6",
-        ]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("libc is installed")
+    type Hook = Box<dyn FnOnce(&Path)>;
+
+    thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
     }
 
-    #[test]
-    fn staging_copies_hashes_and_cleans_up() {
-        let copies = tempfile::tempdir().unwrap();
-        let options = LoadOptions {
-            allow_insecure_permissions: true,
-            ..LoadOptions::default()
-        };
-        let staged = stage(libc_path(), &options, copies.path(), &|_| true).unwrap();
-        let original = fs::read(libc_path()).unwrap();
-        assert_eq!(fs::read(&staged.copy_path).unwrap(), original);
-        assert_eq!(
-            staged.digest.sha256_now(),
-            Some(Digest::sha256_of(&original))
-        );
-        assert_eq!(staged.digest.content(), Digest::content_of(&original));
-        assert_eq!(staged.declared, None, "libc declares no plugin");
-        // Without a pin, the SHA-256 is computed when asked for.
-        let later = stage(libc_path(), &options, copies.path(), &|_| false).unwrap();
-        assert_eq!(later.digest.sha256(), Some(Digest::sha256_of(&original)));
-        let copy = staged.copy_path.clone();
-        drop(staged);
-        assert!(!copy.exists());
+    /// Runs `hook` with the watched file's path in this thread's next [`super::stage`] that
+    /// holds a lease, right after the lease is released.
+    pub(crate) fn set(hook: impl FnOnce(&Path) + 'static) {
+        HOOK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
     }
 
-    #[test]
-    fn a_truncated_file_is_refused_and_leaves_no_copy_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let copies = tempfile::tempdir().unwrap();
-        let cut = dir.path().join("cut.so");
-        fs::write(&cut, &fs::read(libc_path()).unwrap()[..8192]).unwrap();
-        let staged = stage(&cut, &LoadOptions::default(), copies.path(), &|_| false).unwrap();
-        let err = staged.check_structure(&cut).unwrap_err();
-        assert_eq!(err.kind(), LoadErrorKind::NotALibrary);
-        assert!(err.message().starts_with("truncated: segment"), "{err}");
-        drop(staged);
-        assert_eq!(fs::read_dir(copies.path()).unwrap().count(), 0);
+    /// Whether the hook set last has not run yet.
+    pub(crate) fn pending() -> bool {
+        HOOK.with(|h| h.borrow().is_some())
+    }
+
+    pub(super) fn run(path: &Path) {
+        if let Some(hook) = HOOK.with(|h| h.borrow_mut().take()) {
+            hook(path);
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

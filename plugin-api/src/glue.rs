@@ -28,6 +28,21 @@ pub struct Package {
     pub version: &'static str,
     /// `CARGO_PKG_DESCRIPTION`.
     pub description: &'static str,
+    /// Whether the plugin crate was compiled with `panic = "unwind"`:
+    /// `cfg!(panic = "unwind")`, evaluated in the plugin crate by the export macro. With
+    /// `panic = "abort"` no panic can be caught, and the first one ends the process.
+    pub unwinds: bool,
+}
+
+impl Package {
+    /// The panic strategy, as the declarations name it: `unwind` or `abort`.
+    fn panic_strategy(&self) -> &'static str {
+        if self.unwinds {
+            "unwind"
+        } else {
+            "abort"
+        }
+    }
 }
 
 /// What author code run by [`guarded`] came to: its result, with a panic turned into an
@@ -129,7 +144,9 @@ pub fn metadata<P: Plugin>(package: Package) -> FfiMetadataResult {
     }
 }
 
-/// What `P` declares beyond its metadata, as JSON (ABI 1.3): its schedules.
+/// What `P` declares beyond its metadata, as JSON (ABI 1.3): its schedules, and its panic
+/// strategy (`"panic": "unwind"` or `"abort"`; a host takes a plugin that does not say as
+/// unwinding).
 pub fn declarations<P: Plugin>(package: Package) -> RResult<RString, FfiError> {
     panic_hook::install(package.name, panic_hook::Mode::InProcess);
     let place = "callback registration";
@@ -146,7 +163,11 @@ pub fn declarations<P: Plugin>(package: Package) -> RResult<RString, FfiError> {
                 })
             })
             .collect();
-        Ok(serde_json::json!({ "schedules": schedules }).to_string())
+        Ok(serde_json::json!({
+            "schedules": schedules,
+            "panic": package.panic_strategy(),
+        })
+        .to_string())
     })
     .backtrace_to_stderr(package.name, &place);
     match declared {
@@ -364,5 +385,43 @@ impl<P: Plugin> Drop for Instance<P> {
     fn drop(&mut self) {
         // A host that forgot `shutdown` must still not see a panic unwind out of here.
         let _ = self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+
+    impl Plugin for Quiet {
+        type Input = ();
+        type Output = ();
+        fn init(_: &InitContext<'_>) -> Result<Self, PluginError> {
+            Ok(Quiet)
+        }
+        fn execute(&self, _: &Context<'_>, _: ()) -> Result<(), PluginError> {
+            Ok(())
+        }
+    }
+
+    fn declared(unwinds: bool) -> serde_json::Value {
+        let package = Package {
+            name: "quiet",
+            version: "0.1.0",
+            description: "",
+            unwinds,
+        };
+        match declarations::<Quiet>(package) {
+            ROk(json) => serde_json::from_str(json.as_str()).unwrap(),
+            RErr(err) => panic!("{}", err.message),
+        }
+    }
+
+    #[test]
+    fn the_declarations_name_the_panic_strategy_the_crate_was_built_with() {
+        assert_eq!(declared(true)["panic"], "unwind");
+        assert_eq!(declared(false)["panic"], "abort");
+        assert_eq!(declared(true)["schedules"], serde_json::json!([]));
     }
 }

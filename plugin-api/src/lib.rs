@@ -54,6 +54,13 @@
 //!   host: it becomes an error of kind [`ErrorKind::Panicked`] naming the plugin, the place,
 //!   the panic message and where it happened:
 //!   `plugin hello panicked in callback `panic`: hello panicked on purpose (at src/lib.rs:110)`.
+//! * That takes `panic = "unwind"`, Rust's default. A plugin built with `panic = "abort"`
+//!   (in its profile, for smaller binaries, or with `-C panic=abort`) cannot catch a
+//!   panic: its first one ends the process it runs in. [`export_plugin!`] records the
+//!   strategy the plugin crate was compiled with in its declarations (`"panic": "abort"`),
+//!   and the host runs such a plugin in a worker process of its own, where a panic ends
+//!   only the worker and the call is answered `crashed`; where the plugin's settings keep
+//!   it in the host's process (`isolation = "in-process"`) the host refuses it.
 //! * Each plugin library has its own copy of std, and so its own panic hook. The glue
 //!   replaces std's default hook in it, once per library, before any author code runs: a
 //!   panic in author code the glue runs prints nothing (it is in the error above), and a
@@ -115,8 +122,10 @@
 //!   1.1 host loads and serves; that host never asks it for its state, so its `init` sees
 //!   none.
 //! * 1.3: declarations beyond the metadata, as JSON (`declarations`: the schedules of
-//!   [`Callbacks::every`]). An older plugin declares none; an older host runs no schedule
-//!   of a 1.3 plugin.
+//!   [`Callbacks::every`], and the panic strategy, `"panic": "unwind"` or `"abort"`, a
+//!   field added later within 1.3). An older plugin declares none; an older host runs no
+//!   schedule of a 1.3 plugin; a plugin that does not name its panic strategy is taken as
+//!   unwinding.
 //!
 //! The author-facing API ([`Plugin`], [`Context`], ...) follows ordinary semver and may grow
 //! freely: it is compiled into the plugin and never crosses the boundary.
@@ -312,6 +321,8 @@ macro_rules! export_plugin {
                 name: env!("CARGO_PKG_NAME"),
                 version: env!("CARGO_PKG_VERSION"),
                 description: env!("CARGO_PKG_DESCRIPTION"),
+                // Evaluated here, in the plugin crate: its profile decides.
+                unwinds: cfg!(panic = "unwind"),
             };
 
             extern "C" fn __metadata() -> $crate::abi::FfiMetadataResult {

@@ -8,7 +8,9 @@
 //!
 //! * in a guarded call (author code the glue runs under `catch_unwind`) it records where the
 //!   panic happened, for the `panicked` error the glue returns, and prints nothing;
-//! * anywhere else (a thread the plugin spawned) it writes one line to stderr;
+//! * anywhere else (a thread the plugin spawned), and anywhere at all in a plugin built with
+//!   `panic = "abort"` (whose panics end the process: nothing catches them), it writes one
+//!   line to stderr;
 //! * it captures a backtrace only when `PLUGIN_HOST_BACKTRACE=1` is set.
 //!
 //! Nothing here may keep the library mapped after `dlclose`: the thread-local is a `Cell` of a
@@ -29,8 +31,8 @@ pub(crate) enum Mode {
     /// A library the host loaded (the entry points of [`export_plugin!`](crate::export_plugin)):
     /// such a panic is one line on stderr.
     Host,
-    /// In-process use ([`Harness`](crate::testing::Harness), benches): such a panic goes to
-    /// the hook that was there before, so that a test binary reports failing tests as usual.
+    /// In-process use (the `testing` harness, benches): such a panic goes to the hook that
+    /// was there before, so that a test binary reports failing tests as usual.
     InProcess,
 }
 
@@ -152,7 +154,10 @@ fn unguarded_line(plugin: &str, location: Option<(&str, u32)>, message: &str) ->
 /// `write_all` and ignores errors instead of using `eprintln!`.
 fn hook(info: &PanicHookInfo<'_>) {
     let state = STATE.try_with(Cell::get).unwrap_or(OUTSIDE);
-    if state.guarded {
+    // Built with panic = "abort" (this crate is compiled with the plugin's profile), no
+    // panic is caught: the process ends after this hook, so say why, as for any panic
+    // outside a guarded call.
+    if state.guarded && cfg!(panic = "unwind") {
         let caught = Caught {
             location: info
                 .location()
@@ -243,7 +248,7 @@ fn lock_caught() -> MutexGuard<'static, Vec<(usize, Caught)>> {
 }
 
 /// Removes the calling thread's records and returns the last one.
-fn take_caught() -> Option<Caught> {
+pub(crate) fn take_caught() -> Option<Caught> {
     let key = thread_key();
     let mut all = lock_caught();
     let mut last = None;
@@ -265,55 +270,14 @@ fn take_caught() -> Option<Caught> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Harness;
-    use crate::{Context, ErrorKind, InitContext, Level, Plugin, PluginError};
 
-    struct Exploding;
+    // Tests of the hook through the glue and the harness are in `testing/panics.rs`: this
+    // module is below both.
 
     fn explode() -> ! {
         panic!("exploded\non two lines")
     }
     const EXPLODE_LINE: u32 = line!() - 2;
-
-    impl Plugin for Exploding {
-        type Input = String;
-        type Output = ();
-        fn init(_: &InitContext<'_>) -> Result<Self, PluginError> {
-            Ok(Exploding)
-        }
-        fn execute(&self, _: &Context<'_>, what: String) -> Result<(), PluginError> {
-            match what.as_str() {
-                "explode" => explode(),
-                "thread" => {
-                    let spawned = std::thread::spawn(|| explode()).join();
-                    assert!(spawned.is_err());
-                    Ok(())
-                }
-                _ => Ok(()),
-            }
-        }
-    }
-
-    #[test]
-    fn a_panic_in_a_harness_call_names_its_location_on_one_line() {
-        let plugin = Harness::<Exploding>::new("exploding", serde_json::json!({})).unwrap();
-        let err = plugin
-            .execute(serde_json::json!("explode"))
-            .result
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Panicked);
-        assert_eq!(
-            err.message(),
-            format!(
-                "plugin exploding panicked in execute: exploded on two lines (at {}:{})",
-                file!(),
-                EXPLODE_LINE
-            )
-        );
-        // Nothing is left behind for this thread.
-        assert!(take_caught().is_none());
-        assert!(plugin.execute(serde_json::json!("fine")).result.is_ok());
-    }
 
     #[test]
     fn installing_twice_keeps_one_hook() {
@@ -332,9 +296,13 @@ mod tests {
     fn a_panic_outside_a_guarded_call_does_not_abort() {
         install("exploding", Mode::InProcess);
         assert!(std::thread::spawn(|| explode()).join().is_err());
-        // Spawned by author code inside a call: still outside the guard, still no abort.
-        let plugin = Harness::<Exploding>::new("exploding", serde_json::json!({})).unwrap();
-        assert!(plugin.execute(serde_json::json!("thread")).result.is_ok());
+        // Spawned inside a guarded call: still outside the guard, still no abort.
+        let (spawned, caught) = catch(|| std::thread::spawn(|| explode()).join().is_err());
+        assert_eq!(spawned.ok(), Some(true));
+        assert!(
+            caught.is_none(),
+            "the spawned thread's panic is not the call's"
+        );
     }
 
     #[test]
@@ -377,80 +345,6 @@ mod tests {
         assert_eq!(
             unguarded_line("hello", None, "boom"),
             "plugin hello: thread panicked: boom\n"
-        );
-    }
-
-    /// Set in the child processes of [`in_host_mode_only_unguarded_panics_print`].
-    const CHILD: &str = "PLUGIN_API_PANIC_HOOK_CHILD";
-
-    /// What the host-mode child does: install the hook as a loaded library does, then panic
-    /// in a guarded call and in a spawned thread. Does nothing in an ordinary test run.
-    #[test]
-    fn host_mode_child() {
-        if std::env::var_os(CHILD).is_none() {
-            return;
-        }
-        install("exploding", Mode::Host);
-        let plugin = Harness::<Exploding>::new("exploding", serde_json::json!({})).unwrap();
-        let outcome = plugin.execute(serde_json::json!("explode"));
-        let err = outcome.result.unwrap_err();
-        assert!(err
-            .message()
-            .ends_with(&format!("(at {}:{EXPLODE_LINE})", file!())));
-        let backtraces: Vec<_> = outcome
-            .logs
-            .iter()
-            .filter(|r| r.message.starts_with("backtrace of the panic:\n"))
-            .collect();
-        if backtraces_enabled() {
-            assert_eq!(backtraces.len(), 1, "{:?}", outcome.logs);
-            assert_eq!(backtraces[0].level, Level::Error);
-            // The first frame kept is the function that panicked.
-            let frames = &backtraces[0].message["backtrace of the panic:\n".len()..];
-            let first = frames.trim_start().split_once(": ").map(|(_, rest)| rest);
-            assert!(
-                first.is_some_and(|f| f.starts_with("plugin_api::panic_hook::tests::explode\n")),
-                "{frames}"
-            );
-        } else {
-            assert!(backtraces.is_empty(), "{:?}", outcome.logs);
-        }
-        assert!(plugin.execute(serde_json::json!("thread")).result.is_ok());
-    }
-
-    fn run_child(backtraces: bool) -> String {
-        let exe = std::env::current_exe().unwrap();
-        let mut command = std::process::Command::new(exe);
-        command
-            .args(["--exact", "panic_hook::tests::host_mode_child"])
-            .args(["--nocapture", "--test-threads=1"])
-            .env(CHILD, "1")
-            .env_remove("RUST_BACKTRACE");
-        if backtraces {
-            command.env("PLUGIN_HOST_BACKTRACE", "1");
-        } else {
-            command.env_remove("PLUGIN_HOST_BACKTRACE");
-        }
-        let out = command.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-        assert!(stdout.contains("1 passed"), "{stdout}");
-        stderr
-    }
-
-    #[test]
-    fn in_host_mode_only_unguarded_panics_print() {
-        let line = format!(
-            "plugin exploding: thread panicked at {}:{EXPLODE_LINE}: exploded on two lines\n",
-            file!()
-        );
-        assert_eq!(run_child(false), line);
-        let stderr = run_child(true);
-        assert!(stderr.starts_with(&line), "{stderr}");
-        assert!(
-            stderr[line.len()..].starts_with("backtrace of the panic:\n"),
-            "{stderr}"
         );
     }
 }

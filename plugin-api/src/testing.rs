@@ -97,6 +97,7 @@ impl<P: Plugin> Harness<P> {
             name,
             version: "0.0.0",
             description: "",
+            unwinds: cfg!(panic = "unwind"),
         };
         let init = FfiInit {
             config_json: config.to_string().into(),
@@ -180,3 +181,6 @@ impl<P: Plugin> Harness<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod panics;

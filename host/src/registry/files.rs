@@ -272,6 +272,7 @@ mod tests {
             api_version: "0.1.0".into(),
             abi_version: "1.0".into(),
             schedules: Vec::new(),
+            panic: Default::default(),
         }
     }
 

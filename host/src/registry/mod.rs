@@ -20,6 +20,7 @@
 mod files;
 mod history;
 mod invoke;
+mod placement;
 mod pool;
 mod rollback;
 pub(crate) mod rollout;
@@ -427,7 +428,8 @@ impl Host {
 
     /// Opens a staged file in this process, or keeps its copy for a worker process if its
     /// plugin is isolated (it is then never opened here). Which plugin it is, for an
-    /// isolated one, comes from the name note in its file.
+    /// isolated one, comes from the name note in its file. A plugin opened here that turns
+    /// out to be built with `panic = "abort"` goes to a worker process too (`placement`).
     fn prepare(&self, path: &Path, staged: StagedFile) -> Result<Prepared, LoadError> {
         let declared = staged.declared.clone();
         let isolated = match &declared {
@@ -435,7 +437,10 @@ impl Host {
             None => self.inner.isolation.isolate_all,
         };
         if !isolated {
-            return Library::open(path, staged).map(Prepared::Library);
+            // A plugin built with panic = "abort" moves to a worker, or is refused.
+            let library = Library::open(path, staged)?;
+            let configured = self.configured_isolation(&library.metadata().name);
+            return placement::place(path, library, configured);
         }
         staged.check_structure(path)?;
         let Some(name) = declared else {
@@ -458,10 +463,12 @@ impl Host {
         if self.inner.isolation.isolate_all {
             return Isolation::Process;
         }
-        self.state()
-            .settings
-            .get(name)
-            .map_or(Isolation::InProcess, |s| s.isolation)
+        self.configured_isolation(name).unwrap_or_default()
+    }
+
+    /// Where the settings of plugin `name` say it runs, if they say.
+    fn configured_isolation(&self, name: &str) -> Option<Isolation> {
+        self.state().settings.get(name).and_then(|s| s.isolation)
     }
 
     /// Decides whether `library`, read from `path`, may serve its plugin, starts it, and
@@ -895,7 +902,7 @@ impl Host {
                     let isolation = if self.inner.isolation.isolate_all {
                         Isolation::Process
                     } else {
-                        new.isolation
+                        placement::wanted(new.isolation, current.metadata())
                     };
                     if !new.enabled {
                         tracing::info!(plugin = %name, generation = current.number(), "unloading: disabled in the configuration");

@@ -11,7 +11,8 @@ use host::control::{default_socket_path, Client, ClientError};
 use host::isolation::IsolationOptions;
 use host::isolation::WorkerStatus;
 use host::{
-    inspect, CallOutcome, CallRequest, FileStatus, Host, HostOptions, LoadOptions, RetiredState,
+    inspect, CallOutcome, CallRequest, FileStatus, Host, HostOptions, LoadOptions, PanicStrategy,
+    RetiredState,
 };
 
 use crate::cli::{CallArgs, CheckArgs, ListArgs, Target};
@@ -280,6 +281,13 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
         if let Some(worker) = file.serving.as_ref().and_then(|s| s.worker.as_ref()) {
             notes.push(worker_note(worker));
         }
+        if file
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.panic == PanicStrategy::Abort)
+        {
+            notes.push("built with panic = \"abort\"".to_owned());
+        }
         if let Some(stuck) = file.serving.as_ref().map(|s| s.stuck).filter(|n| *n > 0) {
             notes.push(format!("{stuck} stuck"));
         }
@@ -429,6 +437,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
             "plugin-api:  {} (ABI {})",
             meta.api_version, meta.abi_version
         )?;
+        writeln!(stdout, "panic:       {}", meta.panic)?;
     }
     Ok(ExitCode::SUCCESS)
 }

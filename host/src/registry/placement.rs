@@ -1,0 +1,95 @@
+//! Where a plugin runs, once its metadata is known: a plugin built with `panic = "abort"`
+//! cannot catch a panic, so in the host's process its first panic would end the host. It
+//! runs in a worker process instead (where such a panic ends only the worker, and the call
+//! is answered `crashed`), unless its settings say `isolation = "in-process"`: it is then
+//! refused, in one line saying why.
+
+use std::path::Path;
+
+use crate::config::Isolation;
+use crate::loader::{Library, LoadError, LoadErrorKind, Metadata, PanicStrategy};
+
+use super::Prepared;
+
+/// Where a plugin of `metadata` is to run, when its settings say `configured` (and the host
+/// does not isolate every plugin).
+pub(super) fn wanted(configured: Option<Isolation>, metadata: &Metadata) -> Isolation {
+    match (configured, metadata.panic) {
+        (Some(isolation), _) => isolation,
+        (None, PanicStrategy::Abort) => Isolation::Process,
+        (None, PanicStrategy::Unwind) => Isolation::InProcess,
+    }
+}
+
+/// `library`, read from `path` and opened in the host's process because its settings
+/// (`configured`) do not isolate it, as what is to be started: itself, or, for a plugin
+/// built with `panic = "abort"`, its private copy for a worker process (the library is
+/// closed here; logged once, at this load). Refused if its settings keep such a plugin
+/// in-process.
+pub(super) fn place(
+    path: &Path,
+    library: Library,
+    configured: Option<Isolation>,
+) -> Result<Prepared, LoadError> {
+    let metadata = library.metadata();
+    if metadata.panic != PanicStrategy::Abort {
+        return Ok(Prepared::Library(library));
+    }
+    let name = metadata.name.clone();
+    if configured == Some(Isolation::InProcess) {
+        return Err(LoadError::new(
+            path,
+            LoadErrorKind::AbortsOnPanic,
+            format!(
+                "plugin {name} is {}, so its first panic would end the host, and its settings \
+                 say isolation = \"in-process\": remove that line to run it in a worker \
+                 process, or build it with panic = \"unwind\"",
+                ABORT_NOTE
+            ),
+        ));
+    }
+    let Some(copy) = library.kept().cloned() else {
+        return Err(LoadError::new(
+            path,
+            LoadErrorKind::Host,
+            format!(
+                "plugin {name} is {}, and its private copy is gone: it cannot run in a \
+                 worker process",
+                ABORT_NOTE
+            ),
+        ));
+    };
+    // Nothing was made from the library: it can be closed at once.
+    drop(library);
+    tracing::warn!(plugin = %name, file = %path.display(),
+        "{}: it runs in a worker process, where a panic ends only the worker (set \
+         isolation = \"process\" for it to say so)", ABORT_NOTE);
+    Ok(Prepared::Isolated { copy, name })
+}
+
+/// How the log and refusals name the reason (`host list` says it the same way).
+const ABORT_NOTE: &str = "built with panic = \"abort\"";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(panic: PanicStrategy) -> Metadata {
+        Metadata {
+            panic,
+            ..Metadata::named("pa")
+        }
+    }
+
+    #[test]
+    fn a_plugin_that_aborts_on_panic_runs_isolated_unless_its_settings_say_where() {
+        let abort = built(PanicStrategy::Abort);
+        let unwind = built(PanicStrategy::Unwind);
+        assert_eq!(wanted(None, &abort), Isolation::Process);
+        assert_eq!(wanted(None, &unwind), Isolation::InProcess);
+        for isolation in [Isolation::InProcess, Isolation::Process] {
+            assert_eq!(wanted(Some(isolation), &abort), isolation);
+            assert_eq!(wanted(Some(isolation), &unwind), isolation);
+        }
+    }
+}
