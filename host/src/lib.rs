@@ -31,34 +31,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod call;
-mod clock;
-pub mod config;
-pub mod control;
-mod counter;
-mod digest;
-mod elf;
-mod generation;
-mod handover;
-pub mod isolation;
-pub mod loader;
-mod plugin_file;
-mod private_dir;
-mod reaper;
+// The layers, bottom to top; a lower one never names a higher one (ARCHITECTURE.md, and
+// the test `tests/layers.rs`). This file is the facade: what users embed is re-exported
+// here, under the paths it always had.
+mod files;
 mod registry;
-mod small;
-pub mod tasks;
-mod typed;
-pub mod watch;
+mod runtime;
+mod services;
+mod types;
 
-pub use call::{CallError, CallErrorKind, CallOutcome, Json, Name, MAX_ERROR_MESSAGE};
-pub use generation::TypedOutcome;
-pub use loader::{
-    inspect, LoadError, LoadErrorKind, LoadOptions, Metadata, PanicStrategy, PluginSchedule,
-};
-pub use reaper::{Retired, RetiredState};
+pub use runtime::{isolation, loader};
+pub use services::{config, control, tasks, watch};
+
 pub use registry::{
     CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent,
-    PluginHandle, RunningCall, Serving, DEFAULT_MAX_CALL_THREADS,
+    PluginHandle, RunningCall, Serving, TypedCall, TypedError, DEFAULT_MAX_CALL_THREADS,
 };
-pub use typed::{TypedCall, TypedError};
+pub use runtime::generation::TypedOutcome;
+pub use runtime::loader::{
+    inspect, LoadError, LoadErrorKind, LoadOptions, Metadata, PanicStrategy, PluginSchedule,
+};
+pub use runtime::reaper::{Retired, RetiredState};
+pub use types::call::{CallError, CallErrorKind, CallOutcome, Json, Name, MAX_ERROR_MESSAGE};

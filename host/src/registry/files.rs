@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::loader::{LoadError, LoadErrorKind, Metadata};
+use crate::runtime::loader::{LoadError, LoadErrorKind, Metadata};
 
 /// What the host knows about one plugin file.
 #[derive(Debug, Default, Clone)]

@@ -23,14 +23,13 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Isolation;
-use crate::digest::Digest;
-use crate::generation::{Generation, Tally};
-use crate::plugin_file::KeptCopy;
-use crate::reaper::unix_ms;
+use crate::files::digest::Digest;
+use crate::files::plugin_file::KeptCopy;
+use crate::runtime::generation::{Generation, Tally};
+use crate::runtime::reaper::unix_ms;
+use crate::types::settings::Isolation;
 
-/// Generations remembered per plugin; `keep_versions` is at most this.
-pub const MAX_RECORDS: usize = 32;
+pub use crate::types::settings::MAX_RECORDS;
 
 /// Plugin names whose history is kept.
 pub const MAX_PLUGINS: usize = 1024;

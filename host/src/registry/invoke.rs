@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::call::{CallError, CallErrorKind, CallOutcome};
-use crate::clock::Stopwatch;
-use crate::config::Isolation;
-use crate::generation::Generation;
+use crate::runtime::generation::Generation;
+use crate::types::call::{CallError, CallErrorKind, CallOutcome};
+use crate::types::clock::Stopwatch;
+use crate::types::settings::Isolation;
 
 use super::{lock, Host};
 

@@ -7,7 +7,7 @@
 //! * the file book (`files`), path → what was loaded from it, and the rules about what a
 //!   change means, behind the state mutex, which only loads, unloads and listings take, each
 //!   for microseconds;
-//! * the reaper (`crate::reaper`), which drops replaced generations when their last call
+//! * the reaper (`crate::runtime::reaper`), which drops replaced generations when their last call
 //!   ends.
 //!
 //! A load runs in three steps. *Prepare*, with no lock held: stage the file (read, hash and
@@ -23,8 +23,8 @@ mod invoke;
 mod placement;
 mod pool;
 mod rollback;
-pub(crate) mod rollout;
 pub(crate) mod table;
+pub(crate) mod typed;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -33,20 +33,23 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::{Budget, CallError, CallErrorKind};
-use crate::config::Isolation;
-use crate::config::{PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES};
-use crate::digest::Digest;
-use crate::generation::{Generation, Origin};
-use crate::handover::{Handover, PreviousState};
-use crate::isolation::{IsolationOptions, WorkerSpec, WorkerStatus};
-use crate::loader::{Library, LoadError, LoadErrorKind, LoadOptions, Metadata};
-use crate::plugin_file::{KeptCopy, StagedFile};
-use crate::private_dir::CopyDir;
-use crate::reaper::{unix_ms, Reaper, Retired};
+use crate::files::digest::Digest;
+use crate::files::plugin_file::{KeptCopy, StagedFile};
+use crate::files::private_dir::CopyDir;
+use crate::runtime::generation::{Generation, Origin};
+use crate::runtime::handover::{Handover, PreviousState};
+use crate::runtime::isolation::{IsolationOptions, WorkerSpec, WorkerStatus};
+use crate::runtime::loader::{Library, LoadError, LoadErrorKind, LoadOptions, Metadata};
+use crate::runtime::reaper::{unix_ms, Reaper, Retired};
+use crate::runtime::rollout;
+use crate::types::call::{Budget, CallError, CallErrorKind};
+use crate::types::settings::Isolation;
+use crate::types::settings::{
+    PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES,
+};
 use files::{FileBook, Verdict};
 use history::History;
-pub use history::{Ended, HistoryEntry, MAX_RECORDS};
+pub use history::{Ended, HistoryEntry};
 use invoke::Running;
 use pool::CallPool;
 use rollback::Rollback;
@@ -54,6 +57,7 @@ use table::CallTable;
 
 pub use invoke::{CallRequest, RunningCall};
 pub use pool::DEFAULT_MAX_CALL_THREADS;
+pub use typed::{TypedCall, TypedError};
 
 /// Options for a [`Host`].
 #[derive(Debug, Clone)]
@@ -304,8 +308,8 @@ type Retry = Vec<PathBuf>;
 impl Host {
     /// Creates a host with no plugins.
     pub fn new(options: HostOptions) -> Result<Host, HostError> {
-        crate::clock::init();
-        crate::handover::init();
+        crate::types::clock::init();
+        crate::runtime::handover::init();
         let copy_dir =
             CopyDir::new(options.load.copy_dir.as_deref()).map_err(HostError::CopyDir)?;
         let pool = CallPool::new(options.max_call_threads).map_err(HostError::CallPool)?;
@@ -418,7 +422,7 @@ impl Host {
                 None => state.settings.values().any(|s| s.sha256.is_some()),
             }
         };
-        crate::plugin_file::stage(
+        crate::files::plugin_file::stage(
             path,
             &self.inner.options,
             self.inner.copy_dir.path(),
@@ -1037,7 +1041,7 @@ impl Host {
     /// plugin. Fails if no plugin of that name is loaded, or it has no such typed callback.
     pub fn typed(&self, plugin: &str, callback: &str) -> Result<crate::TypedCall, CallError> {
         let slot = self.slot(plugin)?;
-        crate::typed::TypedCall::new(self.clone(), plugin, callback, slot)
+        crate::registry::typed::TypedCall::new(self.clone(), plugin, callback, slot)
     }
 
     pub(crate) fn slot(&self, plugin: &str) -> Result<table::Slot, CallError> {

@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use crate::config::Isolation;
-use crate::loader::{Library, LoadError, LoadErrorKind, Metadata, PanicStrategy};
+use crate::runtime::loader::{Library, LoadError, LoadErrorKind, Metadata, PanicStrategy};
+use crate::types::settings::Isolation;
 
 use super::Prepared;
 

@@ -10,13 +10,13 @@
 use std::path::Path;
 use std::sync::{Arc, Weak};
 
-use crate::call::{CallError, CallErrorKind, CallOutcome};
-use crate::generation::Generation;
-use crate::loader::{LoadError, LoadErrorKind};
+use crate::runtime::generation::Generation;
+use crate::runtime::loader::{LoadError, LoadErrorKind};
+use crate::types::call::{CallError, CallErrorKind, CallOutcome};
 
 use super::history::{Ended, HistoryEntry};
-use super::rollout::Trip;
 use super::{hex, lock, Host, LoadEvent, State};
+use crate::runtime::rollout::Trip;
 
 /// A load that is a rollback by request, to the kept copy of generation `of`.
 #[derive(Debug)]

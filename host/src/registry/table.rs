@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
-use crate::generation::Generation;
+use crate::runtime::generation::Generation;
 
 /// One plugin name's current generation.
 pub(crate) type Slot = Arc<ArcSwapOption<Generation>>;

@@ -1,0 +1,9 @@
+//! Layer 2, plugin files: ELF checks, digests, staging of private copies, private
+//! directories, read leases, and the errors of loading a file. Names only `types`.
+
+pub(crate) mod digest;
+pub(crate) mod elf;
+pub(crate) mod lease;
+pub mod load_error;
+pub(crate) mod plugin_file;
+pub(crate) mod private_dir;

@@ -1,0 +1,778 @@
+//! One worker process, seen from the host: starting it, calls multiplexed on its channel,
+//! and the thread that watches it until it is gone.
+//!
+//! Calls share the channel by id. There is no reader thread: a caller waiting for its answer
+//! becomes the channel's reader if nobody else is reading, hands on any answer that is not
+//! its own, and lets the next waiter read when it has its own. A lone call polls for its
+//! answer a moment before it sleeps, and the worker runs it on the thread that read it
+//! (see `worker`), so it usually costs no wake-up at all; a frame sent while another call is
+//! in flight also rings the worker's doorbell.
+//!
+//! A *watch* thread per worker waits for the process to exit (a pidfd), logs what it writes
+//! on stdout and stderr (with plugin, generation and worker pid), and kills it when a call
+//! whose caller already got its `timeout` answer is still running `kill_after_ms` later. When
+//! the process is gone it reaps it (no zombies), says why it ended, and fails the calls still
+//! in flight on it with a `crashed` error naming the reason and their callback.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use plugin_api::LogRecord;
+use serde_json::value::RawValue;
+
+use super::channel::{write_frame, FrameReader, FromWorker, LoadRequest, ToWorker, ENVELOPE_BYTES};
+use super::spawn::{self, SpawnSpec, Spawned};
+use crate::runtime::loader::{LoadError, LoadErrorKind, Metadata};
+use crate::types::call::{CallError, CallErrorKind, CallOutcome};
+
+/// How long a reader waits on the channel before looking at its own call again (for a
+/// cancellation flag set by its caller).
+const READ_SLICE: Duration = Duration::from_millis(50);
+/// How long a worker asked to shut down gets before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The last lines of a worker's output kept to tell why it died.
+const KEPT_LINES: usize = 32;
+
+/// Who a worker serves, for its logs and messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Label {
+    pub(crate) plugin: String,
+    pub(crate) generation: u64,
+    /// The plugin's `timeout_ms` and `kill_after_ms`, for the kill message.
+    pub(crate) timeout_ms: u64,
+    pub(crate) kill_after_ms: u64,
+    pub(crate) max_memory_mb: Option<u64>,
+}
+
+/// Why a worker process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Exit {
+    /// One phrase: `killed by signal SIGSEGV`, `exited with status 3`, ...
+    pub(crate) reason: String,
+    /// It ended because the host asked it to (not a crash).
+    pub(crate) clean: bool,
+}
+
+/// A running worker process.
+pub(crate) struct Worker {
+    pid: u32,
+    label: Label,
+    writer: Mutex<UnixStream>,
+    /// Rung after a frame that may arrive while the worker runs a call on its reading
+    /// thread (see `worker`).
+    doorbell: UnixStream,
+    reader: Mutex<FrameReader>,
+    state: Mutex<State>,
+    changed: Condvar,
+    next_id: AtomicU64,
+    /// The host asked it to stop; its exit is not a crash.
+    stopping: AtomicBool,
+    /// It was put in service (its supervisor decides whether its exit counts).
+    in_service: AtomicBool,
+    /// Wakes the watch thread (a new kill deadline).
+    wake: OwnedFd,
+    watch: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("pid", &self.pid)
+            .field("plugin", &self.label.plugin)
+            .field("generation", &self.label.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Calls in flight, by id, with their answer once it has been read.
+    pending: HashMap<u64, Pending>,
+    /// Someone is reading the channel.
+    reading: bool,
+    /// The channel reached its end or broke: the process is on its way out.
+    closed: bool,
+    /// How the process ended, once it has.
+    exit: Option<Exit>,
+    /// Calls whose caller gave up: when to kill the worker if they are still running.
+    overdue: Vec<Overdue>,
+    /// Why the watch thread killed the worker.
+    killed_because: Option<String>,
+}
+
+struct Pending {
+    answer: Option<Result<CallOutcome, CallError>>,
+}
+
+struct Overdue {
+    id: u64,
+    callback: String,
+    kill_at: Instant,
+}
+
+/// Called once by the watch thread when the process is gone.
+pub(crate) type OnExit = Box<dyn FnOnce(&Worker, &Exit) + Send>;
+
+impl Worker {
+    /// Starts a worker and has it load `request`, waiting up to the plugin's
+    /// `init_timeout_ms` for its `init`. `on_exit` runs when the process ends, whenever
+    /// that is.
+    pub(crate) fn start(
+        spec: &SpawnSpec,
+        request: LoadRequest,
+        label: Label,
+        on_exit: OnExit,
+    ) -> Result<(Arc<Worker>, Metadata, Vec<LogRecord>), LoadError> {
+        let path = request.source.clone();
+        let host_error = |what: &str, err: io::Error| {
+            LoadError::new(
+                &path,
+                LoadErrorKind::Host,
+                format!("cannot start a worker process ({what}): {err}"),
+            )
+        };
+        let Spawned {
+            child,
+            channel,
+            doorbell,
+            output,
+        } = spawn::spawn(spec)
+            .map_err(|err| host_error(&spec.program.display().to_string(), err))?;
+        let pid = child.id();
+        let limit = request.max_message_bytes + ENVELOPE_BYTES;
+        let reader = channel
+            .try_clone()
+            .map_err(|err| host_error("channel", err))?;
+        let wake = eventfd().map_err(|err| host_error("eventfd", err))?;
+        doorbell
+            .set_nonblocking(true)
+            .map_err(|err| host_error("doorbell", err))?;
+        let pidfd = spawn::pidfd(pid).map_err(|err| host_error("pidfd", err))?;
+        let init_timeout = Duration::from_millis(request.settings.init_timeout_ms);
+        let worker = Arc::new(Worker {
+            pid,
+            label: label.clone(),
+            writer: Mutex::new(channel),
+            doorbell,
+            reader: Mutex::new(FrameReader::new(reader, limit)),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            next_id: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            in_service: AtomicBool::new(false),
+            wake,
+            watch: Mutex::new(None),
+        });
+        let watched = worker.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{pid}"))
+            .spawn(move || watched.watch(child, pidfd, output, on_exit));
+        match thread {
+            Ok(thread) => *lock(&worker.watch) = Some(thread),
+            Err(err) => {
+                // SAFETY: kill has no memory-safety preconditions; the child is not reaped
+                // yet (only the watch thread would reap it), so the pid is still ours.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                return Err(host_error("watch thread", err));
+            }
+        }
+
+        let refused = |kind, message: String| LoadError::new(&path, kind, message);
+        if let Err(err) = write_frame(&lock(&worker.writer), &ToWorker::Load(Box::new(request))) {
+            let exit = worker.wait_exit(Duration::from_secs(1));
+            return Err(refused(
+                LoadErrorKind::InitFailed,
+                format!(
+                    "plugin {}: its worker process ended at start ({}): {err}",
+                    label.plugin,
+                    describe(&exit)
+                ),
+            ));
+        }
+        let deadline = Instant::now() + init_timeout;
+        let answer = lock(&worker.reader).next::<FromWorker>(Some(deadline));
+        match answer {
+            Ok(Some(FromWorker::Ready { metadata, logs })) => Ok((worker, metadata, logs)),
+            Ok(Some(FromWorker::Refused {
+                kind,
+                message,
+                detail,
+                logs,
+            })) => {
+                crate::runtime::generation::replay_logs(&label.plugin, label.generation, &logs);
+                let mut err = refused(kind, message);
+                if let Some(detail) = detail {
+                    err = err.with_detail(detail);
+                }
+                if worker.wait_exit(SHUTDOWN_GRACE).is_none() {
+                    worker.kill();
+                }
+                Err(err)
+            }
+            Ok(Some(FromWorker::Done { .. })) => {
+                worker.kill();
+                Err(refused(
+                    LoadErrorKind::Host,
+                    "the worker process answered a call it was never sent".to_owned(),
+                ))
+            }
+            Ok(None) => {
+                worker.kill();
+                Err(refused(
+                    LoadErrorKind::InitTimedOut,
+                    format!(
+                        "plugin {}: init did not return within {} ms (init_timeout_ms); its \
+                         worker process was killed and the load refused",
+                        label.plugin,
+                        init_timeout.as_millis()
+                    ),
+                ))
+            }
+            Err(err) => {
+                let exit = worker.wait_exit(Duration::from_secs(2));
+                Err(refused(
+                    LoadErrorKind::InitFailed,
+                    format!(
+                        "plugin {} crashed while loading: {} ({err})",
+                        label.plugin,
+                        describe(&exit)
+                    ),
+                ))
+            }
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Marks it as serving calls.
+    pub(crate) fn put_in_service(&self) {
+        self.in_service.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether it was put in service.
+    pub(crate) fn was_in_service(&self) -> bool {
+        self.in_service.load(Ordering::SeqCst)
+    }
+
+    /// Whether the process has ended or is ending.
+    pub(crate) fn is_gone(&self) -> bool {
+        let state = lock(&self.state);
+        state.closed || state.exit.is_some()
+    }
+
+    /// Runs a call on the worker and waits for its answer until `deadline`. Past it, the
+    /// plugin is told to cancel, the caller gets a `timeout` error, and the worker is killed
+    /// if the call is still running `kill_after_ms` later.
+    pub(crate) fn call(
+        &self,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: SystemTime,
+    ) -> Result<CallOutcome, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let input = RawValue::from_string(input.to_owned()).map_err(|err| {
+            CallError::new(
+                CallErrorKind::InvalidRequest,
+                format!("input is not JSON: {err}"),
+            )
+        })?;
+        let alone = {
+            let mut state = lock(&self.state);
+            if let Some(exit) = &state.exit {
+                return Err(self.crashed(&describe(&Some(exit.clone())), callback));
+            }
+            state.pending.insert(id, Pending { answer: None });
+            state.pending.len() == 1
+        };
+        let frame = ToWorker::Call {
+            id,
+            callback: callback.to_owned(),
+            input,
+            deadline_unix_ms: crate::types::call::deadline_unix_ms(deadline),
+            alone,
+        };
+        if self.send(&frame, !alone).is_err() {
+            // The process is going; its exit says why.
+            lock(&self.state).closed = true;
+        }
+        let until = Instant::now()
+            + deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(answer) = state.pending.get_mut(&id).and_then(|p| p.answer.take()) {
+                state.pending.remove(&id);
+                return answer;
+            }
+            if let Some(exit) = &state.exit {
+                let reason = describe(&Some(exit.clone()));
+                state.pending.remove(&id);
+                return Err(self.crashed(&reason, callback));
+            }
+            let now = Instant::now();
+            if now >= until || cancelled.load(Ordering::Relaxed) {
+                state.pending.remove(&id);
+                return Err(self.give_up(state, id, callback, now));
+            }
+            if !state.reading && !state.closed {
+                state.reading = true;
+                // A lone call polls for its answer a moment before sleeping; with others in
+                // flight, their calls need the CPU more.
+                let alone = state.pending.len() == 1;
+                drop(state);
+                let until = Some(until.min(now + READ_SLICE));
+                let mut reader = lock(&self.reader);
+                let frame = if alone {
+                    reader.next_soon::<FromWorker>(until)
+                } else {
+                    reader.next::<FromWorker>(until)
+                };
+                drop(reader);
+                state = lock(&self.state);
+                state.reading = false;
+                match frame {
+                    Ok(Some(FromWorker::Done { id: done, result })) => {
+                        // A late answer to a call already given up: it returned, so no kill.
+                        state.overdue.retain(|o| o.id != done);
+                        if let Some(pending) = state.pending.get_mut(&done) {
+                            pending.answer = Some(result);
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        tracing::warn!(plugin = %self.label.plugin, generation = self.label.generation,
+                            worker_pid = self.pid, "the worker sent an unexpected frame; ignored");
+                    }
+                    Ok(None) => {}
+                    Err(_) => state.closed = true,
+                }
+                self.changed.notify_all();
+            } else {
+                let wait = until.saturating_duration_since(now).min(READ_SLICE);
+                state = self
+                    .changed
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+    }
+
+    /// The caller of call `id` stops waiting: the plugin is told to cancel, and the worker
+    /// is killed if the call has not returned `kill_after_ms` from now.
+    fn give_up(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        id: u64,
+        callback: &str,
+        now: Instant,
+    ) -> CallError {
+        state.overdue.push(Overdue {
+            id,
+            callback: callback.to_owned(),
+            kill_at: now + Duration::from_millis(self.label.kill_after_ms),
+        });
+        drop(state);
+        self.wake_watch();
+        let _ = self.send(&ToWorker::Cancel { id }, true);
+        CallError::new(
+            CallErrorKind::Timeout,
+            format!(
+                "plugin {} (generation {}): `{callback}` did not finish within {} ms; it was \
+                 told to cancel, and its worker process (pid {}) is killed if it has not \
+                 returned {} ms later",
+                self.label.plugin,
+                self.label.generation,
+                self.label.timeout_ms,
+                self.pid,
+                self.label.kill_after_ms
+            ),
+        )
+    }
+
+    /// Writes `frame`, and rings the doorbell after it if the worker may be busy.
+    fn send(&self, frame: &ToWorker, ring: bool) -> io::Result<()> {
+        write_frame(&lock(&self.writer), frame)?;
+        if ring {
+            // A full doorbell has rung already; that is enough.
+            let _ = (&self.doorbell).write(&[1]);
+        }
+        Ok(())
+    }
+
+    fn crashed(&self, reason: &str, callback: &str) -> CallError {
+        CallError::new(
+            CallErrorKind::Crashed,
+            format!(
+                "plugin {} crashed: {reason} in callback `{callback}` (worker pid {}, \
+                 generation {})",
+                self.label.plugin, self.pid, self.label.generation
+            ),
+        )
+    }
+
+    /// Asks the worker to drop its plugin and exit, and waits for it (killing it if it
+    /// takes longer than a moment). Calls must be over.
+    pub(crate) fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let asked = write_frame(&lock(&self.writer), &ToWorker::Shutdown).is_ok();
+        if !asked || self.wait_exit(SHUTDOWN_GRACE).is_none() {
+            self.kill();
+        }
+        self.join_watch();
+    }
+
+    /// Kills the process (if it is still there) and waits for the watch thread to reap it.
+    pub(crate) fn kill(&self) {
+        if lock(&self.state).exit.is_none() {
+            // SAFETY: kill has no memory-safety preconditions; until the watch thread has
+            // reaped the process (which sets `exit`), the pid cannot have been reused.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        self.join_watch();
+    }
+
+    fn join_watch(&self) {
+        if let Some(thread) = lock(&self.watch).take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// Waits up to `wait` for the process to have ended; how it ended, if it has.
+    fn wait_exit(&self, wait: Duration) -> Option<Exit> {
+        let until = Instant::now() + wait;
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(exit) = &state.exit {
+                return Some(exit.clone());
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn wake_watch(&self) {
+        let one: u64 = 1;
+        // SAFETY: the eventfd is open for as long as `self`; writing 8 bytes is what an
+        // eventfd takes.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// The watch thread: until the process exits, logs its output and kills it when a call
+    /// overruns `kill_after_ms`; then reaps it, records why it ended, and runs `on_exit`.
+    fn watch(
+        self: Arc<Worker>,
+        mut child: Child,
+        pidfd: OwnedFd,
+        output: OwnedFd,
+        on_exit: OnExit,
+    ) {
+        let _span = tracing::info_span!("worker", plugin = %self.label.plugin,
+            generation = self.label.generation, worker_pid = self.pid)
+        .entered();
+        let mut output = Output::new(output);
+        loop {
+            let next_kill = lock(&self.state).overdue.iter().map(|o| o.kill_at).min();
+            let timeout = next_kill.map_or(-1, |at| {
+                at.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32
+                    + 1
+            });
+            let mut fds = [poll_fd(&pidfd), poll_fd(&output.fd), poll_fd(&self.wake)];
+            if !output.open {
+                fds[1].fd = -1;
+            }
+            // SAFETY: `fds` is a valid array of pollfd for the length given; the descriptors
+            // are owned by this thread or by `self` for the whole call.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                tracing::warn!("poll failed: {}", io::Error::last_os_error());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if fds[1].revents != 0 {
+                output.read(&self.label);
+            }
+            if fds[2].revents != 0 {
+                let mut count = [0u8; 8];
+                // SAFETY: reading 8 bytes from the eventfd into a buffer of 8 bytes.
+                unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+            }
+            self.kill_overdue();
+            if fds[0].revents != 0 {
+                break;
+            }
+        }
+        while output.open {
+            output.read(&self.label);
+        }
+        let status = child.wait();
+        let exit = {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            classify(
+                status,
+                state.killed_because.as_deref(),
+                self.stopping.load(Ordering::SeqCst),
+                &output.last,
+                &self.label,
+            )
+        };
+        // The supervisor counts the crash before any caller hears of it, so that the
+        // caller's next call sees the consequence (a quarantine, a back-off).
+        on_exit(&self, &exit);
+        lock(&self.state).exit = Some(exit);
+        self.changed.notify_all();
+    }
+
+    fn kill_overdue(&self) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        if state.killed_because.is_some() {
+            return;
+        }
+        let Some(overdue) = state.overdue.iter().find(|o| o.kill_at <= now) else {
+            return;
+        };
+        let reason = format!(
+            "its worker was killed because `{}` did not return within timeout_ms ({} ms) + \
+             kill_after_ms ({} ms)",
+            overdue.callback, self.label.timeout_ms, self.label.kill_after_ms
+        );
+        tracing::warn!("{reason}");
+        state.killed_because = Some(reason);
+        // New calls go to a fresh worker at once.
+        state.closed = true;
+        // SAFETY: kill has no memory-safety preconditions; the process has not been reaped
+        // (this thread reaps it, later), so the pid is still this worker's.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// The worker's stdout and stderr: logged a line at a time, the last lines kept.
+struct Output {
+    fd: OwnedFd,
+    open: bool,
+    partial: Vec<u8>,
+    last: VecDeque<String>,
+}
+
+impl Output {
+    fn new(fd: OwnedFd) -> Output {
+        Output {
+            fd,
+            open: true,
+            partial: Vec::new(),
+            last: VecDeque::new(),
+        }
+    }
+
+    /// Reads what is there (blocking until something is, or the end) and logs whole lines.
+    fn read(&mut self, label: &Label) {
+        let mut chunk = [0u8; 8192];
+        // SAFETY: the descriptor is owned by `self`; `chunk` is valid for its length.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n <= 0 {
+            if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                self.open = false;
+                if !self.partial.is_empty() {
+                    let line =
+                        String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+                    self.line(label, line);
+                }
+            }
+            return;
+        }
+        self.partial.extend_from_slice(&chunk[..n as usize]);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            self.line(label, line);
+        }
+        // A line that never ends is logged in pieces.
+        if self.partial.len() > 16 * 1024 {
+            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+            self.line(label, line);
+        }
+    }
+
+    fn line(&mut self, label: &Label, line: String) {
+        if line.trim().is_empty() {
+            return;
+        }
+        tracing::warn!(target: "plugin", plugin = %label.plugin, generation = label.generation, "{line}");
+        if self.last.len() == KEPT_LINES {
+            self.last.pop_front();
+        }
+        self.last.push_back(line);
+    }
+}
+
+/// Why the process ended, in one phrase, from its status and its last words.
+fn classify(
+    status: io::Result<std::process::ExitStatus>,
+    killed_because: Option<&str>,
+    stopping: bool,
+    last: &VecDeque<String>,
+    label: &Label,
+) -> Exit {
+    let said = |needle: &str| last.iter().any(|l| l.contains(needle));
+    let status = match status {
+        Ok(status) => status,
+        Err(err) => {
+            return Exit {
+                reason: format!("its worker process could not be waited for ({err})"),
+                clean: false,
+            }
+        }
+    };
+    if let Some(because) = killed_because {
+        return Exit {
+            reason: because.to_owned(),
+            clean: false,
+        };
+    }
+    let reason = match (status.code(), status.signal()) {
+        (Some(0), _) if stopping => {
+            return Exit {
+                reason: "exited as asked".to_owned(),
+                clean: true,
+            }
+        }
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => {
+            let name = spawn::signal_name(signal);
+            if said("memory allocation of") {
+                match label.max_memory_mb {
+                    Some(mb) => {
+                        format!("out of memory (max_memory_mb = {mb}), killed by signal {name}")
+                    }
+                    None => format!("out of memory, killed by signal {name}"),
+                }
+            } else if said("has overflowed its stack") {
+                format!("stack overflow, killed by signal {name}")
+            } else if signal == libc::SIGKILL && stopping {
+                return Exit {
+                    reason: "killed after it did not stop when asked".to_owned(),
+                    clean: true,
+                };
+            } else {
+                format!("killed by signal {name}")
+            }
+        }
+        (None, None) => "ended for an unknown reason".to_owned(),
+    };
+    Exit {
+        reason,
+        clean: false,
+    }
+}
+
+/// `exit` as a phrase, or that the process has not ended yet.
+fn describe(exit: &Option<Exit>) -> String {
+    match exit {
+        Some(exit) => exit.reason.clone(),
+        None => "its worker process is gone".to_owned(),
+    }
+}
+
+fn poll_fd(fd: &OwnedFd) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new open descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label() -> Label {
+        Label {
+            plugin: "tough".into(),
+            generation: 3,
+            timeout_ms: 300,
+            kill_after_ms: 100,
+            max_memory_mb: Some(64),
+        }
+    }
+
+    fn status(raw: i32) -> io::Result<std::process::ExitStatus> {
+        Ok(std::process::ExitStatus::from_raw(raw))
+    }
+
+    #[test]
+    fn an_exit_is_named_by_its_signal_status_or_last_words() {
+        let none = VecDeque::new();
+        let exit = |raw, stopping, last: &VecDeque<String>| {
+            classify(status(raw), None, stopping, last, &label())
+        };
+        assert_eq!(
+            exit(libc::SIGSEGV, false, &none).reason,
+            "killed by signal SIGSEGV"
+        );
+        assert_eq!(exit(3 << 8, false, &none).reason, "exited with status 3");
+        assert!(exit(0, true, &none).clean);
+        assert!(
+            !exit(0, false, &none).clean,
+            "an exit nobody asked for is a crash"
+        );
+        let oom = VecDeque::from(["memory allocation of 1048576 bytes failed".to_owned()]);
+        assert_eq!(
+            exit(libc::SIGABRT, false, &oom).reason,
+            "out of memory (max_memory_mb = 64), killed by signal SIGABRT"
+        );
+        let overflow = VecDeque::from([
+            "thread 'x' has overflowed its stack".to_owned(),
+            "fatal runtime error: stack overflow".to_owned(),
+        ]);
+        assert_eq!(
+            exit(libc::SIGABRT, false, &overflow).reason,
+            "stack overflow, killed by signal SIGABRT"
+        );
+        let killed = classify(
+            status(libc::SIGKILL),
+            Some("its worker was killed because"),
+            false,
+            &none,
+            &label(),
+        );
+        assert_eq!(killed.reason, "its worker was killed because");
+        assert!(!killed.clean);
+    }
+}

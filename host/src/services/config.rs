@@ -1,0 +1,376 @@
+//! Configuration: `host.toml`, and the per-plugin settings the [`Host`](crate::Host) applies.
+//!
+//! ```toml
+//! plugins_dir = "plugins"          # default: ./plugins
+//! state_dir = "/var/lib/plugin-host" # the task database (default: $XDG_STATE_HOME/plugin-host)
+//! socket = "/run/user/1000/plugin-host.sock"
+//! log_format = "text"              # or "json"
+//! max_message_bytes = 16777216     # largest request, or answer (result, follow-ups, logs)
+//! max_log_bytes_per_call = 262144  # log records kept from one call
+//! max_connections = 1024           # open control connections
+//! max_call_threads = 64            # plugin calls running at once (socket and tasks)
+//! request_timeout_ms = 10000       # a started request must arrive whole within this
+//! idle_timeout_ms = 300000         # a connection silent this long is closed
+//! write_timeout_ms = 30000         # a client must take its answer within this
+//! max_buffered_bytes = 268435456   # request and answer buffers of all connections together
+//! shutdown_timeout_ms = 10000      # calls in flight may finish within this at shutdown
+//!
+//! [plugins.hello]
+//! enabled = true
+//! config = { greeting = "Hi" }     # handed to the plugin's init as JSON
+//! timeout_ms = 30000               # callers get a timeout error after this
+//! max_concurrent_calls = 8         # callers past this get a busy error (default: no limit)
+//! init_timeout_ms = 10000          # an init running longer is abandoned, the load refused
+//! isolation = "process"            # or "in-process"; default: in-process, but process for
+//!                                  #   a plugin built with panic = "abort", which
+//!                                  #   "in-process" refuses
+//! max_memory_mb = 512              # worker processes: address space limit (RLIMIT_AS)
+//! kill_after_ms = 2000             # worker processes: kill a call this long past its timeout
+//! max_restarts = 5                 # worker processes: crashes within restart_window_ms
+//! restart_window_ms = 60000        #   that quarantine the plugin
+//! probation_ms = 30000             # a replaced version stays loaded this long, to roll back to
+//! rollback_after = 3               # failed calls of these kinds during probation roll back:
+//! rollback_on = ["panicked", "crashed"]
+//! keep_versions = 3                # earlier versions whose copies are kept for `host rollback` (<= 32)
+//! handover_timeout_ms = 1000       # a state handover waits this long for calls to drain
+//! sha256 = "..."                   # optional: only this exact file is loaded
+//! task_max_attempts = 4            # tasks of this plugin: attempts (default: [tasks])
+//! task_retry_delays = ["10s", "1m"]  # tasks of this plugin: delays before each retry
+//! max_running_tasks = 4            # tasks of this plugin running at once
+//!
+//! [tasks]
+//! max_running = 8                  # task calls running at once
+//! max_running_per_plugin = 4
+//! max_attempts = 4                 # the first run and three retries
+//! retry_delays = ["30s", "1h", "6h", "12h", "24h"]  # the last one repeats
+//! max_depth = 10                   # follow-ups deeper are refused
+//! max_follow_ups_per_call = 100
+//! max_queued_per_plugin = 10000
+//! max_result_bytes = 65536         # result, error and logs kept of a task, each
+//! keep_days = 30                   # ended tasks are deleted after this
+//! keep_max = 100000                # and beyond this many
+//! run_missed = true                # a schedule missed while the host was down fires once at start
+//!
+//! [[schedule]]
+//! plugin = "sysinfo"
+//! callback = "execute"
+//! input = { paths = ["/"] }
+//! every = "5m"                     # or cron = "0 3 * * *" (UTC)
+//! ```
+//!
+//! Errors name the file, the line and column, and the key: one line, nothing else.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::settings::MAX_RECORDS;
+
+use crate::services::tasks::schedule::Schedule;
+use crate::services::tasks::settings::{ScheduleConfig, TaskSettings};
+
+// The plain settings live in the bottom layer; host.toml is read here.
+pub use crate::types::settings::{
+    Isolation, PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES,
+};
+
+/// The contents of `host.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Directory watched for plugin files.
+    pub plugins_dir: Option<PathBuf>,
+    /// Path of the control socket.
+    pub socket: Option<PathBuf>,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Largest request, or answer (result, follow-ups and logs together), in bytes
+    /// (default 16 MiB).
+    pub max_message_bytes: usize,
+    /// Largest total of log records kept from one call or one `init`, in bytes (default
+    /// 256 KiB); the rest are dropped, and a last record says how many.
+    pub max_log_bytes_per_call: usize,
+    /// Connections open at once; one more is refused with an error line (default 1,024).
+    pub max_connections: usize,
+    /// Plugin calls running at once on the host's call pool (socket calls and tasks), each
+    /// on a thread of it; a call waits for a free one until its own timeout (default 64).
+    pub max_call_threads: usize,
+    /// A request that has started arriving must be complete within this (default 10 s).
+    pub request_timeout_ms: u64,
+    /// A connection with no request for this long is closed (default 5 minutes).
+    pub idle_timeout_ms: u64,
+    /// A client must take each answer within this, or it is disconnected (default 30 s).
+    pub write_timeout_ms: u64,
+    /// Request and answer buffers of all connections together, in bytes (default 256 MiB).
+    pub max_buffered_bytes: usize,
+    /// How long calls in flight may take to finish when the host shuts down (default 10 s).
+    pub shutdown_timeout_ms: u64,
+    /// Per-plugin settings, by plugin name.
+    pub plugins: BTreeMap<String, PluginSettings>,
+    /// Where the host keeps its state, the task database among it (default:
+    /// `$XDG_STATE_HOME/plugin-host`).
+    pub state_dir: Option<PathBuf>,
+    /// How tasks run (`[tasks]`).
+    pub tasks: TaskSettings,
+    /// Calls the host makes periodically, as tasks (`[[schedule]]`).
+    pub schedule: Vec<ScheduleConfig>,
+}
+
+/// The limits of the control server (top-level keys of `host.toml`). Every one bounds a
+/// resource a client could otherwise take without limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest request or answer line, in bytes.
+    pub max_message_bytes: usize,
+    /// Connections open at once; one more is refused with an error line (default 1,024).
+    pub max_connections: usize,
+    /// A request that has started arriving must be complete within this (default 10 s).
+    pub request_timeout_ms: u64,
+    /// A connection with no request for this long is closed (default 5 minutes).
+    pub idle_timeout_ms: u64,
+    /// A client must take each answer within this, or it is disconnected (default 30 s).
+    pub write_timeout_ms: u64,
+    /// Request and answer buffers of all connections together, in bytes (default 256 MiB).
+    pub max_buffered_bytes: usize,
+    /// How long calls in flight may take to finish when the host shuts down (default 10 s).
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        HostConfig::default().server_limits()
+    }
+}
+
+impl HostConfig {
+    /// The control server's limits.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_message_bytes: self.max_message_bytes,
+            max_connections: self.max_connections,
+            request_timeout_ms: self.request_timeout_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            write_timeout_ms: self.write_timeout_ms,
+            max_buffered_bytes: self.max_buffered_bytes,
+            shutdown_timeout_ms: self.shutdown_timeout_ms,
+        }
+    }
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            plugins_dir: None,
+            socket: None,
+            log_format: LogFormat::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_log_bytes_per_call: DEFAULT_MAX_LOG_BYTES_PER_CALL,
+            max_connections: 1024,
+            max_call_threads: 64,
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            write_timeout_ms: 30_000,
+            max_buffered_bytes: 256 << 20,
+            shutdown_timeout_ms: 10_000,
+            plugins: BTreeMap::new(),
+            state_dir: None,
+            tasks: TaskSettings::default(),
+            schedule: Vec::new(),
+        }
+    }
+}
+
+/// How the host writes its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A `host.toml` that cannot be used: file, line, column and key in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    path: PathBuf,
+    location: Option<(usize, usize)>,
+    key: String,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((line, column)) = self.location {
+            write!(f, ":{line}:{column}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl HostConfig {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            path: path.to_owned(),
+            location: None,
+            key: String::new(),
+            message: format!("cannot read: {err}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text`, naming `path` in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<HostConfig, ConfigError> {
+        let error = |err: toml::de::Error, key: String| ConfigError {
+            path: path.to_owned(),
+            location: err.span().map(|span| line_column(text, span.start)),
+            key,
+            message: err.message().trim().replace('\n', " "),
+        };
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|err| error(err, String::new()))?;
+        let config: HostConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            error(err.into_inner(), key)
+        })?;
+        for (name, settings) in &config.plugins {
+            let refuse = |key: &str, message: String| ConfigError {
+                path: path.to_owned(),
+                location: None,
+                key: format!("plugins.{name}{key}"),
+                message,
+            };
+            if !plugin_api::is_valid_name(name) {
+                return Err(refuse(
+                    "",
+                    "plugin names are 1 to 64 characters of [A-Za-z0-9_.-]".to_owned(),
+                ));
+            }
+            if settings.keep_versions > MAX_RECORDS {
+                return Err(refuse(
+                    ".keep_versions",
+                    format!("at most {MAX_RECORDS} versions are kept"),
+                ));
+            }
+        }
+        let refuse = |key: String, message: &str| ConfigError {
+            path: path.to_owned(),
+            location: None,
+            key,
+            message: message.to_owned(),
+        };
+        let tasks = &config.tasks;
+        for (key, value) in [
+            ("max_running", tasks.max_running as u64),
+            (
+                "max_running_per_plugin",
+                tasks.max_running_per_plugin as u64,
+            ),
+            ("max_attempts", u64::from(tasks.max_attempts)),
+        ] {
+            if value == 0 {
+                return Err(refuse(format!("tasks.{key}"), "must be at least 1"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, schedule) in config.schedule.iter().enumerate() {
+            let key = |field: &str| format!("schedule[{i}]{field}");
+            if !plugin_api::is_valid_name(&schedule.plugin) {
+                return Err(refuse(key(".plugin"), "not a plugin name"));
+            }
+            if schedule.callback != "execute" && !plugin_api::is_valid_name(&schedule.callback) {
+                return Err(refuse(key(".callback"), "not a callback name"));
+            }
+            if let Err(err) = Schedule::parse(schedule.every.as_deref(), schedule.cron.as_deref()) {
+                return Err(refuse(key(""), &err.0));
+            }
+            if !names.insert(schedule.name()) {
+                return Err(refuse(
+                    key(".name"),
+                    "another schedule has this name: give each a `name`",
+                ));
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HostConfig, String> {
+        HostConfig::parse(text, Path::new("host.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parses_a_full_file() {
+        let config = parse(
+            "plugins_dir = \"p\"\nlog_format = \"json\"\n[plugins.hello]\nenabled = false\nconfig = { greeting = \"Hi\", n = 3 }\n",
+        )
+        .unwrap();
+        assert_eq!(config.plugins_dir, Some(PathBuf::from("p")));
+        assert_eq!(config.log_format, LogFormat::Json);
+        let hello = &config.plugins["hello"];
+        assert!(!hello.enabled);
+        assert_eq!(hello.isolation, None);
+        let isolated = parse("[plugins.x]\nisolation = \"process\"\nmax_memory_mb = 64\n").unwrap();
+        assert_eq!(isolated.plugins["x"].isolation, Some(Isolation::Process));
+        let here = parse("[plugins.x]\nisolation = \"in-process\"\n").unwrap();
+        assert_eq!(here.plugins["x"].isolation, Some(Isolation::InProcess));
+        assert_eq!(isolated.plugins["x"].max_memory_mb, Some(64));
+        let err = parse("[plugins.x]\nisolation = \"sandbox\"\n").unwrap_err();
+        assert!(err.contains("key `plugins.x.isolation`"), "{err}");
+        assert_eq!(hello.config_json(), r#"{"greeting":"Hi","n":3}"#);
+    }
+
+    #[test]
+    fn a_type_error_names_file_line_and_key() {
+        let err = parse("[plugins.hello]\nenabled = \"yes\"\n").unwrap_err();
+        assert!(
+            err.starts_with("host.toml:2:11: key `plugins.hello.enabled`: "),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_file_and_line() {
+        let err = parse("plugins_dir = \"p\"\n[plugins.hello\n").unwrap_err();
+        assert!(err.starts_with("host.toml:2:"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn keep_versions_is_bounded() {
+        assert!(parse("[plugins.a]\nkeep_versions = 32\n").is_ok());
+        let err = parse("[plugins.a]\nkeep_versions = 33\n").unwrap_err();
+        assert!(err.contains("key `plugins.a.keep_versions`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error() {
+        let err = parse("[plugins.hello]\nenable = true\n").unwrap_err();
+        assert!(err.contains("key `plugins.hello"), "{err}");
+        assert!(err.contains("enable"), "{err}");
+    }
+}
