@@ -11,11 +11,12 @@
 //! kind `crashed`); the next call gets a fresh worker, and a plugin that keeps crashing is
 //! quarantined.
 //!
-//! Five pieces, one file each:
+//! The pieces, one file each:
 //!
 //! * `channel`: the framed messages between host and worker;
 //! * `spawn`: starting a worker process cleanly (descriptors, environment, limits, death
 //!   with the host);
+//! * `output`: its stdout and stderr, logged;
 //! * `process`: one worker process seen from the host: calls multiplexed on its channel,
 //!   the thread that watches it, why it ended;
 //! * `supervisor`: keeping an isolated generation served: restarts, back-off, quarantine;
@@ -26,6 +27,7 @@
 //! [`IsolationOptions::worker_program`] at a binary that does.
 
 mod channel;
+mod output;
 mod process;
 mod spawn;
 mod supervisor;

@@ -29,6 +29,7 @@ use plugin_api::LogRecord;
 use serde_json::value::RawValue;
 
 use super::channel::{write_frame, FrameReader, FromWorker, LoadRequest, ToWorker, ENVELOPE_BYTES};
+use super::output::Output;
 use super::spawn::{self, SpawnSpec, Spawned};
 use crate::call::{CallError, CallErrorKind, CallOutcome};
 use crate::loader::{LoadError, LoadErrorKind, Metadata};
@@ -38,8 +39,6 @@ use crate::loader::{LoadError, LoadErrorKind, Metadata};
 const READ_SLICE: Duration = Duration::from_millis(50);
 /// How long a worker asked to shut down gets before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// The last lines of a worker's output kept to tell why it died.
-const KEPT_LINES: usize = 32;
 
 /// Who a worker serves, for its logs and messages.
 #[derive(Debug, Clone)]
@@ -569,65 +568,6 @@ impl Worker {
     }
 }
 
-/// The worker's stdout and stderr: logged a line at a time, the last lines kept.
-struct Output {
-    fd: OwnedFd,
-    open: bool,
-    partial: Vec<u8>,
-    last: VecDeque<String>,
-}
-
-impl Output {
-    fn new(fd: OwnedFd) -> Output {
-        Output {
-            fd,
-            open: true,
-            partial: Vec::new(),
-            last: VecDeque::new(),
-        }
-    }
-
-    /// Reads what is there (blocking until something is, or the end) and logs whole lines.
-    fn read(&mut self, label: &Label) {
-        let mut chunk = [0u8; 8192];
-        // SAFETY: the descriptor is owned by `self`; `chunk` is valid for its length.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n <= 0 {
-            if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                self.open = false;
-                if !self.partial.is_empty() {
-                    let line =
-                        String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-                    self.line(label, line);
-                }
-            }
-            return;
-        }
-        self.partial.extend_from_slice(&chunk[..n as usize]);
-        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            self.line(label, line);
-        }
-        // A line that never ends is logged in pieces.
-        if self.partial.len() > 16 * 1024 {
-            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-            self.line(label, line);
-        }
-    }
-
-    fn line(&mut self, label: &Label, line: String) {
-        if line.trim().is_empty() {
-            return;
-        }
-        tracing::warn!(target: "plugin", plugin = %label.plugin, generation = label.generation, "{line}");
-        if self.last.len() == KEPT_LINES {
-            self.last.pop_front();
-        }
-        self.last.push_back(line);
-    }
-}
-
 /// Why the process ended, in one phrase, from its status and its last words.
 fn classify(
     status: io::Result<std::process::ExitStatus>,
@@ -719,60 +659,4 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn label() -> Label {
-        Label {
-            plugin: "tough".into(),
-            generation: 3,
-            timeout_ms: 300,
-            kill_after_ms: 100,
-            max_memory_mb: Some(64),
-        }
-    }
-
-    fn status(raw: i32) -> io::Result<std::process::ExitStatus> {
-        Ok(std::process::ExitStatus::from_raw(raw))
-    }
-
-    #[test]
-    fn an_exit_is_named_by_its_signal_status_or_last_words() {
-        let none = VecDeque::new();
-        let exit = |raw, stopping, last: &VecDeque<String>| {
-            classify(status(raw), None, stopping, last, &label())
-        };
-        assert_eq!(
-            exit(libc::SIGSEGV, false, &none).reason,
-            "killed by signal SIGSEGV"
-        );
-        assert_eq!(exit(3 << 8, false, &none).reason, "exited with status 3");
-        assert!(exit(0, true, &none).clean);
-        assert!(
-            !exit(0, false, &none).clean,
-            "an exit nobody asked for is a crash"
-        );
-        let oom = VecDeque::from(["memory allocation of 1048576 bytes failed".to_owned()]);
-        assert_eq!(
-            exit(libc::SIGABRT, false, &oom).reason,
-            "out of memory (max_memory_mb = 64), killed by signal SIGABRT"
-        );
-        let overflow = VecDeque::from([
-            "thread 'x' has overflowed its stack".to_owned(),
-            "fatal runtime error: stack overflow".to_owned(),
-        ]);
-        assert_eq!(
-            exit(libc::SIGABRT, false, &overflow).reason,
-            "stack overflow, killed by signal SIGABRT"
-        );
-        let killed = classify(
-            status(libc::SIGKILL),
-            Some("its worker was killed because"),
-            false,
-            &none,
-            &label(),
-        );
-        assert_eq!(killed.reason, "its worker was killed because");
-        assert!(!killed.clean);
-    }
-}
+mod tests;
