@@ -16,7 +16,9 @@
 //! * `channel`: the framed messages between host and worker;
 //! * `spawn`: starting a worker process cleanly (descriptors, environment, limits, death
 //!   with the host);
-//! * `output`: its stdout and stderr, logged;
+//! * `child`: the process until it is reaped: signalled through its pidfd, its process
+//!   group killed with it, always reaped;
+//! * `output`: its stdout and stderr, logged, and drained without waiting for their end;
 //! * `process`: one worker process seen from the host: calls multiplexed on its channel,
 //!   the thread that watches it, why it ended;
 //! * `supervisor`: keeping an isolated generation served: restarts, back-off, quarantine;
@@ -27,10 +29,13 @@
 //! [`IsolationOptions::worker_program`] at a binary that does.
 
 mod channel;
+mod child;
 mod output;
 mod process;
 mod spawn;
 mod supervisor;
+#[cfg(test)]
+mod testing;
 mod worker;
 
 use std::path::PathBuf;

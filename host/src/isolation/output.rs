@@ -1,20 +1,29 @@
 //! A worker's stdout and stderr, one pipe the host reads: logged a line at a time (with
 //! plugin and generation), the last lines kept to tell why the worker died.
+//!
+//! Its end of file never marks the worker's end: a process the plugin started inherits the
+//! pipe and may hold it open long after the worker is gone. So once the worker has exited,
+//! what is left in the pipe is read without waiting for the end, within [`DRAIN_TIME`].
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use super::process::Label;
 
 /// The last lines of a worker's output kept to tell why it died.
 const KEPT_LINES: usize = 32;
+/// How long the output of a worker that has exited is read before the host stops reading
+/// it: time for the processes of its group, killed with it, to close the pipe.
+pub(crate) const DRAIN_TIME: Duration = Duration::from_millis(200);
 
-/// The worker's stdout and stderr: logged a line at a time, the last lines kept.
 pub(crate) struct Output {
     pub(crate) fd: OwnedFd,
+    /// The pipe has not reached its end.
     pub(crate) open: bool,
     partial: Vec<u8>,
+    /// The last lines, oldest first.
     pub(crate) last: VecDeque<String>,
 }
 
@@ -28,7 +37,7 @@ impl Output {
         }
     }
 
-    /// Reads what is there (blocking until something is, or the end) and logs whole lines.
+    /// Reads what is there (the pipe is readable) and logs whole lines.
     pub(crate) fn read(&mut self, label: &Label) {
         let mut chunk = [0u8; 8192];
         // SAFETY: the descriptor is owned by `self`; `chunk` is valid for its length.
@@ -36,11 +45,7 @@ impl Output {
         if n <= 0 {
             if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 self.open = false;
-                if !self.partial.is_empty() {
-                    let line =
-                        String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-                    self.line(label, line);
-                }
+                self.flush(label);
             }
             return;
         }
@@ -52,6 +57,43 @@ impl Output {
         }
         // A line that never ends is logged in pieces.
         if self.partial.len() > 16 * 1024 {
+            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+            self.line(label, line);
+        }
+    }
+
+    /// After the worker has exited: reads what it left in the pipe until the end, or until
+    /// nothing more comes within [`DRAIN_TIME`] in all (someone else holds the pipe). Never
+    /// blocks longer than that.
+    pub(crate) fn drain(&mut self, label: &Label) {
+        let until = Instant::now() + DRAIN_TIME;
+        while self.open {
+            let left = until.saturating_duration_since(Instant::now());
+            let mut fd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, whose descriptor `self` owns.
+            let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis() as libc::c_int) };
+            if ready > 0 {
+                self.read(label);
+            } else if ready == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
+            {
+                tracing::debug!(
+                    "stopped reading the worker's output {} ms after it exited: another \
+                     process holds the pipe",
+                    DRAIN_TIME.as_millis()
+                );
+                self.flush(label);
+                return;
+            }
+        }
+    }
+
+    /// Logs a last line that has no end.
+    fn flush(&mut self, label: &Label) {
+        if !self.partial.is_empty() {
             let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
             self.line(label, line);
         }
