@@ -69,22 +69,25 @@ impl Output {
         let until = Instant::now() + DRAIN_TIME;
         while self.open {
             let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "stopped reading the worker's output {} ms after it exited: a process it \
+                     started outside its process group still holds the pipe",
+                    DRAIN_TIME.as_millis()
+                );
+                self.flush(label);
+                return;
+            }
             let mut fd = libc::pollfd {
                 fd: self.fd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
             // SAFETY: one valid pollfd, whose descriptor `self` owns.
-            let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis() as libc::c_int) };
+            let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis().max(1) as libc::c_int) };
             if ready > 0 {
                 self.read(label);
-            } else if ready == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
-            {
-                tracing::debug!(
-                    "stopped reading the worker's output {} ms after it exited: another \
-                     process holds the pipe",
-                    DRAIN_TIME.as_millis()
-                );
+            } else if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 self.flush(label);
                 return;
             }
@@ -108,5 +111,37 @@ impl Output {
             self.last.pop_front();
         }
         self.last.push_back(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+
+    #[test]
+    fn a_drain_keeps_the_last_words_and_never_waits_for_a_pipe_someone_else_holds() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both are new open descriptors that nothing else owns.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut held = std::fs::File::from(write);
+        held.write_all(b"last words\nno end").unwrap();
+        let label = Label {
+            plugin: "tough".into(),
+            generation: 1,
+            timeout_ms: 1,
+            kill_after_ms: 1,
+            max_memory_mb: None,
+        };
+        let mut output = Output::new(read);
+        let start = Instant::now();
+        // `held` stays open, as a process the worker left behind would keep it.
+        output.drain(&label);
+        assert!(start.elapsed() < DRAIN_TIME * 5, "{:?}", start.elapsed());
+        assert_eq!(output.last, ["last words", "no end"]);
+        drop(held);
     }
 }
