@@ -431,3 +431,82 @@ fn an_isolated_init_that_overruns_is_killed_and_leaves_nothing_running() {
         "no thread is left behind: {files:?}"
     );
 }
+
+/// Whether process `pid` is gone: no such process, a zombie (PID 1 here may not reap
+/// orphans), or a process that is not `comm` (its pid was reused).
+fn is_gone(pid: u32, comm: &str) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let Some((head, rest)) = stat.rsplit_once(") ") else {
+        return true;
+    };
+    !head.ends_with(&format!("({comm}")) || rest.starts_with('Z')
+}
+
+#[test]
+fn a_crash_that_leaves_a_child_process_is_answered_crashed_at_once_and_the_child_is_killed() {
+    // A long timeout: a crash answered `timeout` would take all of it.
+    let config = "[plugins.tough]\nisolation = \"process\"\ntimeout_ms = 10000\n";
+    let (dir, server) = serve(config, &[]);
+    let before = worker_pid(&server);
+    let pid_file = dir.path().join("orphan.pid");
+    let input = serde_json::json!({ "pid_file": pid_file }).to_string();
+    let start = Instant::now();
+    let mut client = server.client().unwrap();
+    let answer = client.call("tough", "orphan", &input);
+    let took = start.elapsed();
+    let err = match answer {
+        Err(ClientError::Refused(err)) => err,
+        other => panic!("`orphan` was not refused: {other:?}"),
+    };
+    assert_eq!(err.kind, CallErrorKind::Crashed, "after {took:?}: {err}");
+    assert!(
+        err.message
+            .starts_with("plugin tough crashed: killed by signal SIGABRT in callback `orphan`"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    // The next call gets a fresh worker, and so does every later one.
+    for _ in 0..3 {
+        assert_eq!(server.call("tough", "greet", "null").unwrap(), "still here");
+    }
+    assert_ne!(worker_pid(&server), before, "a new worker serves");
+    // The `sleep` it left behind died with its process group.
+    let orphan: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let start = Instant::now();
+    while !is_gone(orphan, "sleep") {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the worker's child {orphan} outlived it"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_legal_answer_that_grows_six_fold_when_escaped_crosses_the_worker_channel() {
+    // 150,000 control characters are a result of 900,002 bytes of JSON, under the limit of
+    // 1,000,000; the log record of 90,000 more fits what is left of it. Escaped for the
+    // channel, the log record alone is 540,000 bytes.
+    let config = "max_message_bytes = 1000000\n\
+                  [plugins.tough]\nisolation = \"process\"\ntimeout_ms = 5000\n";
+    let (_dir, server) = serve(config, &[]);
+    let before = worker_pid(&server);
+    let mut client = server.client().unwrap();
+    let outcome = client
+        .call("tough", "control", r#"{"chars":150000,"log_chars":90000}"#)
+        .unwrap_or_else(|err| panic!("the answer was lost: {err}"));
+    let result = outcome.result().unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(result.get().len(), 900_002);
+    assert_eq!(result.parse::<String>().unwrap(), "\u{1}".repeat(150_000));
+    assert_eq!(outcome.logs.len(), 1, "{:?}", outcome.logs.len());
+    assert_eq!(outcome.logs[0].message, "\u{1}".repeat(90_000));
+    // The channel still serves, on the same worker.
+    assert_eq!(server.call("tough", "greet", "null").unwrap(), "still here");
+    assert_eq!(worker_pid(&server), before);
+}

@@ -4,9 +4,10 @@
 //! A frame is a 4-byte little-endian length and that many bytes of JSON. The host sends
 //! [`ToWorker`] frames, the worker answers with [`FromWorker`] frames. Calls carry an id, so
 //! that many calls can be in flight on one channel and their answers come back in any order.
-//! A frame may not exceed the limit both sides were given (the largest message plus room for
-//! its envelope); a bigger length prefix means the other side is broken, and ends the
-//! channel.
+//! A frame may not exceed the limit both sides were given ([`frame_limit`]: what a legal
+//! answer can take once encoded); the worker never sends a bigger one (an answer that would
+//! be becomes an error saying so), so a bigger length prefix, or a frame that does not
+//! decode, means the other side is broken: the host kills that worker (a crash naming why).
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -19,12 +20,28 @@ use serde_json::value::RawValue;
 
 use crate::runtime::handover::PreviousState;
 use crate::runtime::loader::{LoadErrorKind, Metadata};
-use crate::types::call::{CallError, CallOutcome};
+use crate::types::call::{CallError, CallOutcome, MAX_ERROR_MESSAGE};
 use crate::types::settings::PluginSettings;
 use plugin_api::LogRecord;
 
 /// Room for a frame's envelope (ids, names, the outcome's fields) beyond its message.
 pub(crate) const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// How many bytes one byte of text may take escaped in JSON (a control character: `\u0001`).
+const ESCAPED: usize = 6;
+
+/// The largest frame either side accepts, for the host's `max_message_bytes` and
+/// `max_log_bytes_per_call`: the largest legal answer, counted as it is encoded. Its result
+/// (and a request's input) travels as the JSON it is, within `max_message`; but the text of
+/// its log records (within `max_log_bytes`) and of its error (within [`MAX_ERROR_MESSAGE`])
+/// is escaped, up to six-fold.
+pub(crate) fn frame_limit(max_message: usize, max_log_bytes: usize) -> usize {
+    max_log_bytes
+        .saturating_add(MAX_ERROR_MESSAGE)
+        .saturating_mul(ESCAPED)
+        .saturating_add(max_message)
+        .saturating_add(ENVELOPE_BYTES)
+}
 
 /// What the worker is to load: the first frame the host sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,13 +117,28 @@ pub(crate) enum FromWorker {
 }
 
 /// Writes `frame` to `stream` in one piece.
-pub(crate) fn write_frame(mut stream: &UnixStream, frame: &impl Serialize) -> io::Result<()> {
+pub(crate) fn write_frame(stream: &UnixStream, frame: &impl Serialize) -> io::Result<()> {
+    write_encoded(stream, &encode(frame)?)
+}
+
+/// `frame` as it goes on the channel: its length, then its JSON.
+pub(crate) fn encode(frame: &impl Serialize) -> io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; 4];
     serde_json::to_writer(&mut bytes, frame).map_err(io::Error::other)?;
     let len = u32::try_from(bytes.len() - 4)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
     bytes[..4].copy_from_slice(&len.to_le_bytes());
-    stream.write_all(&bytes)
+    Ok(bytes)
+}
+
+/// The length of the frame `encoded` holds (without its 4-byte prefix).
+pub(crate) fn frame_len(encoded: &[u8]) -> usize {
+    encoded.len().saturating_sub(4)
+}
+
+/// Writes a frame made by [`encode`].
+pub(crate) fn write_encoded(mut stream: &UnixStream, encoded: &[u8]) -> io::Result<()> {
+    stream.write_all(encoded)
 }
 
 /// How long a reader polls the channel before it sleeps in `read`. A sleeping reader is
@@ -308,6 +340,40 @@ mod tests {
         drop(a);
         let err = reader.next::<ToWorker>(None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn the_limit_holds_a_legal_answer_escaped() {
+        let (max_message, max_logs) = (1_000_000, 100_000);
+        let limit = frame_limit(max_message, max_logs);
+        let outcome = CallOutcome {
+            plugin: crate::types::call::Name::new("p"),
+            callback: crate::types::call::Name::new("c"),
+            generation: 1,
+            result: Some(crate::types::call::Json::from_text(&format!(
+                "\"{}\"",
+                "\\u0001".repeat((max_message - max_logs) / 6)
+            ))),
+            error: None,
+            follow_ups: Vec::new(),
+            logs: vec![plugin_api::LogRecord {
+                level: plugin_api::Level::Info,
+                message: "\u{1}".repeat(max_logs),
+                unix_ms: 1,
+            }],
+            elapsed_us: 1,
+        };
+        let frame = encode(&FromWorker::Done {
+            id: u64::MAX,
+            result: Ok(outcome),
+        })
+        .unwrap();
+        assert!(frame_len(&frame) > max_message + ENVELOPE_BYTES);
+        assert!(
+            frame_len(&frame) <= limit,
+            "{} > {limit}",
+            frame_len(&frame)
+        );
     }
 
     #[test]

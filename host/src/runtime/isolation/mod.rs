@@ -11,11 +11,14 @@
 //! kind `crashed`); the next call gets a fresh worker, and a plugin that keeps crashing is
 //! quarantined.
 //!
-//! Five pieces, one file each:
+//! The pieces, one file each:
 //!
 //! * `channel`: the framed messages between host and worker;
 //! * `spawn`: starting a worker process cleanly (descriptors, environment, limits, death
 //!   with the host);
+//! * `child`: the process until it is reaped: signalled through its pidfd, its process
+//!   group killed with it, always reaped;
+//! * `output`: its stdout and stderr, logged, and drained without waiting for their end;
 //! * `process`: one worker process seen from the host: calls multiplexed on its channel,
 //!   the thread that watches it, why it ended;
 //! * `supervisor`: keeping an isolated generation served: restarts, back-off, quarantine;
@@ -26,9 +29,13 @@
 //! [`IsolationOptions::worker_program`] at a binary that does.
 
 mod channel;
+mod child;
+mod output;
 mod process;
 mod spawn;
 mod supervisor;
+#[cfg(test)]
+mod testing;
 mod worker;
 
 use std::path::PathBuf;

@@ -11,15 +11,20 @@
 //! A *watch* thread per worker waits for the process to exit (a pidfd), logs what it writes
 //! on stdout and stderr (with plugin, generation and worker pid), and kills it when a call
 //! whose caller already got its `timeout` answer is still running `kill_after_ms` later. When
-//! the process is gone it reaps it (no zombies), says why it ended, and fails the calls still
-//! in flight on it with a `crashed` error naming the reason and their callback.
+//! the process is gone it kills what is left of its process group, reaps it (no zombies),
+//! closes the host's end of its channel, reads what is left of its output without waiting
+//! for the pipe's end (a process it left behind may hold it), says why it ended, and fails
+//! the calls still in flight on it with a `crashed` error naming the reason and their
+//! callback. Every signal to a worker goes through its pidfd (see `child`).
+//!
+//! A frame from the worker that is over the channel's limit or does not decode ends the
+//! worker: it is killed, and its calls fail with `crashed`, naming the bad frame.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -28,7 +33,9 @@ use std::time::{Duration, Instant, SystemTime};
 use plugin_api::LogRecord;
 use serde_json::value::RawValue;
 
-use super::channel::{write_frame, FrameReader, FromWorker, LoadRequest, ToWorker, ENVELOPE_BYTES};
+use super::channel::{frame_limit, write_frame, FrameReader, FromWorker, LoadRequest, ToWorker};
+use super::child::{Pidfd, Unreaped};
+use super::output::Output;
 use super::spawn::{self, SpawnSpec, Spawned};
 use crate::runtime::loader::{LoadError, LoadErrorKind, Metadata};
 use crate::types::call::{CallError, CallErrorKind, CallOutcome};
@@ -38,8 +45,6 @@ use crate::types::call::{CallError, CallErrorKind, CallOutcome};
 const READ_SLICE: Duration = Duration::from_millis(50);
 /// How long a worker asked to shut down gets before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// The last lines of a worker's output kept to tell why it died.
-const KEPT_LINES: usize = 32;
 
 /// Who a worker serves, for its logs and messages.
 #[derive(Debug, Clone)]
@@ -65,7 +70,12 @@ pub(crate) struct Exit {
 pub(crate) struct Worker {
     pid: u32,
     label: Label,
+    /// Its signals go through this, never through its pid (see `child`).
+    pidfd: Arc<Pidfd>,
     writer: Mutex<UnixStream>,
+    /// The writer's descriptor, to shut the channel down without its lock once the
+    /// process is gone (the socket is `writer`'s, open as long as `self`).
+    channel_fd: RawFd,
     /// Rung after a frame that may arrive while the worker runs a call on its reading
     /// thread (see `worker`).
     doorbell: UnixStream,
@@ -139,15 +149,16 @@ impl Worker {
                 format!("cannot start a worker process ({what}): {err}"),
             )
         };
+        // From here on, an early return drops `process`, which kills and reaps it.
         let Spawned {
-            child,
+            process,
             channel,
             doorbell,
             output,
         } = spawn::spawn(spec)
             .map_err(|err| host_error(&spec.program.display().to_string(), err))?;
-        let pid = child.id();
-        let limit = request.max_message_bytes + ENVELOPE_BYTES;
+        let pid = process.pid();
+        let limit = frame_limit(request.max_message_bytes, request.max_log_bytes_per_call);
         let reader = channel
             .try_clone()
             .map_err(|err| host_error("channel", err))?;
@@ -155,11 +166,13 @@ impl Worker {
         doorbell
             .set_nonblocking(true)
             .map_err(|err| host_error("doorbell", err))?;
-        let pidfd = spawn::pidfd(pid).map_err(|err| host_error("pidfd", err))?;
+        let pidfd = Arc::new(Pidfd::open(pid).map_err(|err| host_error("pidfd", err))?);
         let init_timeout = Duration::from_millis(request.settings.init_timeout_ms);
         let worker = Arc::new(Worker {
             pid,
             label: label.clone(),
+            pidfd: pidfd.clone(),
+            channel_fd: channel.as_raw_fd(),
             writer: Mutex::new(channel),
             doorbell,
             reader: Mutex::new(FrameReader::new(reader, limit)),
@@ -174,15 +187,11 @@ impl Worker {
         let watched = worker.clone();
         let thread = std::thread::Builder::new()
             .name(format!("worker-{pid}"))
-            .spawn(move || watched.watch(child, pidfd, output, on_exit));
+            .spawn(move || watched.watch(process, pidfd, output, on_exit));
         match thread {
             Ok(thread) => *lock(&worker.watch) = Some(thread),
-            Err(err) => {
-                // SAFETY: kill has no memory-safety preconditions; the child is not reaped
-                // yet (only the watch thread would reap it), so the pid is still ours.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                return Err(host_error("watch thread", err));
-            }
+            // The closure, and the process in it, were dropped: killed and reaped.
+            Err(err) => return Err(host_error("watch thread", err)),
         }
 
         let refused = |kind, message: String| LoadError::new(&path, kind, message);
@@ -237,6 +246,9 @@ impl Worker {
                 ))
             }
             Err(err) => {
+                if err.kind() != io::ErrorKind::UnexpectedEof {
+                    worker.end_broken(&mut lock(&worker.state), &err);
+                }
                 let exit = worker.wait_exit(Duration::from_secs(2));
                 Err(refused(
                     LoadErrorKind::InitFailed,
@@ -355,7 +367,8 @@ impl Worker {
                             worker_pid = self.pid, "the worker sent an unexpected frame; ignored");
                     }
                     Ok(None) => {}
-                    Err(_) => state.closed = true,
+                    Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => state.closed = true,
+                    Err(err) => self.end_broken(&mut state, &err),
                 }
                 self.changed.notify_all();
             } else {
@@ -434,13 +447,31 @@ impl Worker {
     }
 
     /// Kills the process (if it is still there) and waits for the watch thread to reap it.
+    /// Through its pidfd: once reaped, it signals no one, whoever has its pid now.
     pub(crate) fn kill(&self) {
-        if lock(&self.state).exit.is_none() {
-            // SAFETY: kill has no memory-safety preconditions; until the watch thread has
-            // reaped the process (which sets `exit`), the pid cannot have been reused.
-            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
-        }
+        self.signal_kill();
         self.join_watch();
+    }
+
+    fn signal_kill(&self) {
+        if let Err(err) = self.pidfd.kill() {
+            tracing::warn!(plugin = %self.label.plugin, generation = self.label.generation,
+                worker_pid = self.pid, "cannot kill the worker process: {err}");
+        }
+    }
+
+    /// The channel carried a frame over its limit, or one that does not decode: the
+    /// worker is broken. It is killed, and its calls fail with `crashed`, naming why.
+    fn end_broken(&self, state: &mut State, err: &io::Error) {
+        state.closed = true;
+        if state.killed_because.is_some() {
+            return;
+        }
+        let reason = format!("its worker sent a bad frame on its channel ({err}) and was killed");
+        tracing::error!(plugin = %self.label.plugin, generation = self.label.generation,
+            worker_pid = self.pid, "{reason}");
+        state.killed_because = Some(reason);
+        self.signal_kill();
     }
 
     fn join_watch(&self) {
@@ -482,8 +513,8 @@ impl Worker {
     /// overruns `kill_after_ms`; then reaps it, records why it ended, and runs `on_exit`.
     fn watch(
         self: Arc<Worker>,
-        mut child: Child,
-        pidfd: OwnedFd,
+        process: Unreaped,
+        pidfd: Arc<Pidfd>,
         output: OwnedFd,
         on_exit: OnExit,
     ) {
@@ -499,7 +530,11 @@ impl Worker {
                     .min(i32::MAX as u128) as i32
                     + 1
             });
-            let mut fds = [poll_fd(&pidfd), poll_fd(&output.fd), poll_fd(&self.wake)];
+            let mut fds = [
+                poll_fd(pidfd.as_raw_fd()),
+                poll_fd(output.fd.as_raw_fd()),
+                poll_fd(self.wake.as_raw_fd()),
+            ];
             if !output.open {
                 fds[1].fd = -1;
             }
@@ -523,10 +558,14 @@ impl Worker {
                 break;
             }
         }
-        while output.open {
-            output.read(&self.label);
-        }
-        let status = child.wait();
+        // Its group goes with it, then it is reaped: never waiting for its output's end, which
+        // a process it started may hold.
+        let status = process.reap();
+        // SAFETY: shutdown on the channel's descriptor, which `self.writer` keeps open: a
+        // reader or writer of it gets its end now, even if a process the worker started
+        // still holds the other end.
+        unsafe { libc::shutdown(self.channel_fd, libc::SHUT_RDWR) };
+        output.drain(&self.label);
         let exit = {
             let mut state = lock(&self.state);
             state.closed = true;
@@ -563,68 +602,8 @@ impl Worker {
         state.killed_because = Some(reason);
         // New calls go to a fresh worker at once.
         state.closed = true;
-        // SAFETY: kill has no memory-safety preconditions; the process has not been reaped
-        // (this thread reaps it, later), so the pid is still this worker's.
-        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
-    }
-}
-
-/// The worker's stdout and stderr: logged a line at a time, the last lines kept.
-struct Output {
-    fd: OwnedFd,
-    open: bool,
-    partial: Vec<u8>,
-    last: VecDeque<String>,
-}
-
-impl Output {
-    fn new(fd: OwnedFd) -> Output {
-        Output {
-            fd,
-            open: true,
-            partial: Vec::new(),
-            last: VecDeque::new(),
-        }
-    }
-
-    /// Reads what is there (blocking until something is, or the end) and logs whole lines.
-    fn read(&mut self, label: &Label) {
-        let mut chunk = [0u8; 8192];
-        // SAFETY: the descriptor is owned by `self`; `chunk` is valid for its length.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n <= 0 {
-            if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                self.open = false;
-                if !self.partial.is_empty() {
-                    let line =
-                        String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-                    self.line(label, line);
-                }
-            }
-            return;
-        }
-        self.partial.extend_from_slice(&chunk[..n as usize]);
-        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            self.line(label, line);
-        }
-        // A line that never ends is logged in pieces.
-        if self.partial.len() > 16 * 1024 {
-            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-            self.line(label, line);
-        }
-    }
-
-    fn line(&mut self, label: &Label, line: String) {
-        if line.trim().is_empty() {
-            return;
-        }
-        tracing::warn!(target: "plugin", plugin = %label.plugin, generation = label.generation, "{line}");
-        if self.last.len() == KEPT_LINES {
-            self.last.pop_front();
-        }
-        self.last.push_back(line);
+        drop(state);
+        self.signal_kill();
     }
 }
 
@@ -696,9 +675,9 @@ fn describe(exit: &Option<Exit>) -> String {
     }
 }
 
-fn poll_fd(fd: &OwnedFd) -> libc::pollfd {
+fn poll_fd(fd: RawFd) -> libc::pollfd {
     libc::pollfd {
-        fd: fd.as_raw_fd(),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     }
@@ -719,60 +698,4 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn label() -> Label {
-        Label {
-            plugin: "tough".into(),
-            generation: 3,
-            timeout_ms: 300,
-            kill_after_ms: 100,
-            max_memory_mb: Some(64),
-        }
-    }
-
-    fn status(raw: i32) -> io::Result<std::process::ExitStatus> {
-        Ok(std::process::ExitStatus::from_raw(raw))
-    }
-
-    #[test]
-    fn an_exit_is_named_by_its_signal_status_or_last_words() {
-        let none = VecDeque::new();
-        let exit = |raw, stopping, last: &VecDeque<String>| {
-            classify(status(raw), None, stopping, last, &label())
-        };
-        assert_eq!(
-            exit(libc::SIGSEGV, false, &none).reason,
-            "killed by signal SIGSEGV"
-        );
-        assert_eq!(exit(3 << 8, false, &none).reason, "exited with status 3");
-        assert!(exit(0, true, &none).clean);
-        assert!(
-            !exit(0, false, &none).clean,
-            "an exit nobody asked for is a crash"
-        );
-        let oom = VecDeque::from(["memory allocation of 1048576 bytes failed".to_owned()]);
-        assert_eq!(
-            exit(libc::SIGABRT, false, &oom).reason,
-            "out of memory (max_memory_mb = 64), killed by signal SIGABRT"
-        );
-        let overflow = VecDeque::from([
-            "thread 'x' has overflowed its stack".to_owned(),
-            "fatal runtime error: stack overflow".to_owned(),
-        ]);
-        assert_eq!(
-            exit(libc::SIGABRT, false, &overflow).reason,
-            "stack overflow, killed by signal SIGABRT"
-        );
-        let killed = classify(
-            status(libc::SIGKILL),
-            Some("its worker was killed because"),
-            false,
-            &none,
-            &label(),
-        );
-        assert_eq!(killed.reason, "its worker was killed because");
-        assert!(!killed.clean);
-    }
-}
+mod tests;

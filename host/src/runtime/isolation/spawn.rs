@@ -15,7 +15,8 @@
 //!   when the channel reaches end of file. The death signal is tied to the *thread* that
 //!   forked, so every worker is forked by one spawner thread that lives as long as the
 //!   process. Workers run in a process group of their own, so a Ctrl-C meant for the host
-//!   does not kill them before the host has finished its calls.
+//!   does not kill them before the host has finished its calls, and so that whatever a
+//!   worker leaves behind dies with it (see `child`).
 
 use std::ffi::OsString;
 use std::io;
@@ -24,6 +25,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use super::child::Unreaped;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
@@ -59,10 +62,10 @@ pub(crate) struct SpawnSpec {
 }
 
 /// A started worker: the process, the host's end of its channel, and the read end of its
-/// output pipe.
+/// output pipe. Dropped, it kills and reaps the process.
 #[derive(Debug)]
 pub(crate) struct Spawned {
-    pub(crate) child: Child,
+    pub(crate) process: Unreaped,
     pub(crate) channel: UnixStream,
     /// Rung (one byte) when a frame comes while the worker may be busy running a call.
     pub(crate) doorbell: UnixStream,
@@ -101,7 +104,11 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     // close_range and _exit are. It allocates nothing and touches no lock.
     unsafe {
         command.pre_exec(move || {
-            libc::setpgid(0, 0);
+            // Its own group, which the host kills when the worker ends: a worker in the
+            // host's group would take the host down with it.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -132,10 +139,10 @@ pub(crate) fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             Ok(())
         });
     }
-    let child = spawn_on_spawner(command)?;
+    let process = Unreaped::new(spawn_on_spawner(command)?);
     drop((theirs, their_doorbell));
     Ok(Spawned {
-        child,
+        process,
         channel,
         doorbell,
         output,
@@ -200,17 +207,6 @@ fn spawn_on_spawner(command: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the worker spawner thread is gone"))?
 }
 
-/// A descriptor that becomes readable when process `pid` exits.
-pub(crate) fn pidfd(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall returned a new open descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 /// The name of signal `signal` (`SIGSEGV`), or its number.
 pub(crate) fn signal_name(signal: i32) -> String {
     let name = match signal {
@@ -246,6 +242,22 @@ mod tests {
         assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
         assert_eq!(signal_name(libc::SIGABRT), "SIGABRT");
         assert_eq!(signal_name(64), "signal 64");
+    }
+
+    #[test]
+    fn a_worker_dropped_before_it_started_is_killed_and_reaped() {
+        use crate::runtime::isolation::testing::{script, spawn_script, unreaped_child};
+        let dir = tempfile::tempdir().unwrap();
+        let program = script(dir.path(), "worker", "exec /bin/sleep 30");
+        let spawned = spawn_script(&program);
+        let pid = spawned.process.pid();
+        // What every error after the spawn (a channel clone, an eventfd, a pidfd, the watch
+        // thread) does with it.
+        drop(spawned);
+        assert!(
+            !unreaped_child(pid),
+            "worker {pid} was left unreaped after a failed start"
+        );
     }
 
     #[test]

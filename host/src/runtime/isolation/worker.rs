@@ -13,7 +13,12 @@
 //! flag, which the plugin sees as `ctx.is_cancelled()`.
 //!
 //! The worker exits at once (`_exit`, without running the plugin's destructors) when the
-//! channel reaches its end: the host has died or given up on it.
+//! channel reaches its end: the host has died or given up on it. Its channel and doorbell
+//! are close-on-exec, so a process the plugin starts does not hold them open after it.
+//!
+//! An answer is sent only if it fits the channel's frame limit once encoded; one that does
+//! not (or cannot be encoded) is answered with an error saying so, and the channel serves
+//! on.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -25,12 +30,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::channel::{write_frame, FrameReader, FromWorker, LoadRequest, ToWorker, ENVELOPE_BYTES};
+use super::channel::{
+    encode, frame_len, frame_limit, write_encoded, write_frame, FrameReader, FromWorker,
+    LoadRequest, ToWorker, ENVELOPE_BYTES,
+};
 use super::spawn::{CHANNEL_FD, DOORBELL_FD};
 use crate::files::digest::Digest;
 use crate::runtime::generation::{Generation, SAVE_STATE};
 use crate::runtime::loader::{Library, LoadError};
-use crate::types::call::{Budget, CallError, CallErrorKind};
+use crate::types::call::{Budget, CallError, CallErrorKind, CallOutcome};
 use crate::types::clock::Stopwatch;
 use crate::types::settings::DEFAULT_MAX_MESSAGE_BYTES;
 
@@ -51,6 +59,15 @@ pub fn worker_main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Not inherited by what the plugin starts: a child holding them would keep the host
+    // from seeing this process's end on its channel.
+    for fd in [CHANNEL_FD, DOORBELL_FD] {
+        // SAFETY: fcntl on a descriptor number only changes that descriptor's flags (or
+        // fails harmlessly if it is not open).
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            exit_now(1);
+        }
+    }
     // SAFETY: descriptor 3 is the channel the host set up for this process (checked to be a
     // socket above); nothing else in this process owns it.
     let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
@@ -63,7 +80,8 @@ pub fn worker_main() -> ExitCode {
         Ok(Some(ToWorker::Load(request))) => *request,
         _ => exit_now(1),
     };
-    reader.set_limit(request.max_message_bytes + ENVELOPE_BYTES);
+    let limit = frame_limit(request.max_message_bytes, request.max_log_bytes_per_call);
+    reader.set_limit(limit);
     crate::types::clock::adopt(request.tsc_per_us);
     let generation = match load(&request) {
         Ok((generation, logs)) => {
@@ -105,6 +123,7 @@ pub fn worker_main() -> ExitCode {
         turn: Condvar::new(),
         cancels: Mutex::new(HashMap::new()),
         running: AtomicUsize::new(0),
+        limit,
     });
     // SAFETY: descriptor 4 is the doorbell the host set up for this process; nothing else
     // in this process owns it.
@@ -151,6 +170,8 @@ struct Serving {
     cancels: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     /// Calls running now.
     running: AtomicUsize,
+    /// The largest frame the host reads.
+    limit: usize,
 }
 
 struct Pool {
@@ -312,8 +333,9 @@ impl Serving {
         self.answer(id, Ok(outcome));
     }
 
-    fn answer(&self, id: u64, result: Result<crate::CallOutcome, CallError>) {
-        if write_frame(&lock(&self.writer), &FromWorker::Done { id, result }).is_err() {
+    fn answer(&self, id: u64, result: Result<CallOutcome, CallError>) {
+        let frame = done_frame(id, result, self.limit);
+        if write_encoded(&lock(&self.writer), &frame).is_err() {
             exit_now(0);
         }
     }
@@ -332,6 +354,49 @@ impl Serving {
     }
 }
 
+/// The encoded frame answering call `id` with `result`, at most `limit` bytes: an answer
+/// that would take more, or that cannot be encoded, is replaced by an error saying so.
+fn done_frame(id: u64, result: Result<CallOutcome, CallError>, limit: usize) -> Vec<u8> {
+    let names = result.as_ref().ok().map(|o| {
+        (
+            o.plugin.clone(),
+            o.callback.clone(),
+            o.generation,
+            o.elapsed_us,
+        )
+    });
+    let problem = match encode(&FromWorker::Done { id, result }) {
+        Ok(frame) if frame_len(&frame) <= limit => return frame,
+        Ok(frame) => format!(
+            "is {} bytes once encoded for its worker channel, over its limit of {limit} \
+             (made of max_message_bytes and max_log_bytes_per_call): it was dropped",
+            frame_len(&frame)
+        ),
+        Err(err) => format!("cannot be sent from its worker process: {err}"),
+    };
+    let result = match names {
+        Some((plugin, callback, generation, elapsed_us)) => Ok(CallOutcome {
+            error: Some(plugin_api::PluginError::failed(format!(
+                "the answer of plugin {plugin} to `{callback}` {problem}"
+            ))),
+            plugin,
+            callback,
+            generation,
+            result: None,
+            follow_ups: Vec::new(),
+            logs: Vec::new(),
+            elapsed_us,
+        }),
+        None => Err(CallError::new(
+            CallErrorKind::Internal,
+            format!("the worker's answer {problem}"),
+        )),
+    };
+    // Names and one line: it encodes, or nothing can be answered (the host then hears of
+    // this worker's end).
+    encode(&FromWorker::Done { id, result }).unwrap_or_else(|_| exit_now(1))
+}
+
 /// Ends the process at once, without running exit handlers (the plugin's among them).
 fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions; it never returns.
@@ -340,4 +405,57 @@ fn exit_now(code: i32) -> ! {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::call::Name;
+
+    fn outcome(log: &str) -> CallOutcome {
+        CallOutcome {
+            plugin: Name::new("tough"),
+            callback: Name::new("control"),
+            generation: 2,
+            result: Some(crate::types::call::Json::from_text("1")),
+            error: None,
+            follow_ups: Vec::new(),
+            logs: vec![plugin_api::LogRecord {
+                level: plugin_api::Level::Info,
+                message: log.to_owned(),
+                unix_ms: 1,
+            }],
+            elapsed_us: 5,
+        }
+    }
+
+    fn decode(frame: &[u8]) -> CallOutcome {
+        match serde_json::from_slice(&frame[4..]).unwrap() {
+            FromWorker::Done { id: 7, result } => result.unwrap(),
+            _ => panic!("not the answer to call 7"),
+        }
+    }
+
+    #[test]
+    fn an_answer_that_fits_is_sent_as_it_is() {
+        let frame = done_frame(7, Ok(outcome("\u{1}\u{1}")), 1000);
+        let sent = decode(&frame);
+        assert_eq!(sent.logs[0].message, "\u{1}\u{1}");
+        assert!(sent.error.is_none());
+    }
+
+    #[test]
+    fn an_answer_over_the_limit_once_encoded_becomes_an_error_saying_so() {
+        // 200 bytes of text, 1,200 escaped.
+        let frame = done_frame(7, Ok(outcome(&"\u{1}".repeat(200))), 1000);
+        assert!(frame_len(&frame) <= 1000);
+        let sent = decode(&frame);
+        assert!(sent.result.is_none() && sent.logs.is_empty());
+        let message = sent.error.unwrap().message().to_owned();
+        assert!(
+            message.starts_with("the answer of plugin tough to `control` is 1"),
+            "{message}"
+        );
+        assert!(message.contains("over its limit of 1000"), "{message}");
+    }
 }
