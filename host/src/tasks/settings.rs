@@ -41,6 +41,14 @@ pub struct TaskSettings {
     /// A schedule whose time passed while the host was down fires once at start (default
     /// true); false skips it.
     pub run_missed: bool,
+    /// Tasks of a plugin the host does not serve wait for it (a file replaced, a plugin
+    /// not yet installed); after this long without it (from when they were due, and from
+    /// when the host last served it), they are `failed`, naming the plugin (default 24h;
+    /// 0: they wait for ever).
+    #[serde(with = "one_duration")]
+    pub orphan_after: Duration,
+    /// The most tasks one `tasks` answer holds; more come in further pages (default 1,000).
+    pub list_page_max: usize,
 }
 
 impl Default for TaskSettings {
@@ -61,6 +69,8 @@ impl Default for TaskSettings {
             keep_days: 30,
             keep_max: 100_000,
             run_missed: true,
+            orphan_after: Duration::from_secs(24 * 3_600),
+            list_page_max: 1_000,
         }
     }
 }
@@ -156,6 +166,28 @@ pub(crate) mod durations {
                 })
             })
             .collect()
+    }
+}
+
+/// Reads and writes a duration as `"24h"`.
+pub(crate) mod one_duration {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        humantime::format_duration(*value)
+            .to_string()
+            .serialize(serializer)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let parsed = durations::parse::<D::Error>(std::slice::from_ref(&text))?;
+        Ok(parsed.first().copied().unwrap_or_default())
     }
 }
 

@@ -49,7 +49,7 @@ pub(super) fn requeue(
         )));
     }
     c.prepare_cached(
-        "UPDATE tasks SET status = 'queued', attempts = 0, not_before = ?2, \
+        "UPDATE tasks SET status = 'queued', attempts = 0, interrupted = 0, not_before = ?2, \
          finished = NULL, result = NULL, error = NULL, logs = '[]' WHERE id = ?1",
     )?
     .execute(params![id, to_i64(now_unix_ms)])?;

@@ -3,8 +3,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::super::store::Recovered;
 use super::super::task::{TaskId, TaskRecord};
 use super::error::Fail;
+use super::outcome::not_running;
 use super::row::record;
 
 // The statements of the hot paths, and of those that must not scan every task kept:
@@ -30,21 +32,34 @@ pub(super) const FIRST_PLUGIN: &str = "SELECT plugin FROM tasks ORDER BY plugin 
 pub(super) const PLUGIN_DUE: &str =
     "SELECT MIN(not_before) FROM tasks WHERE plugin = ?1 AND status = 'queued'";
 
+/// Fails, with error `?3` at `?4`, the queued tasks of plugin `?1` due at `?2` or before.
+pub(super) const FAIL_QUEUED: &str =
+    "UPDATE tasks SET status = 'failed', error = ?3, finished = ?4 \
+     WHERE plugin = ?1 AND status = 'queued' AND not_before <= ?2";
+
 /// The plugin with tasks after `?1`, by name.
 pub(super) const NEXT_PLUGIN: &str =
     "SELECT plugin FROM tasks WHERE plugin > ?1 ORDER BY plugin LIMIT 1";
 
-/// Queues the running tasks again, found among the active ones (not all those kept).
-pub(super) const RECOVER: &str = "UPDATE tasks INDEXED BY tasks_active_key SET status = 'queued' \
-     WHERE status IN ('queued', 'running') AND status = 'running'";
+/// Ends the attempts a stopped host left running, found among the active tasks (not all
+/// those kept): each counts as interrupted; a task with attempts left is queued again, one
+/// without is failed at `?1`. Answers each task's new status.
+pub(super) const RECOVER: &str = "UPDATE tasks INDEXED BY tasks_active_key SET \
+     interrupted = interrupted + 1, \
+     status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, \
+     finished = CASE WHEN attempts >= max_attempts THEN ?1 ELSE NULL END, \
+     error = CASE WHEN attempts >= max_attempts \
+         THEN 'the host stopped during this attempt ' || (interrupted + 1) || ' times' \
+         ELSE 'the host stopped during attempt ' || attempts END \
+     WHERE status IN ('queued', 'running') AND status = 'running' RETURNING status";
 
-/// Takes up to `limit` due tasks, leaving out the plugins in `exclude` (see
+/// Takes up to `limit` due tasks of the plugins in `only` (see
 /// [`TaskStore::claim`](super::super::store::TaskStore::claim)).
 pub(super) fn claim(
     c: &Connection,
     now: i64,
     limit: usize,
-    exclude: &[String],
+    only: &[String],
 ) -> Result<Vec<TaskRecord>, Fail> {
     // One priority at a time, highest first: within a priority the index gives the
     // due tasks in claiming order, so no sort and no scan of what is not due.
@@ -58,7 +73,7 @@ pub(super) fn claim(
         let mut rows = due.query(params![p, now])?;
         while let Some(row) = rows.next()? {
             let plugin = row.get_ref(1)?.as_str()?;
-            if exclude.iter().any(|e| e.as_str() == plugin) {
+            if !only.iter().any(|o| o.as_str() == plugin) {
                 continue;
             }
             ids.push(row.get(0)?);
@@ -84,8 +99,8 @@ pub(super) fn claim(
         .collect()
 }
 
-/// When the next queued task of a plugin not in `exclude` is due.
-pub(super) fn next_due(c: &Connection, exclude: &[String]) -> Result<Option<u64>, Fail> {
+/// When the next queued task of a plugin in `only` is due.
+pub(super) fn next_due(c: &Connection, only: &[String]) -> Result<Option<u64>, Fail> {
     // Plugin by plugin (there are few), each its earliest queued task: a few index
     // lookups each, however many tasks are queued (for the plugins left out too).
     let mut next: Option<u64> = None;
@@ -94,7 +109,7 @@ pub(super) fn next_due(c: &Connection, exclude: &[String]) -> Result<Option<u64>
         .query_row([], |row| row.get(0))
         .optional()?;
     while let Some(name) = plugin {
-        if !exclude.contains(&name) {
+        if only.contains(&name) {
             let due: Option<u64> = c
                 .prepare_cached(PLUGIN_DUE)?
                 .query_row([&name], |row| row.get(0))?;
@@ -111,8 +126,66 @@ pub(super) fn next_due(c: &Connection, exclude: &[String]) -> Result<Option<u64>
     Ok(next)
 }
 
-/// Queues the running tasks again; how many.
-pub(super) fn recover(c: &Connection) -> Result<u64, Fail> {
-    let changed = c.prepare_cached(RECOVER)?.execute([])?;
-    Ok(changed as u64)
+/// Ends the attempts a stopped host left running.
+pub(super) fn recover(c: &Connection, now: i64) -> Result<Recovered, Fail> {
+    let mut recovered = Recovered::default();
+    let mut stmt = c.prepare_cached(RECOVER)?;
+    let mut rows = stmt.query([now])?;
+    while let Some(row) = rows.next()? {
+        match row.get_ref(0)?.as_str()? {
+            "failed" => recovered.failed += 1,
+            _ => recovered.queued += 1,
+        }
+    }
+    Ok(recovered)
+}
+
+/// The plugins with queued tasks, by name.
+pub(super) fn queued_plugins(c: &Connection) -> Result<Vec<String>, Fail> {
+    let mut plugins = Vec::new();
+    let mut plugin: Option<String> = c
+        .prepare_cached(FIRST_PLUGIN)?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    while let Some(name) = plugin {
+        let due: Option<u64> = c
+            .prepare_cached(PLUGIN_DUE)?
+            .query_row([&name], |row| row.get(0))?;
+        plugin = c
+            .prepare_cached(NEXT_PLUGIN)?
+            .query_row([&name], |row| row.get(0))
+            .optional()?;
+        if due.is_some() {
+            plugins.push(name);
+        }
+    }
+    Ok(plugins)
+}
+
+/// Fails the queued tasks of `plugin` due at `due_before` or before; how many.
+pub(super) fn fail_queued(
+    c: &Connection,
+    plugin: &str,
+    due_before: i64,
+    error: &str,
+    now: i64,
+) -> Result<u64, Fail> {
+    let failed = c
+        .prepare_cached(FAIL_QUEUED)?
+        .execute(params![plugin, due_before, error, now])?;
+    Ok(failed as u64)
+}
+
+/// Gives claimed task `id` back, its attempt not counted.
+pub(super) fn release(c: &Connection, id: TaskId) -> Result<(), Fail> {
+    let changed = c
+        .prepare_cached(
+            "UPDATE tasks SET status = 'queued', attempts = MAX(attempts - 1, 0) \
+             WHERE id = ?1 AND status = 'running'",
+        )?
+        .execute([id])?;
+    if changed == 0 {
+        return Err(not_running(c, id));
+    }
+    Ok(())
 }

@@ -61,6 +61,10 @@ pub(super) fn list_query(filter: &TaskFilter) -> (String, Vec<Value>) {
         args.push(Value::Integer(to_i64(since)));
         conditions.push(format!("created >= ?{}", args.len()));
     }
+    if let Some(before) = filter.before {
+        args.push(Value::Integer(before));
+        conditions.push(format!("id < ?{}", args.len()));
+    }
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));

@@ -17,7 +17,8 @@ const STATEMENT_CACHE: usize = 64;
 /// The schema, one script per version: `MIGRATIONS[n]` takes `user_version` from `n` to
 /// `n + 1`. Times are milliseconds since the Unix epoch; `retry_delays_ms` and `logs` are
 /// JSON arrays; `status` is the status's name.
-const MIGRATIONS: &[&str] = &["
+pub(super) const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE tasks (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     plugin          TEXT    NOT NULL,
@@ -61,7 +62,13 @@ CREATE TABLE schedules (
     name       TEXT PRIMARY KEY NOT NULL,
     last_fired INTEGER NOT NULL
 );
-"];
+",
+    "
+-- How many times the host stopped (died) during one of the task's attempts: recover
+-- counts them, and names them when they spent the task's attempts.
+ALTER TABLE tasks ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;
+",
+];
 
 /// The schema version this file writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,7 +1,7 @@
 //! [`TaskStore`] for [`SqliteStore`]: each method one transaction (`BEGIN IMMEDIATE` for
 //! writes), named for its error messages; the statements are in the files of their concept.
 
-use super::super::store::{StoreError, TaskStore};
+use super::super::store::{Recovered, StoreError, TaskStore};
 use super::super::task::{Finish, Insert, Inserted, TaskFilter, TaskId, TaskRecord, TaskStatus};
 use super::connection::SqliteStore;
 use super::error::Fail;
@@ -25,28 +25,43 @@ impl TaskStore for SqliteStore {
         &self,
         now_unix_ms: u64,
         limit: usize,
-        exclude: &[String],
+        only: &[String],
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        if limit == 0 {
+        if limit == 0 || only.is_empty() {
             return Ok(Vec::new());
         }
         let now = to_i64(now_unix_ms);
-        self.write(&"claim tasks", |c| claim::claim(c, now, limit, exclude))
+        self.write(&"claim tasks", |c| claim::claim(c, now, limit, only))
     }
 
-    fn next_due(&self, exclude: &[String]) -> Result<Option<u64>, StoreError> {
+    fn next_due(&self, only: &[String]) -> Result<Option<u64>, StoreError> {
         self.read(&"find when the next task is due", |c| {
-            claim::next_due(c, exclude)
+            claim::next_due(c, only)
         })
     }
 
-    fn finish(&self, id: TaskId, finish: &Finish) -> Result<(), StoreError> {
+    fn finish(
+        &self,
+        id: TaskId,
+        finish: &Finish,
+        follow_ups: &[Insert],
+    ) -> Result<Vec<Inserted>, StoreError> {
         if finish.status.is_active() {
             let fail = Fail::Msg(format!("{} is not a final status", finish.status));
             return Err(self.error(&format_args!("finish task {id}"), fail));
         }
         self.write(&format_args!("finish task {id}"), |c| {
-            outcome::finish(c, id, finish)
+            outcome::finish(c, id, finish)?;
+            follow_ups
+                .iter()
+                .map(|task| insert::insert_one(c, task))
+                .collect()
+        })
+    }
+
+    fn release(&self, id: TaskId) -> Result<(), StoreError> {
+        self.write(&format_args!("give task {id} back"), |c| {
+            claim::release(c, id)
         })
     }
 
@@ -61,8 +76,32 @@ impl TaskStore for SqliteStore {
         })
     }
 
-    fn recover(&self) -> Result<u64, StoreError> {
-        self.write(&"queue the interrupted tasks again", claim::recover)
+    fn recover(&self, now_unix_ms: u64) -> Result<Recovered, StoreError> {
+        self.write(&"end the interrupted attempts", |c| {
+            claim::recover(c, to_i64(now_unix_ms))
+        })
+    }
+
+    fn queued_plugins(&self) -> Result<Vec<String>, StoreError> {
+        self.read(&"find the plugins with queued tasks", claim::queued_plugins)
+    }
+
+    fn fail_queued(
+        &self,
+        plugin: &str,
+        due_before_unix_ms: u64,
+        error: &str,
+        now_unix_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.write(&format_args!("fail the queued tasks of {plugin}"), |c| {
+            claim::fail_queued(
+                c,
+                plugin,
+                to_i64(due_before_unix_ms),
+                error,
+                to_i64(now_unix_ms),
+            )
+        })
     }
 
     fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use plugin_api::{Level, LogRecord};
 use rusqlite::{Connection, ErrorCode};
 
-use super::super::store::TaskStore;
+use super::super::store::{Recovered, TaskStore};
 use super::super::task::{Finish, Insert, Inserted, TaskFilter, TaskId, TaskRecord, TaskStatus};
 use super::claim::{
     DUE_OF_PRIORITY, FIRST_PLUGIN, NEXT_PLUGIN, NEXT_PRIORITY, PLUGIN_DUE, RECOVER, TOP_PRIORITY,
@@ -69,9 +69,21 @@ fn get(store: &SqliteStore, id: TaskId) -> TaskRecord {
     store.get(id).unwrap().unwrap()
 }
 
+/// Every plugin these tests queue tasks of.
+const PLUGINS: [&str; 6] = ["p", "q", "x", "y", "z", "busy"];
+
+fn all() -> Vec<String> {
+    PLUGINS.iter().map(|s| s.to_string()).collect()
+}
+
+/// Claims for every plugin but those in `exclude`.
 fn claim_ids(store: &SqliteStore, now: u64, limit: usize, exclude: &[&str]) -> Vec<TaskId> {
-    let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
-    let claimed = store.claim(now, limit, &exclude).unwrap();
+    let only: Vec<String> = PLUGINS
+        .iter()
+        .filter(|p| !exclude.contains(*p))
+        .map(|s| s.to_string())
+        .collect();
+    let claimed = store.claim(now, limit, &only).unwrap();
     for task in &claimed {
         assert_eq!(task.status, TaskStatus::Running);
         assert_eq!(task.started_unix_ms, Some(now));
@@ -83,7 +95,7 @@ fn claim_ids(store: &SqliteStore, now: u64, limit: usize, exclude: &[&str]) -> V
 fn run(store: &SqliteStore, key: &str, status: TaskStatus, at: u64) -> TaskId {
     let id = queue(store, task("p", key));
     assert_eq!(claim_ids(store, at, 1, &[]), vec![id]);
-    store.finish(id, &ended(status, at)).unwrap();
+    store.finish(id, &ended(status, at), &[]).unwrap();
     id
 }
 
@@ -138,7 +150,7 @@ fn a_task_keeps_every_field() {
     };
     assert_eq!(queued, expected);
 
-    let claimed = store.claim(2_000, 10, &["p".to_owned()]).unwrap();
+    let claimed = store.claim(2_000, 10, &["q".to_owned()]).unwrap();
     assert_eq!(
         claimed,
         vec![TaskRecord {
@@ -157,7 +169,7 @@ fn a_task_keeps_every_field() {
         finished_unix_ms: 2_500,
         generation: Some(7),
     };
-    store.finish(id, &finish).unwrap();
+    store.finish(id, &finish, &[]).unwrap();
     assert_eq!(
         get(&store, id),
         TaskRecord {
@@ -190,7 +202,9 @@ fn an_active_key_is_not_queued_twice() {
     assert_eq!(insert(&store, task("p", "k")), Inserted::Duplicate(a));
 
     // Once it has ended, the key may be queued again.
-    store.finish(a, &ended(TaskStatus::Success, 2_000)).unwrap();
+    store
+        .finish(a, &ended(TaskStatus::Success, 2_000), &[])
+        .unwrap();
     let c = queue(&store, task("p", "k"));
     assert!(c > b);
     assert_eq!(store.active("p").unwrap(), 2);
@@ -340,7 +354,7 @@ fn claim_leaves_out_excluded_plugins_and_respects_its_limit() {
 #[test]
 fn next_due_is_the_earliest_queued_task_not_left_out() {
     let store = store();
-    assert_eq!(store.next_due(&[]).unwrap(), None);
+    assert_eq!(store.next_due(&all()).unwrap(), None);
     let mut t = task("x", "1");
     t.not_before_unix_ms = 300;
     queue(&store, t);
@@ -353,8 +367,15 @@ fn next_due_is_the_earliest_queued_task_not_left_out() {
     // Running tasks are not due.
     assert_eq!(claim_ids(&store, 150, 1, &[]), vec![z]);
 
-    let names = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert_eq!(store.next_due(&[]).unwrap(), Some(200));
+    // The plugins but those left out.
+    let names = |out: &[&str]| {
+        PLUGINS
+            .iter()
+            .filter(|p| !out.contains(p))
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(store.next_due(&all()).unwrap(), Some(200));
     assert_eq!(store.next_due(&names(&["y"])).unwrap(), Some(300));
     assert_eq!(store.next_due(&names(&["x"])).unwrap(), Some(200));
     assert_eq!(store.next_due(&names(&["x", "y"])).unwrap(), None);
@@ -387,14 +408,14 @@ fn retry_later_queues_a_task_again_with_its_attempt_kept() {
     // Still active: its key is not queued twice.
     assert_eq!(insert(&store, task("p", "k")), Inserted::Duplicate(id));
 
-    assert_eq!(store.next_due(&[]).unwrap(), Some(2_000));
+    assert_eq!(store.next_due(&all()).unwrap(), Some(2_000));
     assert_eq!(claim_ids(&store, 1_999, 1, &[]), Vec::<TaskId>::new());
-    let again = store.claim(2_000, 1, &[]).unwrap();
+    let again = store.claim(2_000, 1, &all()).unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 2);
     assert_eq!(again[0].started_unix_ms, Some(2_000));
     store
-        .finish(id, &ended(TaskStatus::Success, 2_100))
+        .finish(id, &ended(TaskStatus::Success, 2_100), &[])
         .unwrap();
     assert_eq!(get(&store, id).attempts, 2);
 }
@@ -404,7 +425,7 @@ fn finish_and_retry_later_need_a_running_task() {
     let store = store();
     let id = queue(&store, task("p", "k"));
     let err = store
-        .finish(id, &ended(TaskStatus::Success, 2_000))
+        .finish(id, &ended(TaskStatus::Success, 2_000), &[])
         .unwrap_err();
     assert_eq!(
         err.0,
@@ -415,19 +436,21 @@ fn finish_and_retry_later_need_a_running_task() {
         .unwrap_err();
     assert!(err.0.contains("it is queued, not running"), "{err}");
     let err = store
-        .finish(id + 1, &ended(TaskStatus::Success, 2_000))
+        .finish(id + 1, &ended(TaskStatus::Success, 2_000), &[])
         .unwrap_err();
     assert!(err.0.ends_with("no such task"), "{err}");
 
     assert_eq!(claim_ids(&store, 1_000, 1, &[]), vec![id]);
     let err = store
-        .finish(id, &ended(TaskStatus::Queued, 2_000))
+        .finish(id, &ended(TaskStatus::Queued, 2_000), &[])
         .unwrap_err();
     assert!(err.0.contains("queued is not a final status"), "{err}");
     assert_eq!(get(&store, id).status, TaskStatus::Running);
-    store.finish(id, &ended(TaskStatus::Bad, 2_000)).unwrap();
+    store
+        .finish(id, &ended(TaskStatus::Bad, 2_000), &[])
+        .unwrap();
     let err = store
-        .finish(id, &ended(TaskStatus::Success, 2_000))
+        .finish(id, &ended(TaskStatus::Success, 2_000), &[])
         .unwrap_err();
     assert!(err.0.contains("it is bad, not running"), "{err}");
     assert_eq!(get(&store, id).status, TaskStatus::Bad);
@@ -446,12 +469,20 @@ fn recover_queues_again_what_ran_when_the_host_stopped() {
 
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(get(&store, running).status, TaskStatus::Running);
-    assert_eq!(store.recover().unwrap(), 1);
-    assert_eq!(store.recover().unwrap(), 0);
+    let queued_again = Recovered {
+        queued: 1,
+        failed: 0,
+    };
+    assert_eq!(store.recover(1_500).unwrap(), queued_again);
+    assert_eq!(store.recover(1_500).unwrap(), Recovered::default());
     let record = get(&store, running);
     assert_eq!(record.status, TaskStatus::Queued);
     assert_eq!(record.attempts, 1);
-    let claimed = store.claim(2_000, 10, &[]).unwrap();
+    assert_eq!(
+        record.error.as_deref(),
+        Some("the host stopped during attempt 1")
+    );
+    let claimed = store.claim(2_000, 10, &all()).unwrap();
     assert_eq!(
         claimed
             .iter()
@@ -507,7 +538,7 @@ fn requeue_queues_an_ended_task_again() {
         finished_unix_ms: 1_200,
         generation: Some(2),
     };
-    store.finish(id, &failed).unwrap();
+    store.finish(id, &failed, &[]).unwrap();
 
     assert_eq!(store.requeue(id, 9_000).unwrap(), Some(TaskStatus::Failed));
     let record = get(&store, id);
@@ -634,7 +665,7 @@ fn list_filters_newest_first() {
     };
     assert_eq!(claim_ids(&store, 1_000, 1, &["y"]), vec![x1]);
     store
-        .finish(x1, &ended(TaskStatus::Success, 1_000))
+        .finish(x1, &ended(TaskStatus::Success, 1_000), &[])
         .unwrap();
 
     let list = |filter: TaskFilter| -> Vec<TaskId> {
@@ -661,6 +692,7 @@ fn list_filters_newest_first() {
         plugin: Some("y".to_owned()),
         since_unix_ms: Some(300),
         limit: 0,
+        before: None,
     };
     assert_eq!(list(all_three), vec![y2]);
     let limited = TaskFilter {
@@ -858,7 +890,7 @@ fn a_database_of_a_newer_host_is_refused() {
     assert_eq!(
         err.0,
         format!(
-            "task database {}: its schema version is 7, this host knows 1 at most \
+            "task database {}: its schema version is 7, this host knows 2 at most \
              (was it written by a newer host?)",
             path.display()
         )
@@ -978,4 +1010,192 @@ fn the_statements_use_their_indexes() {
             .any(|step| step.starts_with("SCAN tasks") && !step.contains(" INDEX "));
         assert!(!full_scan, "{sql}: {plan}");
     }
+}
+
+#[test]
+fn an_attempt_the_host_died_in_counts_and_past_max_attempts_the_task_fails() {
+    let store = store();
+    let mut t = task("p", "dies");
+    t.max_attempts = 3;
+    let id = queue(&store, t);
+    let other = queue(&store, task("p", "lives"));
+    // The host dies during each attempt: three starts.
+    for attempt in 1..=3 {
+        let claimed = claim_ids(&store, 1_000, 10, &[]);
+        assert!(claimed.contains(&id), "attempt {attempt}: {claimed:?}");
+        assert_eq!(get(&store, id).attempts, attempt);
+        if attempt == 1 {
+            store
+                .finish(other, &ended(TaskStatus::Success, 1_000), &[])
+                .unwrap();
+        }
+        let recovered = store.recover(5_000).unwrap();
+        let expected = if attempt < 3 {
+            Recovered {
+                queued: 1,
+                failed: 0,
+            }
+        } else {
+            Recovered {
+                queued: 0,
+                failed: 1,
+            }
+        };
+        assert_eq!(recovered, expected, "start {}", attempt + 1);
+    }
+    let record = get(&store, id);
+    assert_eq!(record.status, TaskStatus::Failed);
+    assert_eq!(record.attempts, 3);
+    assert_eq!(record.finished_unix_ms, Some(5_000));
+    assert_eq!(
+        record.error.as_deref(),
+        Some("the host stopped during this attempt 3 times")
+    );
+    assert_eq!(claim_ids(&store, 9_000, 10, &[]), Vec::<TaskId>::new());
+    // Queued again by hand, its count starts afresh.
+    store.requeue(id, 9_000).unwrap();
+    assert_eq!(claim_ids(&store, 9_000, 10, &[]), vec![id]);
+    store.recover(9_500).unwrap();
+    assert_eq!(
+        get(&store, id).error.as_deref(),
+        Some("the host stopped during attempt 1")
+    );
+}
+
+#[test]
+fn the_outcome_and_the_follow_ups_are_written_together_or_not_at_all() {
+    let store = store();
+    let parent = queue(&store, task("p", "parent"));
+    let mut child = task("q", "child");
+    child.parent = Some(parent);
+    child.depth = 1;
+    // Not claimed: the finish fails, and the follow-up is not queued.
+    let err = store
+        .finish(
+            parent,
+            &ended(TaskStatus::Success, 1_500),
+            std::slice::from_ref(&child),
+        )
+        .unwrap_err();
+    assert!(err.0.contains("it is queued, not running"), "{err}");
+    assert_eq!(store.children(parent).unwrap(), Vec::new());
+    assert_eq!(claim_ids(&store, 1_000, 1, &[]), vec![parent]);
+    // A write that fails within the transaction (a full disk, say) undoes both.
+    store
+        .lock()
+        .execute_batch(
+            "CREATE TRIGGER full BEFORE UPDATE OF status ON tasks WHEN OLD.status = 'running' \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+        )
+        .unwrap();
+    let err = store
+        .finish(
+            parent,
+            &ended(TaskStatus::Success, 1_500),
+            std::slice::from_ref(&child),
+        )
+        .unwrap_err();
+    assert!(err.0.contains("database or disk is full"), "{err}");
+    assert_eq!(store.children(parent).unwrap(), Vec::new());
+    assert_eq!(get(&store, parent).status, TaskStatus::Running);
+    store.lock().execute_batch("DROP TRIGGER full").unwrap();
+    let inserted = store
+        .finish(
+            parent,
+            &ended(TaskStatus::Success, 1_500),
+            &[child.clone(), child],
+        )
+        .unwrap();
+    let kid = inserted[0].id();
+    assert_eq!(
+        inserted,
+        vec![Inserted::Queued(kid), Inserted::Duplicate(kid)]
+    );
+    assert_eq!(get(&store, parent).status, TaskStatus::Success);
+    assert_eq!(get(&store, kid).parent, Some(parent));
+}
+
+#[test]
+fn claim_takes_only_the_plugins_given_and_release_gives_a_task_back_uncounted() {
+    let store = store();
+    let x = queue(&store, task("x", "1"));
+    let y = queue(&store, task("y", "2"));
+    assert_eq!(
+        store.claim(1_000, 10, &[]).unwrap(),
+        Vec::<TaskRecord>::new()
+    );
+    assert_eq!(store.next_due(&["z".to_owned()]).unwrap(), None);
+    assert_eq!(store.next_due(&["y".to_owned()]).unwrap(), Some(1_000));
+    let claimed = store.claim(1_000, 10, &["y".to_owned()]).unwrap();
+    assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), vec![y]);
+    assert_eq!(get(&store, x).status, TaskStatus::Queued);
+    assert_eq!(store.queued_plugins().unwrap(), vec!["x".to_owned()]);
+
+    store.release(y).unwrap();
+    let record = get(&store, y);
+    assert_eq!(record.status, TaskStatus::Queued);
+    assert_eq!(record.attempts, 0);
+    assert_eq!(
+        store.queued_plugins().unwrap(),
+        vec!["x".to_owned(), "y".to_owned()]
+    );
+    let err = store.release(y).unwrap_err();
+    assert!(err.0.contains("it is queued, not running"), "{err}");
+
+    // Fails the queued tasks of one plugin due by a time.
+    let mut later = task("x", "3");
+    later.not_before_unix_ms = 5_000;
+    let later = queue(&store, later);
+    assert_eq!(store.fail_queued("x", 4_999, "gone", 6_000).unwrap(), 1);
+    let record = get(&store, x);
+    assert_eq!(record.status, TaskStatus::Failed);
+    assert_eq!(record.error.as_deref(), Some("gone"));
+    assert_eq!(record.finished_unix_ms, Some(6_000));
+    assert_eq!(get(&store, later).status, TaskStatus::Queued);
+    assert_eq!(get(&store, y).status, TaskStatus::Queued);
+}
+
+#[test]
+fn list_pages_with_a_cursor() {
+    let store = store();
+    let ids: Vec<TaskId> = (0..5)
+        .map(|i| queue(&store, task("p", &i.to_string())))
+        .collect();
+    let page = |before: Option<TaskId>| -> Vec<TaskId> {
+        let filter = TaskFilter {
+            limit: 2,
+            before,
+            ..TaskFilter::default()
+        };
+        store.list(&filter).unwrap().iter().map(|t| t.id).collect()
+    };
+    assert_eq!(page(None), vec![ids[4], ids[3]]);
+    assert_eq!(page(Some(ids[3])), vec![ids[2], ids[1]]);
+    assert_eq!(page(Some(ids[1])), vec![ids[0]]);
+    assert_eq!(page(Some(ids[0])), Vec::<TaskId>::new());
+}
+
+#[test]
+fn a_database_of_schema_version_1_is_migrated_and_keeps_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(super::schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tasks (plugin, callback, input, key, priority, status, attempts, \
+             max_attempts, retry_delays_ms, not_before, created, logs, depth) \
+             VALUES ('p', 'execute', '{}', 'k', 0, 'running', 2, 2, '[]', 0, 0, '[]', 0); \
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let recovered = store.recover(10).unwrap();
+    assert_eq!(recovered.failed, 1);
+    let record = get(&store, 1);
+    assert_eq!(
+        record.error.as_deref(),
+        Some("the host stopped during this attempt 1 times")
+    );
 }
