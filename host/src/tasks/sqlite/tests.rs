@@ -10,7 +10,8 @@ use rusqlite::{Connection, ErrorCode};
 use super::super::store::{Recovered, TaskStore};
 use super::super::task::{Finish, Insert, Inserted, TaskFilter, TaskId, TaskRecord, TaskStatus};
 use super::claim::{
-    DUE_OF_PRIORITY, FIRST_PLUGIN, NEXT_PLUGIN, NEXT_PRIORITY, PLUGIN_DUE, RECOVER, TOP_PRIORITY,
+    DUE_OF_PRIORITY, FAIL_QUEUED, FIRST_PLUGIN, NEXT_PLUGIN, NEXT_PRIORITY, PLUGIN_DUE, RECOVER,
+    TOP_PRIORITY,
 };
 use super::insert::{ACTIVE_WITH_KEY, LAST_SUCCESS};
 use super::prune::{PRUNE_BEFORE, PRUNE_BEYOND};
@@ -994,6 +995,7 @@ fn the_statements_use_their_indexes() {
         (PLUGIN_DUE, "tasks_plugin"),
         (NEXT_PLUGIN, "tasks_plugin"),
         (RECOVER, "tasks_active_key"),
+        (FAIL_QUEUED, "tasks_plugin"),
         (CHILDREN, "tasks_parent"),
         (ACTIVE_OF_PLUGIN, "tasks_plugin"),
         (PRUNE_BEFORE, "tasks_finished"),
