@@ -62,3 +62,25 @@ pub(crate) mod optional {
         texts.map(|texts| parse(&texts)).transpose()
     }
 }
+
+/// Reads and writes a duration as `"24h"`.
+pub(crate) mod one {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        humantime::format_duration(*value)
+            .to_string()
+            .serialize(serializer)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let parsed = super::list::parse::<D::Error>(std::slice::from_ref(&text))?;
+        Ok(parsed.first().copied().unwrap_or_default())
+    }
+}

@@ -54,10 +54,13 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
         options.retry_delays_ms = Some(delays.map_err(|e| usage(format!("--retry-delays: {e}")))?);
     }
     let mut client = connect(args.socket)?;
-    let submitted = answer(
-        client.submit(&args.plugin, &args.callback, &input, options),
+    let (submitted, note) = answer(
+        client.submit_noted(&args.plugin, &args.callback, &input, options),
         "submitting the task to the running host",
     )?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     if args.json {
         println!("{}", serde_json::to_string(&submitted)?);
         return Ok(ExitCode::SUCCESS);

@@ -182,27 +182,67 @@ impl Client {
         input: &str,
         options: TaskOptions,
     ) -> Result<Inserted, ClientError> {
+        self.submit_noted(plugin, callback, input, options)
+            .map(|(inserted, _)| inserted)
+    }
+
+    /// [`Client::submit`], with the host's note, if it has one (the plugin is not served
+    /// now: the task waits for it).
+    pub fn submit_noted(
+        &mut self,
+        plugin: &str,
+        callback: &str,
+        input: &str,
+        options: TaskOptions,
+    ) -> Result<(Inserted, Option<String>), ClientError> {
         let input = RawValue::from_string(input.to_owned())
             .map_err(|err| ClientError::Protocol(format!("input is not JSON: {err}")))?;
-        self.request(&Request {
+        let response = self.request(&Request {
             plugin: Some(plugin.to_owned()),
             callback: Some(callback.to_owned()),
             input: Some(input),
             options: Some(options),
             ..Request::new(Op::Submit)
-        })?
-        .submitted
-        .ok_or_else(|| ClientError::Protocol("response without the submitted task".into()))
+        })?;
+        let inserted = response
+            .submitted
+            .ok_or_else(|| ClientError::Protocol("response without the submitted task".into()))?;
+        Ok((inserted, response.message))
     }
 
-    /// The tasks matching `filter`, newest first.
+    /// The tasks matching `filter`, newest first: up to `filter.limit` of them (one page
+    /// when 0), asked for page by page (the host answers at most `list_page_max` at once).
     pub fn tasks(&mut self, filter: TaskFilter) -> Result<Vec<TaskRecord>, ClientError> {
-        self.request(&Request {
+        let wanted = filter.limit;
+        let mut filter = filter;
+        let mut all: Vec<TaskRecord> = Vec::new();
+        loop {
+            if wanted > 0 {
+                filter.limit = wanted - all.len();
+            }
+            let (tasks, next) = self.tasks_page(filter.clone())?;
+            all.extend(tasks);
+            match next {
+                Some(next) if wanted > 0 && all.len() < wanted => filter.before = Some(next),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of the tasks matching `filter`, newest first, and the cursor to the next
+    /// page (for `filter.before`) when more match.
+    pub fn tasks_page(
+        &mut self,
+        filter: TaskFilter,
+    ) -> Result<(Vec<TaskRecord>, Option<TaskId>), ClientError> {
+        let response = self.request(&Request {
             filter: Some(filter),
             ..Request::new(Op::Tasks)
-        })?
-        .tasks
-        .ok_or_else(|| ClientError::Protocol("response without tasks".into()))
+        })?;
+        let tasks = response
+            .tasks
+            .ok_or_else(|| ClientError::Protocol("response without tasks".into()))?;
+        Ok((tasks, response.next))
     }
 
     /// Task `id` and the follow-ups under it.

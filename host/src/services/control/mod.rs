@@ -59,6 +59,7 @@
 mod client;
 mod protocol;
 mod server;
+mod task_listing;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

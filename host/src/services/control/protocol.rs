@@ -118,13 +118,17 @@ pub struct Response {
     /// For `submit`: what became of the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted: Option<Inserted>,
-    /// For `tasks`.
+    /// For `tasks`: one page, newest first (at most `list_page_max`, 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<TaskRecord>>,
+    /// For `tasks`: more match; ask again with `filter.before` set to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<TaskId>,
     /// For `task`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskTree>,
-    /// For `restart`, `rollback`, `cancel` and `retry`: what was done, in one line.
+    /// For `restart`, `rollback`, `cancel` and `retry`: what was done, in one line. For
+    /// `submit`: a note (its plugin is not served now: the task waits for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When `ok` is false.
@@ -155,6 +159,7 @@ impl Response {
             history: None,
             submitted: None,
             tasks: None,
+            next: None,
             task: None,
             message: None,
             error: None,

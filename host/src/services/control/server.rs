@@ -26,6 +26,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::protocol::{decode_request, too_large, HostInfo, Op, Response};
+use super::task_listing::{self, Answer};
 use crate::registry::{CallRequest, Host, RunningCall};
 use crate::services::config::ServerLimits;
 use crate::services::tasks::{NewTask, Tasks};
@@ -333,7 +334,7 @@ async fn serve_connection(
             Err(error) => {
                 // The connection cannot go on (it cannot be resynchronised, or it broke a
                 // limit): say why, then close it.
-                let _ = write(&shared, &mut writer, &Response::error(error)).await;
+                let _ = write(&shared, &mut writer, &Response::error(error).into()).await;
                 return;
             }
         };
@@ -478,7 +479,7 @@ impl Request {
 }
 
 /// Pool units needed for a buffer of `len` bytes (the first [`FREE_BYTES`] are free).
-fn units_for(len: usize) -> usize {
+pub(super) fn units_for(len: usize) -> usize {
     len.saturating_sub(FREE_BYTES).div_ceil(UNIT)
 }
 
@@ -486,16 +487,16 @@ fn limit_error(limit: usize) -> CallError {
     CallError::new(CallErrorKind::InvalidRequest, too_large(limit).to_string())
 }
 
-/// Writes `response` within `write_timeout_ms`, its buffer counted against the pool.
-async fn write(
-    shared: &Shared,
-    writer: &mut OwnedWriteHalf,
-    response: &Response,
-) -> io::Result<()> {
-    let line = response.to_line();
+/// Writes `answer` within `write_timeout_ms`, its buffer counted against the pool (an
+/// encoded answer was counted before it was made).
+async fn write(shared: &Shared, writer: &mut OwnedWriteHalf, answer: &Answer) -> io::Result<()> {
+    let (line, paid) = match answer {
+        Answer::Response(response) => (std::borrow::Cow::Owned(response.to_line()), false),
+        Answer::Encoded { line, .. } => (std::borrow::Cow::Borrowed(line), true),
+    };
     let timeout = Duration::from_millis(shared.limits.write_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
-    let units = units_for(line.len());
+    let units = if paid { 0 } else { units_for(line.len()) };
     let _held = if units > 0 {
         let units = u32::try_from(units).unwrap_or(u32::MAX);
         match tokio::time::timeout_at(deadline, shared.buffers.clone().acquire_many_owned(units))
@@ -525,12 +526,21 @@ async fn write(
 }
 
 /// Serves one request line.
-async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
+async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Answer {
     let request = match decode_request(line) {
         Ok(request) => request,
-        Err(err) => return Response::error(err),
+        Err(err) => return Response::error(err).into(),
     };
-    match request.op {
+    if let (Op::Tasks, Ok(tasks)) = (request.op, &shared.tasks) {
+        let pool = task_listing::Pool {
+            buffers: shared.buffers.clone(),
+            units_for,
+            wait: Duration::from_millis(shared.limits.write_timeout_ms),
+        };
+        let filter = request.filter.unwrap_or_default();
+        return task_listing::answer(tasks.clone(), filter, pool).await;
+    }
+    let response = match request.op {
         Op::Call if shared.shutting_down.load(Ordering::Relaxed) => Response::error(
             CallError::new(CallErrorKind::ShuttingDown, "the host is shutting down"),
         ),
@@ -591,7 +601,8 @@ async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Response {
             })
             .await
         }
-    }
+    };
+    response.into()
 }
 
 /// Runs `serve` on a blocking thread (it runs plugin code or does I/O), never on the
@@ -630,15 +641,18 @@ async fn task_op(shared: &Arc<Shared>, request: super::protocol::Request) -> Res
                     request.input.as_ref().map_or("null", |i| i.get()),
                 );
                 task.options = request.options.unwrap_or_default();
+                let plugin = task.plugin.clone();
                 tasks.submit(task).map(|submitted| Response {
                     submitted: Some(submitted),
+                    message: tasks.waiting_note(&plugin),
                     ..Response::new()
                 })
             }
             Op::Tasks => tasks
                 .list(&request.filter.unwrap_or_default())
-                .map(|list| Response {
-                    tasks: Some(list),
+                .map(|page| Response {
+                    tasks: Some(page.tasks),
+                    next: page.next,
                     ..Response::new()
                 }),
             Op::Task => tasks.task(id).map(|tree| Response {

@@ -27,6 +27,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod input_key;
+mod orphans;
+mod recording;
 mod runner;
 pub mod schedule;
 mod service;
@@ -39,7 +42,8 @@ mod timetable;
 pub use service::{TaskTree, Tasks};
 pub use settings::{ScheduleConfig, TaskSettings};
 pub use sqlite::SqliteStore;
-pub use store::{StoreError, TaskStore};
+pub use store::{Recovered, StoreError, TaskStore};
 pub use task::{
-    Finish, Insert, Inserted, NewTask, TaskFilter, TaskId, TaskOptions, TaskRecord, TaskStatus,
+    Finish, Insert, Inserted, NewTask, TaskFilter, TaskId, TaskOptions, TaskPage, TaskRecord,
+    TaskStatus,
 };

@@ -1,16 +1,18 @@
 //! The task runner: takes due tasks from the store, runs each on the host's own call path
 //! (timeouts, isolation, limits and rollout apply as to any call), and records how it
 //! ended. A call that fails is retried on the delay schedule until it has no attempts
-//! left (`failed`); one whose plugin or callback does not exist, or whose input the plugin
-//! refuses as invalid, is `bad` at once. The follow-ups a successful call returns become
-//! its child tasks, within the limits that stop runaway chains (depth, follow-ups per
-//! call, active tasks per plugin); one over a limit is recorded as `refused`, never
-//! dropped.
+//! left (`failed`); one whose input the plugin refuses as invalid is `bad` at once, one
+//! whose callback is unknown is `bad` when its attempts run out. A task whose plugin is not
+//! served waits for it (`orphans`). The follow-ups a successful call returns become its
+//! child tasks, within the limits that stop runaway chains (depth, follow-ups per call,
+//! active tasks per plugin); one over a limit is recorded as `refused`, never dropped. The
+//! outcome and the follow-ups are written in one transaction, tried again until written
+//! (`recording`).
 //!
 //! One dispatcher thread claims due tasks and fires schedules; `max_running` worker
 //! threads run the calls, at most `max_running_per_plugin` of one plugin at a time. Plugin
 //! code never runs on the dispatcher. Tasks run at least once: one running when the host
-//! stops is found `running` at the next start and run again.
+//! stops is found `running` at the next start and run again, that attempt counted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
@@ -20,6 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use plugin_api::{ErrorKind, Level, LogRecord};
 
+use super::input_key::default_key;
+use super::orphans::Orphans;
 use super::settings::{ScheduleConfig, TaskSettings};
 use super::store::{StoreError, TaskStore};
 use super::task::{Finish, Insert, Inserted, NewTask, TaskId, TaskRecord, TaskStatus};
@@ -142,13 +146,14 @@ impl Inner {
             )));
         }
         self.host.check_input(&task.input)?;
-        let input: serde_json::Value = serde_json::from_str(&task.input)
+        // Checked, and kept as given: no number loses precision on the way.
+        serde_json::from_str::<&serde_json::value::RawValue>(&task.input)
             .map_err(|err| invalid(format!("input is not JSON: {err}")))?;
         let options = task.options;
         let key = options
             .key
             .filter(|k| !k.is_empty())
-            .unwrap_or_else(|| default_key(&task.plugin, &task.callback, &input));
+            .unwrap_or_else(|| default_key(&task.plugin, &task.callback, &task.input));
         let depth = parent.map_or(0, |p| p.depth + 1);
         let refused = match parent {
             Some(_) if depth > self.settings.max_depth => Some(format!(
@@ -176,7 +181,7 @@ impl Inner {
         Ok(Insert {
             plugin: task.plugin,
             callback: task.callback,
-            input: input.to_string(),
+            input: task.input,
             key,
             priority: options.priority,
             max_attempts: options
@@ -206,26 +211,29 @@ impl Inner {
     /// The dispatcher: claims due tasks for free workers, fires schedules, prunes.
     pub(super) fn dispatch(self: Arc<Inner>, work: SyncSender<TaskRecord>) {
         let mut schedules = Timetable::default();
+        let mut orphans = Orphans::default();
         let mut next_prune = Instant::now();
         let mut store_failing = false;
         loop {
-            let (free, exclude, cap, configured) = {
+            let (free, served, only, cap, configured) = {
                 let mut state = lock(&self.state);
                 if state.stopping {
                     return;
                 }
                 state.poked = false;
-                let exclude: Vec<String> = state
-                    .running
+                // Only the tasks of plugins served, and with room to run more, are claimed:
+                // the others wait (a plugin unloaded for a moment never fails a task).
+                let served = self.host.plugin_names();
+                let only: Vec<String> = served
                     .iter()
-                    .filter(|(plugin, n)| **n >= self.plugin_limit(plugin))
-                    .map(|(plugin, _)| plugin.clone())
+                    .filter(|plugin| {
+                        state.running.get(*plugin).copied().unwrap_or(0) < self.plugin_limit(plugin)
+                    })
+                    .cloned()
                     .collect();
                 // A claim may bring several tasks of one plugin: no more than any plugin
                 // served may still start (a plugin's own limit may be below the default).
-                let room = self
-                    .host
-                    .plugin_names()
+                let room = served
                     .iter()
                     .map(|plugin| {
                         let running = state.running.get(plugin).copied().unwrap_or(0);
@@ -236,7 +244,7 @@ impl Inner {
                     .unwrap_or(usize::MAX)
                     .min(self.settings.max_running_per_plugin.max(1));
                 let free = self.settings.max_running.max(1).saturating_sub(state.total);
-                (free, exclude, free.min(room), state.configured.take())
+                (free, served, only, free.min(room), state.configured.take())
             };
             let now = now_ms();
             if let Some(configured) = configured {
@@ -256,9 +264,17 @@ impl Inner {
                 next_prune = Instant::now() + PRUNE_EVERY;
                 self.prune(now);
             }
+            match orphans.check(&*self.store, &served, self.settings.orphan_after, now) {
+                Ok(failed) => {
+                    for (plugin, n) in failed {
+                        self.count(&plugin, -i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                }
+                Err(err) => tracing::error!("tasks: cannot fail the orphaned tasks: {err}"),
+            }
             let mut claimed = 0;
             if cap > 0 {
-                match self.store.claim(now, cap, &exclude) {
+                match self.store.claim(now, cap, &only) {
                     Ok(tasks) => {
                         store_failing = false;
                         claimed = tasks.len();
@@ -288,7 +304,7 @@ impl Inner {
             }
             // Sleep until the next task or schedule is due, or something changes.
             let next_due = if claimed == 0 && !store_failing {
-                self.store.next_due(&exclude).ok().flatten()
+                self.store.next_due(&only).ok().flatten()
             } else {
                 None
             };
@@ -375,7 +391,23 @@ impl Inner {
         let result = self.host.invoke(request);
         let now = now_ms();
         let asked = lock(&self.state).cancel_asked.contains(&task.id);
+        if !asked && matches!(&result, Err(e) if e.kind == CallErrorKind::UnknownPlugin) {
+            // Unloaded since the claim: not an attempt; it waits for its plugin.
+            tracing::info!(
+                "plugin {} is not served now: the task waits for it",
+                task.plugin
+            );
+            self.record(task.id, "its release", |store| store.release(task.id));
+            return false;
+        }
         let verdict = verdict(&result, asked);
+        let retried = verdict == TaskStatus::Failed && task.attempts < task.max_attempts;
+        // An unknown callback may come with the next version; out of attempts, it is bad.
+        let verdict = if verdict == TaskStatus::Failed && !retried && unknown_callback(&result) {
+            TaskStatus::Bad
+        } else {
+            verdict
+        };
         let max = self.settings.max_result_bytes;
         let (outcome, error) = match result {
             Ok(outcome) => {
@@ -400,8 +432,7 @@ impl Inner {
             finished_unix_ms: now,
             generation,
         };
-        let retried = verdict == TaskStatus::Failed && task.attempts < task.max_attempts;
-        let recorded = match verdict {
+        match verdict {
             TaskStatus::Success => {
                 let outcome = outcome.as_ref();
                 if let Some(result) = outcome.and_then(|o| o.result().ok()) {
@@ -415,8 +446,11 @@ impl Inner {
                         ));
                     }
                 }
+                let mut inserts = Vec::new();
                 if let Some(outcome) = outcome.filter(|o| !o.follow_ups.is_empty()) {
-                    if let Some(line) = self.follow_ups(&task, outcome, now) {
+                    let (children, line) = self.follow_ups(&task, outcome, now);
+                    inserts = children;
+                    if let Some(line) = line {
                         finish.logs.push(LogRecord {
                             level: Level::Warn,
                             message: line,
@@ -424,7 +458,19 @@ impl Inner {
                         });
                     }
                 }
-                self.store.finish(task.id, &finish)
+                // The outcome and the follow-ups together: a host stopped in between
+                // would run the task again and queue its follow-ups twice.
+                let inserted = self.record(task.id, "its success", |store| {
+                    store.finish(task.id, &finish, &inserts)
+                });
+                for (insert, inserted) in inserts.iter().zip(inserted.unwrap_or_default()) {
+                    if let Inserted::Queued(_) = inserted {
+                        self.count(&insert.plugin, 1);
+                    }
+                }
+                if !inserts.is_empty() {
+                    self.poke();
+                }
             }
             TaskStatus::Failed if retried => {
                 let delay = retry_delay(&task.retry_delays_ms, task.attempts);
@@ -435,8 +481,10 @@ impl Inner {
                     humantime::format_duration(Duration::from_millis(delay)),
                     finish.error.as_deref().unwrap_or_default()
                 );
-                self.store
-                    .retry_later(task.id, now.saturating_add(delay), &finish)
+                let due = now.saturating_add(delay);
+                self.record(task.id, "its retry", |store| {
+                    store.retry_later(task.id, due, &finish)
+                });
             }
             _ => {
                 if verdict != TaskStatus::Cancelled {
@@ -446,21 +494,25 @@ impl Inner {
                         finish.error.as_deref().unwrap_or_default()
                     );
                 }
-                self.store.finish(task.id, &finish)
+                self.record(task.id, "its end", |store| {
+                    store.finish(task.id, &finish, &[])
+                });
             }
-        };
-        if let Err(err) = recorded {
-            tracing::error!("cannot record how task {} ended: {err}", task.id);
         }
         !retried
     }
 
-    /// Makes child tasks of what `outcome` asked for, within the limits; returns a line
-    /// for the parent's logs when some were refused. A follow-up over a limit is recorded
-    /// as a `refused` task, up to twice `max_follow_ups_per_call` of them for one call; past
-    /// that they are counted in that line, not recorded one by one (a plugin could ask for
-    /// a million).
-    fn follow_ups(&self, parent: &TaskRecord, outcome: &CallOutcome, now: u64) -> Option<String> {
+    /// The child tasks of what `outcome` asked for, within the limits, for the store to
+    /// insert with the parent's outcome; and a line for the parent's logs when some were
+    /// refused. A follow-up over a limit is recorded as a `refused` task, up to twice
+    /// `max_follow_ups_per_call` of them for one call; past that they are counted in that
+    /// line, not recorded one by one (a plugin could ask for a million).
+    fn follow_ups(
+        &self,
+        parent: &TaskRecord,
+        outcome: &CallOutcome,
+        now: u64,
+    ) -> (Vec<Insert>, Option<String>) {
         let recorded = self
             .settings
             .max_follow_ups_per_call
@@ -501,21 +553,8 @@ impl Inner {
             }
             inserts.push(insert);
         }
-        match self.store.insert(&inserts) {
-            Ok(inserted) => {
-                for (insert, inserted) in inserts.iter().zip(inserted) {
-                    if let Inserted::Queued(_) = inserted {
-                        self.count(&insert.plugin, 1);
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::error!("cannot queue the follow-ups of task {}: {err}", parent.id)
-            }
-        }
-        self.poke();
         if refused == 0 {
-            return None;
+            return (inserts, None);
         }
         let mut line =
             format!("{refused} of its {asked} follow-ups were refused (see its children)");
@@ -526,7 +565,7 @@ impl Inner {
             ));
         }
         tracing::warn!("task {}: {line}", parent.id);
-        Some(line)
+        (inserts, Some(line))
     }
 }
 
@@ -538,7 +577,7 @@ fn refusal(parent: &TaskRecord, plugin: &str, callback: &str, err: &CallError, n
         plugin: short(plugin),
         callback: short(callback),
         input: "null".to_owned(),
-        key: default_key(plugin, callback, &serde_json::Value::Null),
+        key: default_key(plugin, callback, "null"),
         priority: 0,
         max_attempts: 1,
         retry_delays_ms: Vec::new(),
@@ -552,23 +591,32 @@ fn refusal(parent: &TaskRecord, plugin: &str, callback: &str, err: &CallError, n
     }
 }
 
-/// How an attempt ended: `success`, `bad` (it can never succeed as given), `cancelled`,
-/// or `failed` (retried while it has attempts left).
+/// How an attempt ended: `success`, `bad` (its input can never be taken), `cancelled`,
+/// or `failed` (retried while it has attempts left; an unknown callback included).
 fn verdict(result: &Result<CallOutcome, CallError>, cancelled: bool) -> TaskStatus {
     match result {
         Err(err) => match err.kind {
-            CallErrorKind::UnknownPlugin
-            | CallErrorKind::UnknownCallback
-            | CallErrorKind::InvalidRequest => TaskStatus::Bad,
+            CallErrorKind::InvalidRequest => TaskStatus::Bad,
             _ if cancelled => TaskStatus::Cancelled,
             _ => TaskStatus::Failed,
         },
         Ok(outcome) => match outcome.error.as_ref().map(|e| e.kind()) {
             None => TaskStatus::Success,
-            Some(ErrorKind::UnknownCallback | ErrorKind::InvalidInput) => TaskStatus::Bad,
+            Some(ErrorKind::InvalidInput) => TaskStatus::Bad,
             Some(_) if cancelled => TaskStatus::Cancelled,
             Some(_) => TaskStatus::Failed,
         },
+    }
+}
+
+/// Whether the call failed because its callback does not exist.
+fn unknown_callback(result: &Result<CallOutcome, CallError>) -> bool {
+    match result {
+        Err(err) => err.kind == CallErrorKind::UnknownCallback,
+        Ok(outcome) => outcome
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind() == ErrorKind::UnknownCallback),
     }
 }
 
@@ -610,12 +658,6 @@ fn millis(delays: &[Duration]) -> Vec<u64> {
         .collect()
 }
 
-/// The default key: a hash of plugin, callback and input (keys in JSON objects sorted).
-fn default_key(plugin: &str, callback: &str, input: &serde_json::Value) -> String {
-    let text = format!("{plugin}\0{callback}\0{input}");
-    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
-}
-
 pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -645,14 +687,6 @@ mod tests {
     }
 
     #[test]
-    fn the_default_key_ignores_the_order_of_object_keys() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":2}"#).unwrap();
-        let b: serde_json::Value = serde_json::from_str(r#"{"b":2,"a":1}"#).unwrap();
-        assert_eq!(default_key("p", "c", &a), default_key("p", "c", &b));
-        assert_ne!(default_key("p", "c", &a), default_key("p", "d", &a));
-    }
-
-    #[test]
     fn logs_are_cut_with_a_last_record_saying_how_many_were_left_out() {
         let record = |message: &str| LogRecord {
             level: Level::Info,
@@ -673,13 +707,18 @@ mod tests {
     fn what_can_never_succeed_is_bad_and_the_rest_is_retried() {
         let host_error = |kind| Err(CallError::new(kind, "x"));
         assert_eq!(
-            verdict(&host_error(CallErrorKind::UnknownPlugin), false),
+            verdict(&host_error(CallErrorKind::InvalidRequest), false),
             TaskStatus::Bad
         );
+        // Bad only when its attempts run out (see `run`).
         assert_eq!(
             verdict(&host_error(CallErrorKind::UnknownCallback), false),
-            TaskStatus::Bad
+            TaskStatus::Failed
         );
+        assert!(unknown_callback(&host_error(
+            CallErrorKind::UnknownCallback
+        )));
+        assert!(!unknown_callback(&host_error(CallErrorKind::Timeout)));
         assert_eq!(
             verdict(&host_error(CallErrorKind::Timeout), false),
             TaskStatus::Failed

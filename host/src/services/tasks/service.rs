@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::orphans::waiting_note;
 use super::runner::{lock, now_ms, unavailable, Inner, State};
 use super::settings::{ScheduleConfig, TaskSettings};
 use super::store::TaskStore;
-use super::task::{Inserted, NewTask, TaskFilter, TaskId, TaskRecord, TaskStatus};
+use super::task::{Inserted, NewTask, TaskFilter, TaskId, TaskPage, TaskRecord, TaskStatus};
 use crate::types::call::{CallError, CallErrorKind};
 use crate::Host;
 
@@ -51,10 +52,19 @@ impl Tasks {
         settings: TaskSettings,
         schedules: Vec<ScheduleConfig>,
     ) -> Result<Tasks, CallError> {
-        let recovered = store.recover().map_err(unavailable)?;
-        if recovered > 0 {
+        let recovered = store.recover(now_ms()).map_err(unavailable)?;
+        if recovered.queued > 0 {
             tracing::warn!(
-                "{recovered} tasks were running when the host last stopped: queued again"
+                "{} tasks were running when the host last stopped: queued again \
+                 (the attempt counted)",
+                recovered.queued
+            );
+        }
+        if recovered.failed > 0 {
+            tracing::error!(
+                "{} tasks were running when the host last stopped, and have no attempts \
+                 left: failed (see `host tasks --status failed`)",
+                recovered.failed
             );
         }
         let inner = Arc::new(Inner {
@@ -92,9 +102,32 @@ impl Tasks {
         self.inner.submit(task, None)
     }
 
-    /// Tasks matching `filter`, newest first.
-    pub fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, CallError> {
-        self.inner.store.list(filter).map_err(unavailable)
+    /// Tasks matching `filter`, newest first: one page of at most `filter.limit` and
+    /// `list_page_max`, with the cursor to the next page if more match.
+    pub fn list(&self, filter: &TaskFilter) -> Result<TaskPage, CallError> {
+        let max = self.inner.settings.list_page_max.max(1);
+        let page = match filter.limit {
+            0 => max,
+            n => n.min(max),
+        };
+        // One more than the page: whether there is a next one.
+        let mut asked = filter.clone();
+        asked.limit = page + 1;
+        let mut tasks = self.inner.store.list(&asked).map_err(unavailable)?;
+        let next = if tasks.len() > page {
+            tasks.truncate(page);
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        Ok(TaskPage { tasks, next })
+    }
+
+    /// What to tell whoever submits a task of `plugin` when the host does not serve it now
+    /// (the task waits for it); `None` when it does.
+    pub fn waiting_note(&self, plugin: &str) -> Option<String> {
+        let served = self.inner.host.plugin_names().iter().any(|p| p == plugin);
+        (!served).then(|| waiting_note(plugin, self.inner.settings.orphan_after))
     }
 
     /// Task `id` and the follow-ups under it (at most 1,000 of them).

@@ -41,6 +41,14 @@ pub struct TaskSettings {
     /// A schedule whose time passed while the host was down fires once at start (default
     /// true); false skips it.
     pub run_missed: bool,
+    /// Tasks of a plugin the host does not serve wait for it (a file replaced, a plugin
+    /// not yet installed); after this long without it (from when they were due, and from
+    /// when the host last served it), they are `failed`, naming the plugin (default 24h;
+    /// 0: they wait for ever).
+    #[serde(with = "one_duration")]
+    pub orphan_after: Duration,
+    /// The most tasks one `tasks` answer holds; more come in further pages (default 1,000).
+    pub list_page_max: usize,
 }
 
 impl Default for TaskSettings {
@@ -61,6 +69,8 @@ impl Default for TaskSettings {
             keep_days: 30,
             keep_max: 100_000,
             run_missed: true,
+            orphan_after: Duration::from_secs(24 * 3_600),
+            list_page_max: 1_000,
         }
     }
 }
@@ -125,7 +135,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 // The `[tasks]` durations are read as the plugin settings' are.
-use crate::types::durations::list as durations;
+use crate::types::durations::{list as durations, one as one_duration};
 
 #[cfg(test)]
 mod tests {

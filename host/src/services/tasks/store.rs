@@ -3,7 +3,7 @@
 //! by a fleet of hosts (PostgreSQL, claiming with `FOR UPDATE SKIP LOCKED`) implements the
 //! same trait. Every method is one transaction, so that a host killed at any moment leaves
 //! the store consistent: what was claimed and not finished is found `running` at the next
-//! start and queued again ([`TaskStore::recover`]).
+//! start, and queued again or, its attempts spent, failed ([`TaskStore::recover`]).
 
 use std::fmt::Debug;
 
@@ -14,6 +14,15 @@ use super::task::{Finish, Insert, Inserted, TaskFilter, TaskId, TaskRecord, Task
 #[error("{0}")]
 pub struct StoreError(pub String);
 
+/// What [`TaskStore::recover`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Tasks queued again.
+    pub queued: u64,
+    /// Tasks failed: their attempts were spent.
+    pub failed: u64,
+}
+
 /// Where tasks are kept. Implementations are shared by the runner's threads.
 pub trait TaskStore: Send + Sync + Debug {
     /// Adds tasks in one transaction, each unless its key is queued or running already
@@ -23,22 +32,32 @@ pub trait TaskStore: Send + Sync + Debug {
     fn insert(&self, tasks: &[Insert]) -> Result<Vec<Inserted>, StoreError>;
 
     /// Takes up to `limit` queued tasks due at `now_unix_ms` (their `not_before` passed),
-    /// highest priority first, then the longest due, then the oldest, leaving out those of
-    /// the plugins in `exclude`; marks them `running`, counts an attempt and sets their
-    /// start time.
+    /// highest priority first, then the longest due, then the oldest, of the plugins in
+    /// `only` (those served and with room to run more); marks them `running`, counts an
+    /// attempt and sets their start time. The tasks of other plugins stay queued.
     fn claim(
         &self,
         now_unix_ms: u64,
         limit: usize,
-        exclude: &[String],
+        only: &[String],
     ) -> Result<Vec<TaskRecord>, StoreError>;
 
-    /// When the next queued task of a plugin not in `exclude` is due; `None` when none is
-    /// queued.
-    fn next_due(&self, exclude: &[String]) -> Result<Option<u64>, StoreError>;
+    /// When the next queued task of a plugin in `only` is due; `None` when none is queued.
+    fn next_due(&self, only: &[String]) -> Result<Option<u64>, StoreError>;
 
-    /// Records how a running task's attempt ended, for good.
-    fn finish(&self, id: TaskId, finish: &Finish) -> Result<(), StoreError>;
+    /// Records how a running task's attempt ended, for good, and inserts the follow-ups its
+    /// call asked for (as [`TaskStore::insert`] does, answering in their order), in one
+    /// transaction: either both are recorded or neither.
+    fn finish(
+        &self,
+        id: TaskId,
+        finish: &Finish,
+        follow_ups: &[Insert],
+    ) -> Result<Vec<Inserted>, StoreError>;
+
+    /// Gives a claimed task back: queued again as it was, its attempt not counted (its
+    /// plugin was unloaded between the claim and the call).
+    fn release(&self, id: TaskId) -> Result<(), StoreError>;
 
     /// A running task's attempt failed and it has attempts left: queued again, due at
     /// `not_before_unix_ms`, with the attempt's error and logs kept.
@@ -49,9 +68,24 @@ pub trait TaskStore: Send + Sync + Debug {
         failed: &Finish,
     ) -> Result<(), StoreError>;
 
-    /// Queues again every task found `running`: they were running when the host that ran
-    /// them stopped (tasks run at least once). Returns how many.
-    fn recover(&self) -> Result<u64, StoreError>;
+    /// Deals with every task found `running`: they were running when the host that ran them
+    /// stopped (it died, maybe because of the task). The interrupted attempt counts: a task
+    /// with attempts left is queued again (tasks run at least once); one without is `failed`
+    /// at `now_unix_ms`, with "the host stopped during this attempt N times".
+    fn recover(&self, now_unix_ms: u64) -> Result<Recovered, StoreError>;
+
+    /// The plugins with queued tasks, by name.
+    fn queued_plugins(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Fails, at `now_unix_ms` with `error`, the queued tasks of `plugin` due at
+    /// `due_before_unix_ms` or before (a plugin not served for too long). Returns how many.
+    fn fail_queued(
+        &self,
+        plugin: &str,
+        due_before_unix_ms: u64,
+        error: &str,
+        now_unix_ms: u64,
+    ) -> Result<u64, StoreError>;
 
     /// The task `id`.
     fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
@@ -59,7 +93,7 @@ pub trait TaskStore: Send + Sync + Debug {
     /// The tasks `parent`'s call asked for, oldest first.
     fn children(&self, parent: TaskId) -> Result<Vec<TaskRecord>, StoreError>;
 
-    /// Tasks matching `filter`, newest first.
+    /// Tasks matching `filter`, newest first (at most `filter.limit`, 1,000 when 0).
     fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError>;
 
     /// Cancels task `id` if it is queued; returns the status it had (`None`: no such task).

@@ -22,8 +22,9 @@ pub enum TaskStatus {
     Success,
     /// Its call failed on every attempt it had.
     Failed,
-    /// It can never succeed as given: its plugin or callback does not exist, or its input
-    /// was refused as invalid.
+    /// It can never succeed as given: its input was refused as invalid, or its callback
+    /// was unknown on every attempt it had. (A plugin not served is waited for, up to
+    /// `orphan_after`; then the task is `failed`.)
     Bad,
     /// Not run: a task with its key succeeded within its `age`.
     Skipped,
@@ -264,6 +265,20 @@ pub struct TaskFilter {
     pub plugin: Option<String>,
     /// Only tasks made at or after this time (milliseconds since the Unix epoch).
     pub since_unix_ms: Option<u64>,
-    /// At most this many, newest first (0: the store's default, 1,000).
+    /// At most this many, newest first (0: the store's default, 1,000). The host answers
+    /// at most `list_page_max` (1,000) at once: the rest come in further pages.
     pub limit: usize,
+    /// Only tasks older than this one: the cursor where the last page ended (`next`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<TaskId>,
+}
+
+/// A page of tasks, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskPage {
+    /// The tasks.
+    pub tasks: Vec<TaskRecord>,
+    /// More tasks match: list again with `before` set to this for the next page.
+    pub next: Option<TaskId>,
 }
