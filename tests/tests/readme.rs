@@ -35,7 +35,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 
 /// The first `report` firing of a fresh host must be at least this far off, so that the
 /// example's task ids are those of a fresh host whose schedule has not fired yet.
-const SCHEDULE_MARGIN_MS: u64 = 10_000;
+const SCHEDULE_MARGIN_MS: u64 = 5_000;
 
 fn readme() -> String {
     fs::read_to_string(root().join("README.md")).expect("README.md")
