@@ -146,24 +146,26 @@ fn a_callback_that_fails_twice_is_retried_with_the_configured_delays() {
     let server = serve(
         dir.path(),
         state.path(),
-        "[plugins.tasker]\ntask_retry_delays = [\"300ms\", \"600ms\"]\n",
+        "[tasks]\nmin_retry_delay = \"100ms\"\n\
+         [plugins.tasker]\ntask_retry_delays = [\"300ms\", \"600ms\"]\n",
     );
     let id = submit(&server, "tasker", "flaky", r#"{"key":"db","fail":2}"#, &[]);
     wait_status(&server, id, "success");
     let record = &task(&server, id)["task"];
     assert_eq!(record["attempts"], 3);
     assert_eq!(record["result"], r#"{"attempt":3}"#);
-    // The delays were waited: 300 ms, then 600 ms.
+    // The delays were waited: 300 ms, then 600 ms, each within ±10%.
     let waited =
         record["finished_unix_ms"].as_u64().unwrap() - record["created_unix_ms"].as_u64().unwrap();
-    assert!(waited >= 900, "finished {waited} ms after it was made");
+    assert!(waited >= 810, "finished {waited} ms after it was made");
     let log = server.log();
     assert!(
-        log.contains("attempt 1 of 4 failed, retrying in 300ms: db is down (attempt 1)"),
+        log.contains("attempt 1 of 4 failed, retrying in ")
+            && log.contains(" (300ms ±10%): db is down (attempt 1)"),
         "{log}"
     );
     assert!(
-        log.contains("attempt 2 of 4 failed, retrying in 600ms"),
+        log.contains(" (600ms ±10%): db is down (attempt 2)"),
         "{log}"
     );
 
@@ -194,6 +196,32 @@ fn a_callback_that_fails_twice_is_retried_with_the_configured_delays() {
     );
     wait_status(&server, id, "bad");
     assert_eq!(task(&server, id)["task"]["attempts"], 1);
+}
+
+#[test]
+fn retries_without_delays_wait_the_minimum_instead_of_looping() {
+    // `retry_delays = []` used to retry at once: three attempts in a few milliseconds.
+    let (dir, state) = (plugins_dir(), tempfile::tempdir().unwrap());
+    let server = serve(dir.path(), state.path(), "[tasks]\nretry_delays = []\n");
+    let id = submit(
+        &server,
+        "tasker",
+        "flaky",
+        r#"{"key":"hot","fail":100}"#,
+        &["--max-attempts", "3"],
+    );
+    wait_status(&server, id, "failed");
+    let record = &task(&server, id)["task"];
+    assert_eq!(record["attempts"], 3);
+    // Two retries, each at least min_retry_delay (default 1 s): never sooner.
+    let waited =
+        record["finished_unix_ms"].as_u64().unwrap() - record["created_unix_ms"].as_u64().unwrap();
+    assert!(waited >= 2_000, "3 attempts within {waited} ms");
+    let log = server.log();
+    assert!(
+        log.contains("(0s raised to min_retry_delay 1s, ±10%): hot is down (attempt 1)"),
+        "{log}"
+    );
 }
 
 #[test]

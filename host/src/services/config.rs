@@ -42,7 +42,8 @@
 //! max_running = 8                  # task calls running at once
 //! max_running_per_plugin = 4
 //! max_attempts = 4                 # the first run and three retries
-//! retry_delays = ["30s", "1h", "6h", "12h", "24h"]  # the last one repeats
+//! retry_delays = ["30s", "1h", "6h", "12h", "24h"]  # the last one repeats, each ±10% at random
+//! min_retry_delay = "1s"           # no retry comes sooner, whatever the delays say
 //! max_depth = 10                   # follow-ups deeper are refused
 //! max_follow_ups_per_call = 100
 //! max_queued_per_plugin = 10000
@@ -55,7 +56,8 @@
 //! plugin = "sysinfo"
 //! callback = "execute"
 //! input = { paths = ["/"] }
-//! every = "5m"                     # or cron = "0 3 * * *" (UTC)
+//! every = "5m"                     # spread by an offset of its name; or cron = "0 3 * * *"
+//! # timezone = "Europe/Berlin"     # cron only: the IANA time zone it is read in (default UTC)
 //! ```
 //!
 //! Errors name the file, the line and column, and the key: one line, nothing else.
@@ -68,7 +70,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::settings::MAX_RECORDS;
 
-use crate::services::tasks::schedule::Schedule;
+use crate::services::tasks::schedule::parse_timezone;
 use crate::services::tasks::settings::{ScheduleConfig, TaskSettings};
 
 // The plain settings live in the bottom layer; host.toml is read here.
@@ -281,6 +283,12 @@ impl HostConfig {
                 return Err(refuse(format!("tasks.{key}"), "must be at least 1"));
             }
         }
+        if tasks.min_retry_delay.is_zero() {
+            return Err(refuse(
+                "tasks.min_retry_delay".to_owned(),
+                "must be at least 1ms: without it a task failing at once retries in a hot loop",
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, schedule) in config.schedule.iter().enumerate() {
             let key = |field: &str| format!("schedule[{i}]{field}");
@@ -290,8 +298,19 @@ impl HostConfig {
             if schedule.callback != "execute" && !plugin_api::is_valid_name(&schedule.callback) {
                 return Err(refuse(key(".callback"), "not a callback name"));
             }
-            if let Err(err) = Schedule::parse(schedule.every.as_deref(), schedule.cron.as_deref()) {
-                return Err(refuse(key(""), &err.0));
+            if let Some(timezone) = &schedule.timezone {
+                if let Err(err) = parse_timezone(timezone) {
+                    return Err(refuse(
+                        key(".timezone"),
+                        &format!("schedule {}: {}", schedule.name(), err.0),
+                    ));
+                }
+            }
+            if let Err(err) = schedule.schedule() {
+                return Err(refuse(
+                    key(""),
+                    &format!("schedule {}: {}", schedule.name(), err.0),
+                ));
             }
             if !names.insert(schedule.name()) {
                 return Err(refuse(
@@ -372,5 +391,36 @@ mod tests {
         let err = parse("[plugins.hello]\nenable = true\n").unwrap_err();
         assert!(err.contains("key `plugins.hello"), "{err}");
         assert!(err.contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn a_schedule_with_an_unknown_time_zone_is_one_line_naming_it_and_the_field() {
+        let ok = "[[schedule]]\nname = \"nightly\"\nplugin = \"sysinfo\"\ncron = \"30 2 * * *\"\n\
+                  timezone = \"Europe/Berlin\"\n";
+        let config = parse(ok).unwrap();
+        assert_eq!(
+            config.schedule[0].timezone.as_deref(),
+            Some("Europe/Berlin")
+        );
+        let err = parse(&ok.replace("Europe/Berlin", "Europe/Berln")).unwrap_err();
+        assert_eq!(
+            err,
+            "host.toml: key `schedule[0].timezone`: schedule nightly: unknown time zone \
+             \"Europe/Berln\": give an IANA name such as \"Europe/Berlin\", \
+             \"America/New_York\" or \"UTC\""
+        );
+        let err = parse(&ok.replace("cron = \"30 2 * * *\"", "every = \"1h\"")).unwrap_err();
+        assert!(
+            err.contains("schedule nightly: timezone applies to cron"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_zero_min_retry_delay_is_refused() {
+        assert!(parse("[tasks]\nmin_retry_delay = \"10ms\"\n").is_ok());
+        let err = parse("[tasks]\nmin_retry_delay = \"0s\"\n").unwrap_err();
+        assert!(err.contains("key `tasks.min_retry_delay`"), "{err}");
+        assert!(err.contains("hot loop"), "{err}");
     }
 }

@@ -8,9 +8,10 @@
 //!   embedded SQLite database that keeps them by default;
 //! * `service` ([`Tasks`]): the runner as its users see it: submit, list, cancel, retry;
 //! * `runner`: takes due tasks, runs them on the host's call path, retries, turns
-//!   follow-ups into child tasks within limits;
+//!   follow-ups into child tasks within limits; `retry`: how long a failed task waits;
 //! * [`schedule`]: when periodic tasks fire (`every`, `cron`), and parsing durations and
-//!   times; `timetable`: which schedules are active;
+//!   times; `zoned_cron`: a cron expression in a time zone across DST changes;
+//!   `timetable`: which schedules are active;
 //! * [`settings`]: `[tasks]` and `[[schedule]]` in host.toml.
 //!
 //! ```no_run
@@ -30,6 +31,7 @@
 mod input_key;
 mod orphans;
 mod recording;
+mod retry;
 mod runner;
 pub mod schedule;
 mod service;
@@ -38,6 +40,7 @@ mod sqlite;
 pub mod store;
 pub mod task;
 mod timetable;
+mod zoned_cron;
 
 pub use service::{TaskTree, Tasks};
 pub use settings::{ScheduleConfig, TaskSettings};

@@ -24,6 +24,7 @@ use plugin_api::{ErrorKind, Level, LogRecord};
 
 use super::input_key::default_key;
 use super::orphans::Orphans;
+use super::retry::RetryDelay;
 use super::settings::{ScheduleConfig, TaskSettings};
 use super::store::{StoreError, TaskStore};
 use super::task::{Finish, Insert, Inserted, NewTask, TaskId, TaskRecord, TaskStatus};
@@ -473,15 +474,21 @@ impl Inner {
                 }
             }
             TaskStatus::Failed if retried => {
-                let delay = retry_delay(&task.retry_delays_ms, task.attempts);
+                let delay = RetryDelay::after(
+                    &task.retry_delays_ms,
+                    task.attempts,
+                    u64::try_from(self.settings.min_retry_delay.as_millis()).unwrap_or(u64::MAX),
+                    &mut fastrand::Rng::new(),
+                );
                 tracing::info!(
-                    "attempt {} of {} failed, retrying in {}: {}",
+                    "attempt {} of {} failed, retrying in {} ({}): {}",
                     task.attempts,
                     task.max_attempts,
-                    humantime::format_duration(Duration::from_millis(delay)),
+                    humantime::format_duration(Duration::from_millis(delay.ms)),
+                    delay.describe(),
                     finish.error.as_deref().unwrap_or_default()
                 );
-                let due = now.saturating_add(delay);
+                let due = now.saturating_add(delay.ms);
                 self.record(task.id, "its retry", |store| {
                     store.retry_later(task.id, due, &finish)
                 });
@@ -620,13 +627,6 @@ fn unknown_callback(result: &Result<CallOutcome, CallError>) -> bool {
     }
 }
 
-/// The delay before the retry after attempt `attempts` (1 for the first): the delays in
-/// turn, the last one repeating; none without delays.
-fn retry_delay(delays: &[u64], attempts: u32) -> u64 {
-    let index = (attempts.max(1) as usize - 1).min(delays.len().saturating_sub(1));
-    delays.get(index).copied().unwrap_or(0)
-}
-
 /// `logs`, cut to at most `max` bytes of messages, with a last record saying how many were
 /// left out.
 fn bounded_logs(logs: &[LogRecord], max: usize) -> Vec<LogRecord> {
@@ -675,16 +675,6 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retries_wait_the_delays_in_turn_and_the_last_one_repeats() {
-        let delays = [30_000, 3_600_000, 21_600_000];
-        assert_eq!(retry_delay(&delays, 1), 30_000);
-        assert_eq!(retry_delay(&delays, 2), 3_600_000);
-        assert_eq!(retry_delay(&delays, 3), 21_600_000);
-        assert_eq!(retry_delay(&delays, 9), 21_600_000);
-        assert_eq!(retry_delay(&[], 1), 0);
-    }
 
     #[test]
     fn logs_are_cut_with_a_last_record_saying_how_many_were_left_out() {

@@ -1,9 +1,15 @@
 //! When periodic tasks fire, and the times and durations people write.
 //!
 //! A [`Schedule`] is what host.toml says about a periodic task: either `every = "5m"`, a
-//! fixed period whose firings are aligned to the Unix epoch (multiples of the period, so a
-//! restart does not shift them), or `cron = "0 3 * * *"`, a standard five-field cron
-//! expression (minute hour day-of-month month day-of-week) read in UTC.
+//! fixed period, or `cron = "0 3 * * *"`, a standard five-field cron expression (minute
+//! hour day-of-month month day-of-week) read in UTC or in the IANA time zone given with
+//! `timezone = "Europe/Berlin"` (see `tasks/zoned_cron.rs` for its rules across daylight
+//! saving time changes).
+//!
+//! A period's firings are the multiples of the period since the Unix epoch, moved by an
+//! offset of their own: [`Schedule::spread`] derives it from the schedule's name with a
+//! fixed hash, so it is the same at every start (a restart does not shift the firings),
+//! and schedules of one period do not all fire at the same instant.
 //!
 //! The parsers here also read the durations and instants people type elsewhere:
 //! [`parse_duration`] (`30s`, `5m`, `1h 30m`) and [`parse_time`] for the CLI's `--at` and
@@ -16,8 +22,11 @@ use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
+
+use super::zoned_cron;
 
 /// The fields of a cron expression, for error messages.
 const CRON_FIELDS: &str = "minute hour day-of-month month day-of-week";
@@ -44,8 +53,9 @@ const DURATION_FORMS: &str = "write e.g. 30s, 5m, 1h 30m, 500ms or 2d";
 #[error("{0}")]
 pub struct ScheduleError(pub String);
 
-/// When a periodic task fires: every fixed period (aligned to the Unix epoch) or at the
-/// minutes a cron expression matches (UTC).
+/// When a periodic task fires: every fixed period (the multiples of the period since the
+/// Unix epoch, moved by the schedule's own offset) or at the minutes a cron expression
+/// matches (in UTC or a given time zone).
 #[derive(Clone, PartialEq)]
 pub struct Schedule {
     kind: Kind,
@@ -53,15 +63,18 @@ pub struct Schedule {
 
 #[derive(Clone, PartialEq)]
 enum Kind {
-    /// A period of at least 1 s, in whole milliseconds.
-    Every(Duration),
-    /// A parsed five-field expression (or `@` nickname), and its text as given (trimmed).
-    /// Boxed: a parsed expression is many times the size of a period.
-    Cron(Box<Cron>, String),
+    /// A period of at least 1 s, in whole milliseconds, and the offset of its firings from
+    /// the multiples of the period, below the period.
+    Every { period: Duration, offset_ms: u64 },
+    /// A parsed five-field expression (or `@` nickname), its text as given (trimmed), and
+    /// the time zone it is read in. Boxed: a parsed expression is many times the size of a
+    /// period.
+    Cron(Box<Cron>, String, Tz),
 }
 
 impl Schedule {
-    /// Fires every `d`, at the multiples of `d` since the Unix epoch.
+    /// Fires every `d`, at the multiples of `d` since the Unix epoch ([`Schedule::spread`]
+    /// moves them by an offset of the schedule's own).
     ///
     /// # Errors
     ///
@@ -85,12 +98,44 @@ impl Schedule {
             )));
         }
         Ok(Schedule {
-            kind: Kind::Every(d),
+            kind: Kind::Every {
+                period: d,
+                offset_ms: 0,
+            },
         })
     }
 
+    /// The same schedule, its firings moved by an offset derived from `name` (a period's
+    /// only; a cron expression keeps its times): XXH3 of the name, modulo the period. The
+    /// hash is fixed, so the offset is the same at every start and on every machine, and
+    /// schedules of one period but different names fire at different instants instead of
+    /// all at once.
+    #[must_use]
+    pub fn spread(self, name: &str) -> Schedule {
+        match self.kind {
+            Kind::Every { period, .. } => {
+                let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+                let offset_ms = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % period_ms.max(1);
+                Schedule {
+                    kind: Kind::Every { period, offset_ms },
+                }
+            }
+            kind @ Kind::Cron(..) => Schedule { kind },
+        }
+    }
+
+    /// The offset of a period's firings from the multiples of the period (see
+    /// [`Schedule::spread`]); `None` for a cron expression.
+    pub fn offset_ms(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Every { offset_ms, .. } => Some(*offset_ms),
+            Kind::Cron(..) => None,
+        }
+    }
+
     /// Fires at the minutes the standard five-field cron expression `expr` matches
-    /// (minute hour day-of-month month day-of-week), in UTC. Also accepts `@hourly`,
+    /// (minute hour day-of-month month day-of-week), in UTC ([`Schedule::cron_in`] for
+    /// another time zone). Also accepts `@hourly`,
     /// `@daily`, `@weekly`, `@monthly` and `@yearly` (or `@annually`).
     ///
     /// The fields take what croner takes: numbers, `*`, ranges `1-5`, lists `1,3`, steps
@@ -103,6 +148,18 @@ impl Schedule {
     /// (six-field expressions with seconds are refused), does not parse, or never fires
     /// (such as `0 0 30 2 *`).
     pub fn cron(expr: &str) -> Result<Schedule, ScheduleError> {
+        Schedule::cron_in(expr, Tz::UTC)
+    }
+
+    /// Like [`Schedule::cron`], with the expression read in the time zone `tz`:
+    /// `30 2 * * *` in `Europe/Berlin` fires at 02:30 Berlin time, winter and summer.
+    /// Across a daylight saving time change it follows the rules in `tasks/zoned_cron.rs`:
+    /// a time of day that a change skips or repeats still fires once that day.
+    ///
+    /// # Errors
+    ///
+    /// As [`Schedule::cron`].
+    pub(crate) fn cron_in(expr: &str, tz: Tz) -> Result<Schedule, ScheduleError> {
         let text = expr.trim();
         let fail = |why: &str| ScheduleError(format!("cron expression {text:?}: {why}"));
         if text.is_empty() {
@@ -145,17 +202,24 @@ impl Schedule {
             return Err(fail("never fires"));
         }
         Ok(Schedule {
-            kind: Kind::Cron(Box::new(cron), text.to_string()),
+            kind: Kind::Cron(Box::new(cron), text.to_string(), tz),
         })
     }
 
-    /// Reads host.toml's `every = "5m"` or `cron = "0 3 * * *"`: exactly one of them.
+    /// Reads host.toml's `every = "5m"` or `cron = "0 3 * * *"` (exactly one of them), and
+    /// `timezone = "Europe/Berlin"` for a cron expression.
     ///
     /// # Errors
     ///
-    /// If both or neither is given, or the one given does not parse (see
-    /// [`parse_duration`], [`Schedule::every`] and [`Schedule::cron`]).
-    pub fn parse(every: Option<&str>, cron: Option<&str>) -> Result<Schedule, ScheduleError> {
+    /// If both or neither of `every` and `cron` is given, the one given does not parse (see
+    /// [`parse_duration`], [`Schedule::every`] and [`Schedule::cron`]), the time zone is
+    /// not an IANA name ([`parse_timezone`]), or a time zone is given with `every`.
+    pub fn parse(
+        every: Option<&str>,
+        cron: Option<&str>,
+        timezone: Option<&str>,
+    ) -> Result<Schedule, ScheduleError> {
+        let tz = timezone.map(parse_timezone).transpose()?;
         match (every, cron) {
             (Some(_), Some(_)) => Err(ScheduleError(
                 "give one of every and cron, not both".to_string(),
@@ -163,28 +227,34 @@ impl Schedule {
             (None, None) => Err(ScheduleError(
                 "give every = \"5m\" or cron = \"0 3 * * *\"".to_string(),
             )),
+            (Some(_), None) if tz.is_some() => Err(ScheduleError(
+                "timezone applies to cron, not to every (a period is the same in every \
+                 time zone); for a time of day write cron = \"0 3 * * *\""
+                    .to_string(),
+            )),
             (Some(every), None) => Schedule::every(parse_duration(every)?),
-            (None, Some(cron)) => Schedule::cron(cron),
+            (None, Some(cron)) => Schedule::cron_in(cron, tz.unwrap_or(Tz::UTC)),
         }
     }
 
     /// The first firing strictly after `after_unix_ms` (milliseconds since the Unix
-    /// epoch): for `every`, the next multiple of the period; for `cron`, the start of the
-    /// next matching minute. `None` if there is none that a `u64` can hold.
+    /// epoch): for `every`, the next multiple of the period plus the schedule's offset; for
+    /// `cron`, the start of the next matching minute in its time zone. `None` if there is
+    /// none that a `u64` can hold.
     pub fn next_after(&self, after_unix_ms: u64) -> Option<u64> {
         match &self.kind {
-            Kind::Every(d) => {
-                let period = u64::try_from(d.as_millis()).ok()?;
-                (after_unix_ms / period).checked_add(1)?.checked_mul(period)
+            Kind::Every { period, offset_ms } => {
+                let period = u64::try_from(period.as_millis()).ok()?;
+                // The firings are offset + k * period, k >= 0.
+                match after_unix_ms.checked_sub(*offset_ms) {
+                    None => Some(*offset_ms),
+                    Some(since) => (since / period)
+                        .checked_add(1)?
+                        .checked_mul(period)?
+                        .checked_add(*offset_ms),
+                }
             }
-            Kind::Cron(cron, _) => {
-                // Firings fall on whole seconds, so the first one after the second that
-                // holds `after_unix_ms` is the first one strictly after `after_unix_ms`.
-                let secs = i64::try_from(after_unix_ms / 1000).ok()?;
-                let start = DateTime::<Utc>::from_timestamp(secs, 0)?;
-                let next = cron.find_next_occurrence(&start, false).ok()?;
-                u64::try_from(next.timestamp_millis()).ok()
-            }
+            Kind::Cron(cron, _, tz) => zoned_cron::next_after(cron, *tz, after_unix_ms),
         }
     }
 
@@ -195,14 +265,16 @@ impl Schedule {
             .is_some_and(|next| next <= now_unix_ms)
     }
 
-    /// How people wrote it: `every 5m`, `every 1h 30m`, `cron 0 3 * * *`, `cron @daily`.
+    /// How people wrote it: `every 5m`, `every 1h 30m`, `cron 0 3 * * *`, `cron @daily`,
+    /// `cron 30 2 * * * (Europe/Berlin)`.
     pub fn describe(&self) -> String {
         match &self.kind {
-            Kind::Every(d) => {
-                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            Kind::Every { period, .. } => {
+                let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
                 format!("every {}", join_parts(&duration_parts(ms)))
             }
-            Kind::Cron(_, expr) => format!("cron {expr}"),
+            Kind::Cron(_, expr, tz) if *tz == Tz::UTC => format!("cron {expr}"),
+            Kind::Cron(_, expr, tz) => format!("cron {expr} ({})", tz.name()),
         }
     }
 }
@@ -217,6 +289,20 @@ impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe())
     }
+}
+
+/// Reads an IANA time zone name: `Europe/Berlin`, `America/New_York`, `UTC`.
+///
+/// # Errors
+///
+/// One line naming `text`, if it is not the name of a time zone in the IANA database.
+pub(crate) fn parse_timezone(text: &str) -> Result<Tz, ScheduleError> {
+    text.trim().parse::<Tz>().map_err(|_| {
+        ScheduleError(format!(
+            "unknown time zone {text:?}: give an IANA name such as \"Europe/Berlin\", \
+             \"America/New_York\" or \"UTC\""
+        ))
+    })
 }
 
 /// Reads a duration in humantime's syntax: `30s`, `5m`, `1h 30m`, `500ms`, `2d`.
@@ -386,6 +472,40 @@ mod tests {
     }
 
     #[test]
+    fn periods_are_spread_by_a_stable_offset_of_each_schedule() {
+        let from = at("2026-03-10T10:07:30.250Z");
+        // Two schedules of one period, different names: different instants.
+        let a = every("5m").spread("backup");
+        let b = every("5m").spread("sysinfo.execute");
+        assert_ne!(a.next_after(from), b.next_after(from));
+        // Over many names the offsets differ (20 names, a 1 h period).
+        let offsets: std::collections::BTreeSet<u64> = (0..20)
+            .map(|i| every("1h").spread(&format!("s{i}")).offset_ms().unwrap())
+            .collect();
+        assert!(offsets.len() >= 18, "{offsets:?}");
+        // The offset is a fixed function of the name and the period, the same at every
+        // start of the host: pinned here, so a hash seeded per process would fail.
+        assert_eq!(a.offset_ms(), Some(234_854));
+        assert_eq!(every("5m").spread("backup"), a);
+        assert_eq!(every("1h").spread("backup").offset_ms(), Some(534_854));
+        // Still one firing per period, each at offset + k * period, strictly after.
+        let first = a.next_after(from).unwrap();
+        assert_eq!(first % (5 * MIN), 234_854);
+        assert!(first > from && first - from <= 5 * MIN, "{first}");
+        assert_eq!(a.next_after(first), Some(first + 5 * MIN));
+        assert_eq!(a.next_after(first - 1), Some(first));
+        // Before the first offset: the offset itself.
+        assert_eq!(a.next_after(0), Some(234_854));
+        // A missed run is judged with the offset too.
+        assert!(a.missed(first - 1, first));
+        assert!(!a.missed(first, first + 5 * MIN - 1));
+        // Cron expressions keep their times.
+        let c = cron("0 3 * * *");
+        assert_eq!(c.clone().spread("backup"), c);
+        assert_eq!(c.offset_ms(), None);
+    }
+
+    #[test]
     fn every_under_one_second_is_refused() {
         for d in [
             Duration::ZERO,
@@ -513,24 +633,24 @@ mod tests {
     #[test]
     fn parse_takes_exactly_one_of_every_and_cron() {
         assert_eq!(
-            Schedule::parse(Some("5m"), Some("0 3 * * *")).expect_err("both"),
+            Schedule::parse(Some("5m"), Some("0 3 * * *"), None).expect_err("both"),
             ScheduleError("give one of every and cron, not both".to_string())
         );
         assert_eq!(
-            Schedule::parse(None, None).expect_err("neither"),
+            Schedule::parse(None, None, None).expect_err("neither"),
             ScheduleError("give every = \"5m\" or cron = \"0 3 * * *\"".to_string())
         );
         assert_eq!(
-            Schedule::parse(Some("5m"), None).map(|s| s.describe()),
+            Schedule::parse(Some("5m"), None, None).map(|s| s.describe()),
             Ok("every 5m".to_string())
         );
         assert_eq!(
-            Schedule::parse(None, Some(" 0 3 * * * ")).map(|s| s.describe()),
+            Schedule::parse(None, Some(" 0 3 * * * "), None).map(|s| s.describe()),
             Ok("cron 0 3 * * *".to_string())
         );
-        let e = Schedule::parse(Some("5x"), None).expect_err("bad duration");
+        let e = Schedule::parse(Some("5x"), None, None).expect_err("bad duration");
         assert!(e.0.contains("\"5x\""), "{e}");
-        assert!(Schedule::parse(Some("500ms"), None).is_err());
+        assert!(Schedule::parse(Some("500ms"), None, None).is_err());
     }
 
     #[test]

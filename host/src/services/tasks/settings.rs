@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::schedule::{Schedule, ScheduleError};
+
 /// `[tasks]` in host.toml: how tasks run, and how long their records are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,8 +24,15 @@ pub struct TaskSettings {
     /// Attempts before a task is `failed`, the first included (default 4: three retries).
     pub max_attempts: u32,
     /// The delays before each retry; the last one repeats (default 30s, 1h, 6h, 12h, 24h).
+    /// Each is moved by up to ±10% at random, so tasks that failed together do not all
+    /// come back at the same instant.
     #[serde(with = "durations")]
     pub retry_delays: Vec<Duration>,
+    /// No retry comes sooner than this, whatever the delays of the task, its plugin or
+    /// `retry_delays` say (default 1s; at least 1ms): `retry_delays = []` with a large
+    /// `max_attempts` would otherwise retry a failing task in a hot loop.
+    #[serde(with = "duration")]
+    pub min_retry_delay: Duration,
     /// How deep a chain of follow-ups may go: a follow-up deeper is refused (default 10).
     pub max_depth: u32,
     /// Follow-ups kept from one call; the rest are refused (default 100).
@@ -62,6 +71,7 @@ impl Default for TaskSettings {
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),
+            min_retry_delay: Duration::from_secs(1),
             max_depth: 10,
             max_follow_ups_per_call: 100,
             max_queued_per_plugin: 10_000,
@@ -93,9 +103,12 @@ pub struct ScheduleConfig {
     /// Fire every this long (`"5m"`), aligned to the clock.
     #[serde(default)]
     pub every: Option<String>,
-    /// Fire at these times (`"0 3 * * *"`, UTC).
+    /// Fire at these times (`"0 3 * * *"`), in UTC or in `timezone`.
     #[serde(default)]
     pub cron: Option<String>,
+    /// The IANA time zone `cron` is read in (`"Europe/Berlin"`; default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 fn execute() -> String {
@@ -108,6 +121,21 @@ impl ScheduleConfig {
         self.name
             .clone()
             .unwrap_or_else(|| format!("{}.{}", self.plugin, self.callback))
+    }
+
+    /// When it fires: its `every` or `cron` (in its `timezone`), a period spread by the
+    /// offset of its name.
+    ///
+    /// # Errors
+    ///
+    /// As [`Schedule::parse`].
+    pub fn schedule(&self) -> Result<Schedule, ScheduleError> {
+        Schedule::parse(
+            self.every.as_deref(),
+            self.cron.as_deref(),
+            self.timezone.as_deref(),
+        )
+        .map(|schedule| schedule.spread(&self.name()))
     }
 
     /// Its input as JSON text.
@@ -135,7 +163,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 // The `[tasks]` durations are read as the plugin settings' are.
-use crate::types::durations::{list as durations, one as one_duration};
+use crate::types::durations::{list as durations, one as one_duration, one as duration};
 
 #[cfg(test)]
 mod tests {

@@ -98,7 +98,7 @@ impl Timetable {
     ) -> Result<(), String> {
         let mut wanted = Vec::new();
         for config in &self.configured {
-            match Schedule::parse(config.every.as_deref(), config.cron.as_deref()) {
+            match config.schedule() {
                 Ok(schedule) => wanted.push((
                     config.name(),
                     Job {
@@ -120,13 +120,14 @@ impl Timetable {
                 let Ok(schedule) = Schedule::every(Duration::from_millis(declared.every_ms)) else {
                     continue;
                 };
+                let name = format!("plugin:{plugin}.{}", declared.callback);
                 wanted.push((
-                    format!("plugin:{plugin}.{}", declared.callback),
+                    name.clone(),
                     Job {
                         plugin: plugin.clone(),
                         callback: declared.callback.clone(),
                         input: "null".to_owned(),
-                        schedule,
+                        schedule: schedule.spread(&name),
                     },
                 ));
             }
