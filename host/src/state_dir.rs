@@ -21,11 +21,14 @@ use crate::owner_lock::{LockError, OwnerLock};
 /// The name of the lock file in a state directory.
 pub const LOCK_FILE: &str = "host.lock";
 
-/// A state directory this host owns until it is dropped (or the process ends).
+/// A state directory this host owns until it is dropped (or the process ends). One this
+/// host created and left with nothing in it but its lock (a host refused at start, say) is
+/// removed when dropped.
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
-    _lock: OwnerLock,
+    created: bool,
+    lock: Option<OwnerLock>,
 }
 
 /// Why a state directory cannot be used.
@@ -76,11 +79,16 @@ impl StateDir {
                 })?;
             check_parent(parent).map_err(unusable)?;
         }
+        let created = matches!(
+            fs::symlink_metadata(dir),
+            Err(err) if err.kind() == io::ErrorKind::NotFound
+        );
         crate::private_dir::ensure_owned(dir, false).map_err(unusable)?;
         match OwnerLock::acquire(&dir.join(LOCK_FILE)) {
             Ok(lock) => Ok(StateDir {
                 path: dir.to_owned(),
-                _lock: lock,
+                created,
+                lock: Some(lock),
             }),
             Err(LockError::Held(pid)) => Err(StateDirError::InUse {
                 dir: dir.to_owned(),
@@ -98,6 +106,26 @@ impl StateDir {
     /// The task database in it.
     pub fn tasks_db(&self) -> PathBuf {
         self.path.join("tasks.db")
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let only_the_lock = fs::read_dir(&self.path).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|entry| entry.file_name() == LOCK_FILE)
+        });
+        if only_the_lock {
+            // Unlinked while still held: a host opening it now finds it locked, one coming
+            // later finds no directory and makes its own.
+            let _ = fs::remove_file(self.path.join(LOCK_FILE));
+            self.lock.take();
+            let _ = fs::remove_dir(&self.path);
+        }
     }
 }
 
@@ -199,7 +227,16 @@ mod tests {
         );
         assert!(!err.contains('\n'), "{err}");
         drop(first);
-        StateDir::lock(&dir).unwrap();
+        // Nothing but its lock in it, and made by the host that dropped it: removed.
+        assert!(!dir.exists());
+        let second = StateDir::lock(&dir).unwrap();
+        fs::write(second.tasks_db(), b"").unwrap();
+        drop(second);
+        assert!(dir.join("tasks.db").exists());
+        // One that was there before is kept, even empty.
+        fs::remove_file(dir.join("tasks.db")).unwrap();
+        drop(StateDir::lock(&dir).unwrap());
+        assert!(dir.exists());
     }
 
     #[test]
