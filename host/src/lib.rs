@@ -5,7 +5,8 @@
 //!
 //! * `plugin_file` opens a plugin file safely, checks who could have written it, and stages
 //!   its private copy (read, hashed and copied in one pass); `elf` checks its structure;
-//!   `private_dir` makes and checks the directories the host trusts;
+//!   `private_dir` makes and checks the directories the host trusts ([`CopiesDir`] for
+//!   private copies); `owner_lock` marks what a running host owns;
 //! * [`loader`] turns a staged copy into a checked, open library (ABI and layout checks,
 //!   metadata), and finds out whether a closed library has left memory;
 //! * [`Host`] (module `registry`) keeps plugins by name in a lock-free call table, prepares
@@ -19,7 +20,8 @@
 //!   meanwhile;
 //! * [`tasks`] runs calls as tasks: follow-ups, schedules and retries, kept in SQLite;
 //! * [`control`] is the Unix-socket protocol `host serve` speaks and `host call` uses;
-//! * [`config`] reads `host.toml`.
+//! * [`config`] reads `host.toml`; [`state_dir`] is where a host keeps its state, one host
+//!   at a time.
 //!
 //! ```no_run
 //! use host::{Host, HostOptions};
@@ -40,6 +42,8 @@ mod runtime;
 mod services;
 mod types;
 
+pub use files::private_dir::CopiesDir;
+pub use files::state_dir;
 pub use runtime::{isolation, loader};
 pub use services::{config, control, tasks, watch};
 

@@ -412,9 +412,31 @@ impl Server {
         extra: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Server {
+        let server = Server::spawn(None, plugins, extra, configure);
+        server.wait_until(
+            Duration::from_secs(20),
+            "the host to answer on its socket",
+            |s| s.client().and_then(|mut c| c.ping().ok()).is_some(),
+        );
+        server
+    }
+
+    /// Starts `host serve --plugins DIR --socket SOCKET` with extra arguments, without
+    /// waiting for it to answer (it may be refused). `socket` is a fresh one unless given.
+    /// Its temporary directory (`TMPDIR`, where its private copies go) and its state
+    /// directory (`XDG_STATE_HOME`) are the server's own, removed with it, unless
+    /// `configure` sets others.
+    pub fn spawn(
+        socket: Option<&Path>,
+        plugins: &Path,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("sock/host.sock");
+        let socket = socket.map_or_else(|| dir.path().join("sock/host.sock"), Path::to_owned);
         let log = dir.path().join("serve.log");
+        let tmp = dir.path().join("tmp");
+        fs::create_dir(&tmp).expect("create the server's temporary directory");
         let mut command = Command::new(&built().host);
         command
             .arg("serve")
@@ -424,24 +446,19 @@ impl Server {
             .arg(&socket)
             .args(extra)
             .env("RUST_LOG", "info")
+            .env("TMPDIR", &tmp)
             // Its task database, unless a test names one with --state-dir.
             .env("XDG_STATE_HOME", dir.path().join("state"))
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("log file"));
         configure(&mut command);
         let child = command.spawn().expect("host serve starts");
-        let server = Server {
+        Server {
             child: Some(child),
             socket,
             log,
             _dir: dir,
-        };
-        server.wait_until(
-            Duration::from_secs(20),
-            "the host to answer on its socket",
-            |s| s.client().and_then(|mut c| c.ping().ok()).is_some(),
-        );
-        server
+        }
     }
 
     /// A new connection to the server; an answer that takes over 30 s is an error.

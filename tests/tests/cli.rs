@@ -222,3 +222,44 @@ fn the_readme_shows_what_host_new_writes() {
     let first_use = writing.find("host new").unwrap();
     assert!(install_at < first_use);
 }
+
+#[test]
+fn host_new_refuses_a_bad_name_as_a_usage_error_and_takes_plugin_api() {
+    // Issue 16, item 6: an invalid name exited 1, and the crate always depended on the
+    // plugin-api of the checkout the binary was built from.
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().to_str().unwrap();
+    let (code, err) = status(&["new", "9lives", "--path", path]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid plugin name"), "{err}");
+
+    let missing = work.path().join("no-such-api");
+    let (code, err) = status(&[
+        "new",
+        "elsewhere",
+        "--path",
+        path,
+        "--plugin-api",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("pass --plugin-api PATH"), "{err}");
+
+    let api = work.path().join("vendored/plugin-api");
+    e2e::copy_dir(&root().join("plugin-api"), &api);
+    let out = host(&[
+        "new",
+        "vendored-user",
+        "--path",
+        path,
+        "--plugin-api",
+        api.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let manifest = fs::read_to_string(work.path().join("vendored-user/Cargo.toml")).unwrap();
+    let api = fs::canonicalize(&api).unwrap();
+    assert!(
+        manifest.contains(&format!("plugin-api = {{ path = \"{}\" }}", api.display())),
+        "{manifest}"
+    );
+}

@@ -5,5 +5,7 @@ pub(crate) mod digest;
 pub(crate) mod elf;
 pub(crate) mod lease;
 pub mod load_error;
+pub(crate) mod owner_lock;
 pub(crate) mod plugin_file;
 pub(crate) mod private_dir;
+pub mod state_dir;

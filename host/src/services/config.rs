@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! plugins_dir = "plugins"          # default: ./plugins
-//! state_dir = "/var/lib/plugin-host" # the task database (default: $XDG_STATE_HOME/plugin-host)
+//! state_dir = "/var/lib/plugin-host" # the task database, one host at a time (default: one per
+//!                                  # socket, see host::state_dir::default_state_dir)
 //! socket = "/run/user/1000/plugin-host.sock"
 //! log_format = "text"              # or "json"
 //! max_message_bytes = 16777216     # largest request, or answer (result, follow-ups, logs)
@@ -111,8 +112,9 @@ pub struct HostConfig {
     pub shutdown_timeout_ms: u64,
     /// Per-plugin settings, by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
-    /// Where the host keeps its state, the task database among it (default:
-    /// `$XDG_STATE_HOME/plugin-host`).
+    /// Where the host keeps its state, the task database among it; one running host at a
+    /// time (default: one per control socket, see
+    /// [`default_state_dir`](crate::files::state_dir::default_state_dir)).
     pub state_dir: Option<PathBuf>,
     /// How tasks run (`[tasks]`).
     pub tasks: TaskSettings,

@@ -2,21 +2,20 @@
 //! `rollback`. Each needs a host that answers on the control socket.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use host::control::{default_socket_path, Client, ClientError};
+use host::control::{Client, ClientError};
 use host::HistoryEntry;
 
-use crate::cli::{HistoryArgs, RestartArgs, RollbackArgs};
+use crate::cli::{HistoryArgs, HostSocket, RestartArgs, RollbackArgs};
 use crate::commands::{age, write_rows};
 use crate::exit::{Failure, NOT_FOUND};
 
-/// A connection to the host on `socket` (or the default socket), or an error saying none
-/// answers.
-pub(crate) fn connect(socket: Option<PathBuf>) -> Result<Client> {
-    let path = socket.unwrap_or_else(default_socket_path);
+/// A connection to the host on `socket` (`--socket`, the socket of `--config` or of
+/// `$HOST_CONFIG`, or the default socket), or an error saying none answers.
+pub(crate) fn connect(socket: HostSocket) -> Result<Client> {
+    let (path, _) = socket.resolve()?;
     Client::connect(&path).map_err(|err| {
         Failure::new(
             NOT_FOUND,

@@ -60,6 +60,54 @@ pub enum Command {
     Retry(TaskIdArgs),
 }
 
+/// The running host's control socket: `--socket`, or the `socket` of `--config` (or of
+/// `$HOST_CONFIG`), or the default.
+#[derive(Debug, Clone, Args)]
+pub struct HostSocket {
+    /// Control socket of the running host [default: socket of --config, else
+    /// $XDG_RUNTIME_DIR/plugin-host/host.sock, or $TMPDIR/plugin-host-UID/host.sock (TMPDIR:
+    /// /tmp) when XDG_RUNTIME_DIR is unset].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// host.toml: its `socket` is the running host's; a one-shot call or list from --plugins
+    /// applies its per-plugin settings [env: HOST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl HostSocket {
+    /// host.toml: `--config`, or `$HOST_CONFIG`.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        config_path(self.config.clone())
+    }
+
+    /// The socket, and whether the user named it (with `--socket` or in host.toml); an
+    /// error if the host.toml cannot be used.
+    pub fn resolve(&self) -> Result<(PathBuf, bool), host::config::ConfigError> {
+        if let Some(socket) = &self.socket {
+            return Ok((socket.clone(), true));
+        }
+        if let Some(path) = self.config_path() {
+            let config = host::config::HostConfig::load(&path)?;
+            if let Some(socket) = config.socket {
+                // Relative to the file's directory, as `host serve` reads it.
+                let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+                return Ok((dir.join(socket), true));
+            }
+        }
+        Ok((host::control::default_socket_path(), false))
+    }
+}
+
+/// The host.toml to read: `given`, or `$HOST_CONFIG` when it is set and not empty.
+pub fn config_path(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| {
+        std::env::var_os("HOST_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// Plugin name.
@@ -91,9 +139,8 @@ pub struct SubmitArgs {
     /// Print the answer as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: HostSocket,
 }
 
 #[derive(Debug, Args)]
@@ -114,9 +161,8 @@ pub struct TasksArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: HostSocket,
 }
 
 #[derive(Debug, Args)]
@@ -126,27 +172,24 @@ pub struct TaskArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: HostSocket,
 }
 
 #[derive(Debug, Args)]
 pub struct TaskIdArgs {
     /// Task id.
     pub id: i64,
-    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: HostSocket,
 }
 
 #[derive(Debug, Args)]
 pub struct RestartArgs {
     /// Plugin name.
     pub plugin: String,
-    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: HostSocket,
 }
 
 #[derive(Debug, Args)]
@@ -156,9 +199,8 @@ pub struct HistoryArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: HostSocket,
 }
 
 #[derive(Debug, Args)]
@@ -169,9 +211,8 @@ pub struct RollbackArgs {
     /// serves].
     #[arg(long, value_name = "GENERATION")]
     pub to: Option<u64>,
-    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: HostSocket,
 }
 
 /// Where to find plugins: a running host, or a directory.
@@ -180,12 +221,10 @@ pub struct Target {
     /// Directory of plugin files, used when no running host serves it.
     #[arg(long, value_name = "DIR")]
     pub plugins: Option<PathBuf>,
-    /// Control socket of the running host [default: $XDG_RUNTIME_DIR/plugin-host/host.sock].
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// host.toml with per-plugin settings, for one-shot loads from --plugins.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    // The running host's socket, and host.toml (also its per-plugin settings, for one-shot
+    // loads from --plugins).
+    #[command(flatten)]
+    pub host: HostSocket,
     /// Load plugin files even if others could have written them.
     #[arg(long)]
     pub allow_insecure_permissions: bool,
@@ -244,9 +283,10 @@ pub struct NewArgs {
     /// Directory to create the crate in; the crate goes into DIR/NAME.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub path: PathBuf,
-    /// Path of the plugin-api crate to depend on [default: the one this host was built from].
-    #[arg(long, value_name = "DIR")]
-    pub api_path: Option<PathBuf>,
+    /// The plugin-api crate the new crate depends on, by path [default: the plugin-api
+    /// directory of the source tree this `host` was built from, if it is still there].
+    #[arg(long = "plugin-api", visible_alias = "api-path", value_name = "PATH")]
+    pub plugin_api: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -254,10 +294,12 @@ pub struct ServeArgs {
     /// Directory of plugin files to load and watch [default: plugins_dir of --config, or ./plugins].
     #[arg(long, value_name = "DIR")]
     pub plugins: Option<PathBuf>,
-    /// Control socket path [default: socket of --config, or $XDG_RUNTIME_DIR/plugin-host/host.sock].
+    /// Control socket path [default: socket of --config, else $XDG_RUNTIME_DIR/plugin-host/host.sock,
+    /// or $TMPDIR/plugin-host-UID/host.sock (TMPDIR: /tmp) when XDG_RUNTIME_DIR is unset].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// host.toml: plugins dir, socket, log format, per-plugin settings. Watched for changes.
+    /// [env: HOST_CONFIG]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where private copies of plugin files are written before loading [default: a new
@@ -270,8 +312,10 @@ pub struct ServeArgs {
     /// Run every plugin in a worker process of its own, whatever host.toml says.
     #[arg(long)]
     pub isolate_all: bool,
-    /// Where the host keeps its state (the task database, `tasks.db`) [default: state_dir
-    /// of --config, or $XDG_STATE_HOME/plugin-host].
+    /// Where the host keeps its state (the task database, `tasks.db`), one host at a time
+    /// [default: state_dir of --config, else one per socket: $XDG_STATE_HOME/plugin-host
+    /// for the default socket, $XDG_STATE_HOME/plugin-host-HASH for another
+    /// ($XDG_STATE_HOME: ~/.local/state)].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }

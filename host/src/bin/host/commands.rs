@@ -7,12 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use host::config::HostConfig;
-use host::control::{default_socket_path, Client, ClientError};
+use host::control::{Client, ClientError};
 use host::isolation::IsolationOptions;
 use host::isolation::WorkerStatus;
 use host::{
-    inspect, CallOutcome, CallRequest, FileStatus, Host, HostOptions, LoadOptions, PanicStrategy,
-    RetiredState,
+    inspect, CallOutcome, CallRequest, CopiesDir, FileStatus, Host, HostOptions, LoadOptions,
+    PanicStrategy, RetiredState,
 };
 
 use crate::cli::{CallArgs, CheckArgs, ListArgs, Target};
@@ -20,13 +20,14 @@ use crate::exit::{Failure, NOT_FOUND, PLUGIN_ERROR, USAGE};
 
 /// A connection to the running host that serves `target`, if one answers.
 ///
-/// With an explicit `--socket`, that host must answer (unless `--plugins` is also given).
-/// With `--plugins DIR`, the running host is used only if it serves that same directory.
+/// With a socket named (`--socket`, or `socket` in host.toml), that host must answer
+/// (unless `--plugins` is also given). With `--plugins DIR`, the running host is used only
+/// if it serves that same directory.
 fn running_host(target: &Target) -> Result<Option<Client>> {
-    let path = target.socket.clone().unwrap_or_else(default_socket_path);
+    let (path, named) = target.host.resolve()?;
     let mut client = match Client::connect(&path) {
         Ok(client) => client,
-        Err(err) if target.socket.is_some() && target.plugins.is_none() => {
+        Err(err) if named && target.plugins.is_none() => {
             return Err(Failure::new(
                 NOT_FOUND,
                 format!("no host answers on {}: {err}", path.display()),
@@ -53,24 +54,25 @@ fn plugins_dir(target: &Target) -> Result<&Path> {
             NOT_FOUND,
             format!(
                 "no running host answers on {} and no --plugins DIR was given",
-                target
-                    .socket
-                    .clone()
-                    .unwrap_or_else(default_socket_path)
-                    .display()
+                target.host.resolve()?.0.display()
             ),
         )
         .into()),
     }
 }
 
-fn one_shot_host(target: &Target, isolate_all: bool) -> Result<Host> {
-    let config = match &target.config {
-        Some(path) => HostConfig::load(path)?,
+/// A host for one-shot loads, with its private copies in `copies` (removed when the command
+/// returns, even if a call it gave up on still holds the host).
+fn one_shot_host(target: &Target, isolate_all: bool, copies: &CopiesDir) -> Result<Host> {
+    let config = match target.host.config_path() {
+        Some(path) => HostConfig::load(&path)?,
         None => HostConfig::default(),
     };
     Ok(Host::new(HostOptions {
-        load: load_options(target.allow_insecure_permissions),
+        load: LoadOptions {
+            copy_dir: Some(copies.path().to_owned()),
+            ..load_options(target.allow_insecure_permissions)
+        },
         plugins: config.plugins,
         max_message_bytes: config.max_message_bytes,
         max_log_bytes_per_call: config.max_log_bytes_per_call,
@@ -99,7 +101,8 @@ pub fn call(args: CallArgs) -> Result<ExitCode> {
         },
         None => {
             let dir = plugins_dir(&args.target)?;
-            let host = one_shot_host(&args.target, args.isolated)?;
+            let copies = CopiesDir::create().context("creating the private copy directory")?;
+            let host = one_shot_host(&args.target, args.isolated, &copies)?;
             let file = find_plugin(dir, &args.plugin)?;
             host.load_file(&file)?;
             // On the host's call pool: answered `timeout` at the plugin's deadline (the
@@ -211,7 +214,11 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
             .context("listing the running host's plugins")?,
         None => {
             let dir = plugins_dir(&args.target)?;
-            let options = load_options(args.target.allow_insecure_permissions);
+            let copies = CopiesDir::create().context("creating the private copy directory")?;
+            let options = LoadOptions {
+                copy_dir: Some(copies.path().to_owned()),
+                ..load_options(args.target.allow_insecure_permissions)
+            };
             plugin_files(dir)?
                 .into_iter()
                 .map(|path| {

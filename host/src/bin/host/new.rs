@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 
 use crate::cli::NewArgs;
+use crate::exit::{Failure, USAGE};
 
 /// The plugin-api sources this binary was built from.
 const API_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api");
@@ -17,21 +18,36 @@ pub fn run(args: NewArgs) -> Result<ExitCode> {
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
         && !name.contains('.');
     if !valid {
-        bail!("invalid plugin name {name:?}: use a letter, then letters, digits, `_` or `-` (at most 64)");
+        return Err(Failure::new(
+            USAGE,
+            format!(
+                "invalid plugin name {name:?}: use a letter, then letters, digits, `_` or `-` \
+                 (at most 64)"
+            ),
+        )
+        .into());
     }
     let api = args
-        .api_path
+        .plugin_api
         .clone()
         .unwrap_or_else(|| PathBuf::from(API_PATH));
-    let api = fs::canonicalize(&api)
+    let Some(api) = fs::canonicalize(&api)
         .ok()
         .filter(|p| p.join("Cargo.toml").is_file())
-        .with_context(|| {
+    else {
+        let why = match &args.plugin_api {
+            Some(_) => "",
+            None => " (the source tree this host was built from)",
+        };
+        return Err(Failure::new(
+            USAGE,
             format!(
-                "cannot find the plugin-api crate at {}: pass --api-path",
+                "cannot find the plugin-api crate at {}{why}: pass --plugin-api PATH",
                 api.display()
-            )
-        })?;
+            ),
+        )
+        .into());
+    };
     let dir = args.path.join(name);
     if dir.exists()
         && fs::read_dir(&dir)

@@ -5,6 +5,10 @@
 //! answers new calls with a `shutting_down` error, and lets the calls in flight finish for up
 //! to `shutdown_timeout_ms`. If some are still running then, it names them and exits with a
 //! failure status. A second signal ends the process at once.
+//!
+//! Start-up takes what this host must own before it touches anything: its state directory
+//! (a lock another host would hold) and its control socket (bound, served later). A host
+//! refused either loads no plugin, opens no database and starts no schedule.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use host::config::HostConfig;
-use host::control::{default_socket_path, ControlServer, HostInfo};
+use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
 use host::isolation::IsolationOptions;
-use host::tasks::settings::default_state_dir;
+use host::state_dir::{default_state_dir, StateDir};
 use host::tasks::{SqliteStore, Tasks};
 use host::watch::Watcher;
-use host::{Host, HostOptions, LoadOptions};
+use host::{CopiesDir, Host, HostOptions, LoadOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -27,14 +31,14 @@ use crate::cli::ServeArgs;
 use crate::exit::{Failure, OTHER, USAGE};
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
-    let config = match &args.config {
+    let config_path = crate::cli::config_path(args.config.clone());
+    let config = match &config_path {
         Some(path) => HostConfig::load(path)?,
         None => HostConfig::default(),
     };
     crate::init_logging("info", config.log_format);
     // Paths in host.toml are relative to the file's directory.
-    let config_dir = args
-        .config
+    let config_dir = config_path
         .as_deref()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
@@ -58,13 +62,41 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         .or_else(|| config.socket.as_ref().map(|s| config_dir.join(s)))
         .unwrap_or_else(default_socket_path);
     let limits = config.server_limits();
+
+    // Before anything is loaded or opened: this host's state directory, and its socket. A
+    // host that is refused either has touched nothing of the one that holds them.
+    let state = if config.tasks.enabled {
+        let state_dir = args
+            .state_dir
+            .or_else(|| config.state_dir.as_ref().map(|d| config_dir.join(d)))
+            .unwrap_or_else(|| {
+                let own = (socket != default_socket_path()).then_some(socket.as_path());
+                default_state_dir(own)
+            });
+        Some(StateDir::lock(&state_dir)?)
+    } else {
+        None
+    };
+    let listener = ControlSocket::bind(&socket)
+        .with_context(|| format!("control socket {}", socket.display()))?;
     raise_descriptor_limit(limits.max_connections);
 
     // Before anything else, so a signal during start-up is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    // This host's private copies, removed on every way out of this function (and by the
+    // next host to start, if this one is killed).
+    let copies = match &args.copy_dir {
+        Some(_) => None,
+        None => Some(Arc::new(
+            CopiesDir::create().context("creating the private copy directory")?,
+        )),
+    };
+    let _remove_copies = RemoveOnReturn(copies.clone());
     let host = Host::new(HostOptions {
         load: LoadOptions {
-            copy_dir: args.copy_dir,
+            copy_dir: args
+                .copy_dir
+                .or_else(|| copies.as_ref().map(|c| c.path().to_owned())),
             allow_insecure_permissions: args.allow_insecure_permissions,
         },
         plugins: config.plugins.clone(),
@@ -76,21 +108,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             ..IsolationOptions::default()
         },
     })?;
-    let watcher = Watcher::start(host.clone(), &dir, args.config.as_deref())
+    let watcher = Watcher::start(host.clone(), &dir, config_path.as_deref())
         .with_context(|| format!("watching {}", dir.display()))?;
     let info = HostInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
         plugins_dir: dir.clone(),
     };
-    let state_dir = args
-        .state_dir
-        .or_else(|| config.state_dir.as_ref().map(|d| config_dir.join(d)))
-        .unwrap_or_else(default_state_dir);
-    let tasks = start_tasks(&host, &config, &state_dir);
-    let server =
-        ControlServer::start_with_tasks(host.clone(), info, &socket, limits, tasks.clone())
-            .with_context(|| format!("control socket {}", socket.display()))?;
+    let tasks = start_tasks(&host, &config, state.as_ref());
+    let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
+        .with_context(|| format!("control socket {}", socket.display()))?;
     tracing::info!(
         plugins = host.plugin_names().len(),
         "serving {} on {}",
@@ -105,9 +132,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         "received signal {signal}: finishing calls in flight (for up to {} ms), then unloading",
         grace.as_millis()
     );
+    let copies_at_exit = copies.clone();
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             tracing::error!("received signal {signal} again: exiting at once");
+            if let Some(copies) = copies_at_exit {
+                copies.remove();
+            }
             std::process::exit(128 + signal);
         }
     });
@@ -143,13 +174,18 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens the task database in `state_dir` and starts running tasks; if that fails, the
-/// host serves direct calls anyway and says why in one line.
-fn start_tasks(host: &Host, config: &HostConfig, state_dir: &Path) -> Result<Tasks, String> {
-    if !config.tasks.enabled {
+/// Opens the task database in the state directory this host holds and starts running
+/// tasks; if that fails, the host serves direct calls anyway and says why in one line.
+fn start_tasks(
+    host: &Host,
+    config: &HostConfig,
+    state: Option<&StateDir>,
+) -> Result<Tasks, String> {
+    let Some(state) = state.filter(|_| config.tasks.enabled) else {
         return Err("[tasks] enabled = false in host.toml".to_owned());
-    }
-    let started = SqliteStore::open(&state_dir.join("tasks.db"))
+    };
+    let db = state.tasks_db();
+    let started = SqliteStore::open(&db)
         .map_err(|err| err.to_string())
         .and_then(|store| {
             Tasks::start(
@@ -161,12 +197,25 @@ fn start_tasks(host: &Host, config: &HostConfig, state_dir: &Path) -> Result<Tas
             .map_err(|err| err.message)
         });
     match &started {
-        Ok(_) => tracing::info!("tasks: {}", state_dir.join("tasks.db").display()),
+        Ok(_) => tracing::info!("tasks: {}", db.display()),
         Err(reason) => {
             tracing::error!("tasks are unavailable, direct calls are served: {reason}")
         }
     }
     started
+}
+
+/// Removes the private copy directory when `run` returns, however it returns: threads
+/// that outlive it (calls still running, the reaper) hold the host, so the host's own
+/// destructor may never run before the process exits.
+struct RemoveOnReturn(Option<Arc<CopiesDir>>);
+
+impl Drop for RemoveOnReturn {
+    fn drop(&mut self) {
+        if let Some(copies) = &self.0 {
+            copies.remove();
+        }
+    }
 }
 
 /// Lets the process open as many descriptors as its hard limit allows (each connection

@@ -88,6 +88,45 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
+/// A control socket bound, not yet served: `host serve` binds it before it loads anything
+/// (so a second host on the same socket is refused at once) and serves it with
+/// [`ControlServer::serve`] once its plugins and tasks are ready. Clients that connect
+/// meanwhile wait in the backlog. Dropped unserved, it removes its socket file.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds the socket at `path`: see the module docs for the checks on its directory, and
+    /// on what is already there (a socket another host answers on is refused).
+    pub fn bind(path: &Path) -> io::Result<ControlSocket> {
+        Ok(ControlSocket {
+            listener: Some(bind(path)?),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The listener, for the server that takes over the socket file.
+    fn take(mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Binds the socket at `path`, mode 0600. Its directory is created (mode 0700) if missing,
 /// and otherwise must be this user's and closed to others. An existing entry at `path` is
 /// replaced only if it is a socket nobody answers on.

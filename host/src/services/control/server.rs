@@ -107,6 +107,18 @@ impl ControlServer {
         limits: ServerLimits,
         tasks: Result<Tasks, String>,
     ) -> io::Result<ControlServer> {
+        let socket = super::ControlSocket::bind(path)?;
+        ControlServer::serve(socket, host, info, limits, tasks)
+    }
+
+    /// Starts serving `host` on a socket bound earlier (see [`ControlServer::start_with_tasks`]).
+    pub fn serve(
+        socket: super::ControlSocket,
+        host: Host,
+        info: HostInfo,
+        limits: ServerLimits,
+        tasks: Result<Tasks, String>,
+    ) -> io::Result<ControlServer> {
         let invalid = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -116,7 +128,10 @@ impl ControlServer {
         if limits.max_connections == 0 {
             return Err(invalid("max_connections"));
         }
-        let listener = super::bind(path)?;
+        let path = socket.path().to_owned();
+        let listener = socket
+            .take()
+            .ok_or_else(|| io::Error::other("the control socket was served already"))?;
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -146,7 +161,7 @@ impl ControlServer {
         let (phase, watching) = watch::channel(Phase::Serving);
         runtime.spawn(accept_loop(listener, shared.clone(), watching));
         Ok(ControlServer {
-            path: path.to_owned(),
+            path,
             shared,
             runtime: Some(runtime),
             phase,
