@@ -1,27 +1,23 @@
 //! A plugin host that loads native plugins built with `plugin-api`, serves their callbacks,
 //! and swaps in new versions while calls keep flowing.
 //!
-//! The pieces, one module each:
+//! Every call goes through one entry, [`Host::invoke`] (or [`Host::invoke_async`]), which
+//! answers `timeout` at the call's deadline whatever the plugin does; [`Host::call`] is the
+//! same entry on the caller's own thread, the cheapest call for embedders. What else is
+//! public:
 //!
-//! * `plugin_file` opens a plugin file safely, checks who could have written it, and stages
-//!   its private copy (read, hashed and copied in one pass); `elf` checks its structure;
-//!   `private_dir` makes and checks the directories the host trusts ([`CopiesDir`] for
-//!   private copies); `owner_lock` marks what a running host owns;
-//! * [`loader`] turns a staged copy into a checked, open library (ABI and layout checks,
-//!   metadata), and finds out whether a closed library has left memory;
-//! * [`Host`] (module `registry`) keeps plugins by name in a lock-free call table, prepares
-//!   loads outside every lock and commits them in a moment;
-//! * `generation` owns one loaded version, from `init` to unload; `call` bounds what comes
-//!   back from it;
-//! * `reaper` drains, drops and unloads replaced generations off every caller's path;
-//! * [`isolation`] runs a generation in a supervised worker process instead;
-//! * [`watch`] turns changes in a plugins directory into loads, reloads and unloads;
-//! * `handover` carries a plugin's state from one version to the next, holding its calls
-//!   meanwhile;
-//! * [`tasks`] runs calls as tasks: follow-ups, schedules and retries, kept in SQLite;
+//! * [`Host`] loads plugin files ([`Host::load_file`]), swaps versions in place, rolls back,
+//!   and reports what it serves ([`Host::status`]);
+//! * [`loader`] checks a plugin file without serving it ([`inspect`]);
+//! * [`isolation`] runs plugins in supervised worker processes;
+//! * [`watch`] keeps a `Host` in step with a plugins directory and its host.toml;
 //! * [`control`] is the Unix-socket protocol `host serve` speaks and `host call` uses;
+//! * [`tasks`] runs calls as tasks: follow-ups, schedules and retries, kept in SQLite;
 //! * [`config`] reads `host.toml`; [`state_dir`] is where a host keeps its state, one host
-//!   at a time.
+//!   at a time; [`CopiesDir`] is where private copies go.
+//!
+//! How the code is laid out, in layers, and what each owns: ARCHITECTURE.md at the
+//! repository's root.
 //!
 //! ```no_run
 //! use host::{Host, HostOptions};

@@ -384,6 +384,23 @@ impl Host {
     }
 }
 
+impl Host {
+    pub(crate) fn check_input(&self, input: &str) -> Result<(), CallError> {
+        self.check_input_len(input.len())
+    }
+
+    pub(crate) fn check_input_len(&self, len: usize) -> Result<(), CallError> {
+        let max = self.inner.budget.max_message;
+        if len > max {
+            return Err(CallError::new(
+                CallErrorKind::InvalidRequest,
+                format!("input of {len} bytes is over the limit of {max} (max_message_bytes)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn timeout_error(generation: &Generation, callback: &str, timeout: Duration) -> CallError {
     let message = format!(
         "plugin {} (generation {}): `{callback}` did not finish within {} ms",

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::runtime::loader::{Library, LoadError, LoadErrorKind, Metadata, PanicStrategy};
 use crate::types::settings::Isolation;
 
-use super::Prepared;
+use super::load::Prepared;
 
 /// Where a plugin of `metadata` is to run, when its settings say `configured` (and the host
 /// does not isolate every plugin).

@@ -37,6 +37,9 @@ impl CallPool {
             // never keeps the next caller waiting for a thread.
             .max_blocking_threads(max_threads + 1)
             .thread_name("host-call")
+            // Threads made for a burst are kept for the next one rather than made again:
+            // a thread's stack and malloc arena would otherwise count again each time.
+            .thread_keep_alive(std::time::Duration::from_secs(60))
             .enable_time()
             .build()?;
         Ok(CallPool {

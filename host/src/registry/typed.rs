@@ -156,3 +156,20 @@ impl TypedCall {
         }
     }
 }
+
+impl Host {
+    /// A handle for fast calls of plugin `plugin`'s typed callback `callback`: bytes in,
+    /// bytes out, no JSON (see [`TypedCall`](crate::TypedCall)). It follows reloads of the
+    /// plugin. Fails if no plugin of that name is loaded, or it has no such typed callback.
+    pub fn typed(&self, plugin: &str, callback: &str) -> Result<crate::TypedCall, CallError> {
+        let slot = self.slot(plugin)?;
+        crate::registry::typed::TypedCall::new(self.clone(), plugin, callback, slot)
+    }
+
+    pub(crate) fn slot(&self, plugin: &str) -> Result<super::table::Slot, CallError> {
+        self.inner
+            .table
+            .slot(plugin)
+            .ok_or_else(|| self.unknown_plugin(plugin))
+    }
+}

@@ -134,7 +134,7 @@ impl Schedule {
     }
 
     /// Fires at the minutes the standard five-field cron expression `expr` matches
-    /// (minute hour day-of-month month day-of-week), in UTC ([`Schedule::cron_in`] for
+    /// (minute hour day-of-month month day-of-week), in UTC (`Schedule::cron_in` for
     /// another time zone). Also accepts `@hourly`,
     /// `@daily`, `@weekly`, `@monthly` and `@yearly` (or `@annually`).
     ///
@@ -213,7 +213,7 @@ impl Schedule {
     ///
     /// If both or neither of `every` and `cron` is given, the one given does not parse (see
     /// [`parse_duration`], [`Schedule::every`] and [`Schedule::cron`]), the time zone is
-    /// not an IANA name ([`parse_timezone`]), or a time zone is given with `every`.
+    /// not an IANA name, or a time zone is given with `every`.
     pub fn parse(
         every: Option<&str>,
         cron: Option<&str>,
