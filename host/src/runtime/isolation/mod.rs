@@ -19,8 +19,8 @@
 //! * `child`: the process until it is reaped: signalled through its pidfd, its process
 //!   group killed with it, always reaped;
 //! * `output`: its stdout and stderr, logged, and drained without waiting for their end;
-//! * `process`: one worker process seen from the host: calls multiplexed on its channel,
-//!   the thread that watches it, why it ended;
+//! * `process`: one worker process seen from the host: calls multiplexed on its channel;
+//!   `process/watch`: the thread that watches it, why it ended;
 //! * `supervisor`: keeping an isolated generation served: restarts, back-off, quarantine;
 //! * `worker`: the worker process itself ([`worker_main`]).
 //!

@@ -1,7 +1,11 @@
 //! The control interface: a Unix socket speaking a small line-based JSON protocol.
 //!
-//! Three pieces, one file each: the messages ([`protocol`](self::Request)), the
-//! [`ControlServer`] that `host serve` runs, and the blocking [`Client`] that `host call` uses.
+//! Three pieces: the messages ([`protocol`](self::Request)), the [`ControlServer`] that
+//! `host serve` runs, and the blocking [`Client`] that `host call` uses. The server is split
+//! by what each part does: `server` (start and shutdown), `accept` (the accept loop),
+//! `connection` (reading and writing one connection, its buffers charged to the shared
+//! pool), `dispatch` (answering one request), `task_ops` and `task_listing` (the task
+//! operations).
 //!
 //! # Protocol, version 1
 //!
@@ -56,10 +60,14 @@
 //! (`host list` shows it). The plugin's late answer is dropped. A slow or stuck client or
 //! call holds up nobody else.
 
+mod accept;
 mod client;
+mod connection;
+mod dispatch;
 mod protocol;
 mod server;
 mod task_listing;
+mod task_ops;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

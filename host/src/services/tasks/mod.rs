@@ -7,8 +7,9 @@
 //! * [`store`]: the one narrow interface to where tasks are kept, and [`SqliteStore`], the
 //!   embedded SQLite database that keeps them by default;
 //! * `service` ([`Tasks`]): the runner as its users see it: submit, list, cancel, retry;
-//! * `runner`: takes due tasks, runs them on the host's call path, retries, turns
-//!   follow-ups into child tasks within limits; `retry`: how long a failed task waits;
+//! * `runner`: takes due tasks, runs them on the host's call path, retries;
+//!   `follow_ups`: turns a call's follow-ups into child tasks within limits; `retry`: how
+//!   long a failed task waits;
 //! * [`schedule`]: when periodic tasks fire (`every`, `cron`), and parsing durations and
 //!   times; `zoned_cron`: a cron expression in a time zone across DST changes;
 //!   `timetable`: which schedules are active;
@@ -28,6 +29,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod follow_ups;
 mod input_key;
 mod orphans;
 mod recording;

@@ -5,9 +5,9 @@
 //! whose callback is unknown is `bad` when its attempts run out. A task whose plugin is not
 //! served waits for it (`orphans`). The follow-ups a successful call returns become its
 //! child tasks, within the limits that stop runaway chains (depth, follow-ups per call,
-//! active tasks per plugin); one over a limit is recorded as `refused`, never dropped. The
-//! outcome and the follow-ups are written in one transaction, tried again until written
-//! (`recording`).
+//! active tasks per plugin); one over a limit is recorded as `refused`, never dropped
+//! (`follow_ups`). The outcome and the follow-ups are written in one transaction, tried
+//! again until written (`recording`).
 //!
 //! One dispatcher thread claims due tasks and fires schedules; `max_running` worker
 //! threads run the calls, at most `max_running_per_plugin` of one plugin at a time. Plugin
@@ -128,7 +128,7 @@ impl Inner {
     }
 
     /// `task` as the store inserts it, every option resolved.
-    fn insert_for(
+    pub(super) fn insert_for(
         &self,
         task: NewTask,
         parent: Option<&TaskRecord>,
@@ -507,94 +507,6 @@ impl Inner {
             }
         }
         !retried
-    }
-
-    /// The child tasks of what `outcome` asked for, within the limits, for the store to
-    /// insert with the parent's outcome; and a line for the parent's logs when some were
-    /// refused. A follow-up over a limit is recorded as a `refused` task, up to twice
-    /// `max_follow_ups_per_call` of them for one call; past that they are counted in that
-    /// line, not recorded one by one (a plugin could ask for a million).
-    fn follow_ups(
-        &self,
-        parent: &TaskRecord,
-        outcome: &CallOutcome,
-        now: u64,
-    ) -> (Vec<Insert>, Option<String>) {
-        let recorded = self
-            .settings
-            .max_follow_ups_per_call
-            .saturating_mul(2)
-            .max(1);
-        let asked = outcome.follow_ups.len();
-        let mut inserts = Vec::with_capacity(asked.min(recorded));
-        let mut active: HashMap<&str, u64> = HashMap::new();
-        let mut refused = asked.saturating_sub(recorded);
-        for (index, follow_up) in outcome.follow_ups.iter().take(recorded).enumerate() {
-            let task = NewTask::new(
-                &follow_up.plugin,
-                &follow_up.callback,
-                &follow_up.input.to_string(),
-            );
-            let mut insert = self
-                .insert_for(task, Some(parent), index, None, now)
-                .unwrap_or_else(|err| {
-                    refusal(parent, &follow_up.plugin, &follow_up.callback, &err, now)
-                });
-            if insert.refused.is_none() {
-                let count = match active.get(follow_up.plugin.as_str()) {
-                    Some(count) => *count,
-                    None => self.active(&follow_up.plugin).unwrap_or(0),
-                };
-                if count >= self.settings.max_queued_per_plugin {
-                    insert.refused = Some(format!(
-                        "refused: plugin {} has {count} tasks queued or running, its limit \
-                         (max_queued_per_plugin)",
-                        follow_up.plugin
-                    ));
-                } else {
-                    active.insert(&follow_up.plugin, count + 1);
-                }
-            }
-            if insert.refused.is_some() {
-                refused += 1;
-            }
-            inserts.push(insert);
-        }
-        if refused == 0 {
-            return (inserts, None);
-        }
-        let mut line =
-            format!("{refused} of its {asked} follow-ups were refused (see its children)");
-        if asked > recorded {
-            line.push_str(&format!(
-                "; the {} past the first {recorded} are counted here, not recorded one by one",
-                asked - recorded
-            ));
-        }
-        tracing::warn!("task {}: {line}", parent.id);
-        (inserts, Some(line))
-    }
-}
-
-/// A follow-up that cannot even be made into a task (an invalid name, input over
-/// `max_message_bytes`), recorded as refused with the reason, without its input.
-fn refusal(parent: &TaskRecord, plugin: &str, callback: &str, err: &CallError, now: u64) -> Insert {
-    let short = |name: &str| crate::types::call::cut(name, 64);
-    Insert {
-        plugin: short(plugin),
-        callback: short(callback),
-        input: "null".to_owned(),
-        key: default_key(plugin, callback, "null"),
-        priority: 0,
-        max_attempts: 1,
-        retry_delays_ms: Vec::new(),
-        not_before_unix_ms: now,
-        age_ms: None,
-        parent: Some(parent.id),
-        depth: parent.depth + 1,
-        schedule: None,
-        created_unix_ms: now,
-        refused: Some(format!("refused: {}", err.message)),
     }
 }
 

@@ -1,5 +1,9 @@
 //! Tests of `process`: how an exit is named, and a worker's life seen from the host.
 
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+
+use super::watch::classify;
 use super::*;
 
 fn label() -> Label {
