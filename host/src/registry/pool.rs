@@ -37,9 +37,9 @@ impl CallPool {
             // never keeps the next caller waiting for a thread.
             .max_blocking_threads(max_threads + 1)
             .thread_name("host-call")
-            // Threads made for a burst are kept for the next one rather than made again:
-            // a thread's stack and malloc arena would otherwise count again each time.
-            .thread_keep_alive(std::time::Duration::from_secs(60))
+            // Idle threads end after tokio's 10 s: a thread-local destructor a plugin
+            // registered on one keeps that plugin's replaced library mapped until the
+            // thread ends (failures.rs: a thread left running ... is reported).
             .enable_time()
             .build()?;
         Ok(CallPool {
