@@ -406,6 +406,35 @@ impl Server {
         })
     }
 
+    /// [`Server::start`] with `config` written as `plugins/host.toml` and `state` as its
+    /// state directory (`--config`, `--state-dir`).
+    pub fn start_with_state(plugins: &Path, state: &Path, config: &str) -> Server {
+        let conf = plugins.join("host.toml");
+        fs::write(&conf, config).expect("write host.toml");
+        let args = [
+            "--config",
+            conf.to_str().expect("a UTF-8 path"),
+            "--state-dir",
+            state.to_str().expect("a UTF-8 path"),
+        ];
+        Server::start(plugins, &args)
+    }
+
+    /// Runs `host ARGS --socket SOCKET` against this server.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--socket", self.socket.to_str().expect("a UTF-8 path")]);
+        host(&all)
+    }
+
+    /// Runs `host ARGS --socket SOCKET`: its stdout, or a panic with its stderr.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "host {args:?}: {stderr}");
+        stdout
+    }
+
     /// [`Server::start`], with `configure` applied to the command before it runs.
     pub fn start_configured(
         plugins: &Path,

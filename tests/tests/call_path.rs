@@ -2,28 +2,17 @@
 //! time whoever made it, the socket, a task or an embedding service, and for a task that
 //! answer is a failed attempt, retried by its policy.
 
-use std::fs;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use e2e::{counter, host, install, plugins_dir, text, tough, Server, Variant};
+use e2e::{counter, install, plugins_dir, tough, Server, Variant};
 use host::{CallErrorKind, CallRequest, Host, HostOptions};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Runs `host ARGS --socket SOCKET`; its stdout, or a panic with its stderr.
-fn cli(server: &Server, args: &[&str]) -> String {
-    let mut all = args.to_vec();
-    all.extend(["--socket", server.socket.to_str().unwrap()]);
-    let output = host(&all);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "host {args:?}: {stderr}");
-    stdout
-}
-
 fn task(server: &Server, id: &str) -> Value {
-    let out = cli(server, &["task", id, "--json"]);
+    let out = server.cli(&["task", id, "--json"]);
     serde_json::from_str::<Value>(&out).unwrap()["task"].clone()
 }
 
@@ -31,34 +20,25 @@ fn task(server: &Server, id: &str) -> Value {
 fn a_task_past_its_timeout_is_a_failed_attempt_answered_on_time_and_retried() {
     let (dir, state) = (plugins_dir(), tempfile::tempdir().unwrap());
     install(tough(), dir.path(), "libtough.so");
-    let conf = dir.path().join("host.toml");
-    fs::write(&conf, "[plugins.tough]\ntimeout_ms = 300\n").unwrap();
-    let server = Server::start(
+    let server = Server::start_with_state(
         dir.path(),
-        &[
-            "--config",
-            conf.to_str().unwrap(),
-            "--state-dir",
-            state.path().to_str().unwrap(),
-        ],
+        state.path(),
+        "[plugins.tough]\ntimeout_ms = 300\n",
     );
     server.wait_until(WAIT, "tough", |s| s.call("tough", "greet", "null").is_ok());
 
     // `sleep` ignores cancellation: only the host can end the attempt at its deadline.
-    let out = cli(
-        &server,
-        &[
-            "submit",
-            "tough",
-            "sleep",
-            "--input",
-            r#"{"ms":4000}"#,
-            "--max-attempts",
-            "2",
-            "--retry-delays",
-            "10ms",
-        ],
-    );
+    let out = server.cli(&[
+        "submit",
+        "tough",
+        "sleep",
+        "--input",
+        r#"{"ms":4000}"#,
+        "--max-attempts",
+        "2",
+        "--retry-delays",
+        "10ms",
+    ]);
     let id = out
         .trim()
         .strip_prefix("queued task ")

@@ -19,15 +19,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// directory.
 fn serve(dir: &Path, state: &Path, config: &str) -> Server {
     install(tasker(), dir, "libtasker.so");
-    let conf = dir.join("host.toml");
-    fs::write(&conf, config).unwrap();
-    let args = [
-        "--config",
-        conf.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    let server = Server::start(dir, &args);
+    let server = Server::start_with_state(dir, state, config);
     server.wait_until(WAIT, "tasker", |s| s.call("tasker", "echo", "1").is_ok());
     server
 }

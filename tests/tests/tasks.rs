@@ -15,34 +15,16 @@ const WAIT: Duration = Duration::from_secs(60);
 fn serve(dir: &Path, state: &Path, config: &str) -> Server {
     install(tasker(), dir, "libtasker.so");
     install(fanout(), dir, "libfanout.so");
-    let conf = dir.join("host.toml");
-    fs::write(&conf, config).unwrap();
-    let args = [
-        "--config",
-        conf.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    let server = Server::start(dir, &args);
+    let server = Server::start_with_state(dir, state, config);
     server.wait_until(WAIT, "tasker", |s| s.call("tasker", "echo", "1").is_ok());
     server
-}
-
-/// Runs `host ARGS --socket SOCKET`; its stdout, or a panic with its stderr.
-fn cli(server: &Server, args: &[&str]) -> String {
-    let mut all = args.to_vec();
-    all.extend(["--socket", server.socket.to_str().unwrap()]);
-    let output = host(&all);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "host {args:?}: {stderr}");
-    stdout
 }
 
 /// `host submit PLUGIN CALLBACK --input INPUT EXTRA...`: the id of the task queued.
 fn submit(server: &Server, plugin: &str, callback: &str, input: &str, extra: &[&str]) -> i64 {
     let mut args = vec!["submit", plugin, callback, "--input", input];
     args.extend_from_slice(extra);
-    let out = cli(server, &args);
+    let out = server.cli(&args);
     out.trim()
         .strip_prefix("queued task ")
         .and_then(|id| id.parse().ok())
@@ -53,12 +35,12 @@ fn submit(server: &Server, plugin: &str, callback: &str, input: &str, extra: &[&
 fn tasks(server: &Server, filter: &[&str]) -> Vec<Value> {
     let mut args = vec!["tasks", "--json", "--limit", "10000"];
     args.extend_from_slice(filter);
-    serde_json::from_str(&cli(server, &args)).expect("tasks are JSON")
+    serde_json::from_str(&server.cli(&args)).expect("tasks are JSON")
 }
 
 /// `host task ID --json`.
 fn task(server: &Server, id: i64) -> Value {
-    serde_json::from_str(&cli(server, &["task", &id.to_string(), "--json"])).unwrap()
+    serde_json::from_str(&server.cli(&["task", &id.to_string(), "--json"])).unwrap()
 }
 
 fn status(server: &Server, id: i64) -> String {
@@ -93,7 +75,7 @@ fn a_chain_of_follow_ups_three_deep_runs_to_completion() {
     assert_eq!(grandchild["task"]["depth"], 2);
     assert!(grandchild["children"].as_array().unwrap().is_empty());
     // As text: the follow-ups as a tree.
-    let shown = cli(&server, &["task", &id.to_string()]);
+    let shown = server.cli(&["task", &id.to_string()]);
     assert!(
         shown.starts_with(&format!("task {id}: success (attempt 1 of 4)")),
         "{shown}"
@@ -131,7 +113,7 @@ fn a_chain_of_follow_ups_three_deep_runs_to_completion() {
             r#"{"item":"ccc","length":3}"#
         ]
     );
-    let table = cli(&server, &["tasks", "--plugin", "fanout"]);
+    let table = server.cli(&["tasks", "--plugin", "fanout"]);
     assert!(table.starts_with("ID "), "{table}");
     assert_eq!(
         table.lines().filter(|l| l.contains(" measure ")).count(),
@@ -235,18 +217,15 @@ fn a_key_is_queued_once_and_age_skips_what_succeeded_recently() {
         r#"{"ms":300}"#,
         &["--key", "nightly"],
     );
-    let again = cli(
-        &server,
-        &[
-            "submit",
-            "tasker",
-            "slow",
-            "--input",
-            r#"{"ms":1}"#,
-            "--key",
-            "nightly",
-        ],
-    );
+    let again = server.cli(&[
+        "submit",
+        "tasker",
+        "slow",
+        "--input",
+        r#"{"ms":1}"#,
+        "--key",
+        "nightly",
+    ]);
     assert_eq!(
         again.trim(),
         format!("not queued: task {first}, with the same key, is queued or running")
@@ -259,23 +238,19 @@ fn a_key_is_queued_once_and_age_skips_what_succeeded_recently() {
         r#"{"a":1,"b":2}"#,
         &["--at", "+1h"],
     );
-    let same = cli(
-        &server,
-        &["submit", "tasker", "echo", "--input", r#"{"b":2,"a":1}"#],
-    );
+    let same = server.cli(&["submit", "tasker", "echo", "--input", r#"{"b":2,"a":1}"#]);
     assert!(
         same.contains(&format!("task {echo}, with the same key")),
         "{same}"
     );
-    assert!(cli(&server, &["tasks", "--status", "queued"]).contains("queued (in 59m"));
+    assert!(server
+        .cli(&["tasks", "--status", "queued"])
+        .contains("queued (in 59m"));
 
     wait_status(&server, first, "success");
-    let skipped = cli(
-        &server,
-        &[
-            "submit", "tasker", "slow", "--input", "{}", "--key", "nightly", "--age", "1h",
-        ],
-    );
+    let skipped = server.cli(&[
+        "submit", "tasker", "slow", "--input", "{}", "--key", "nightly", "--age", "1h",
+    ]);
     let skipped_id: i64 = skipped
         .trim()
         .strip_prefix("skipped (task ")
@@ -493,19 +468,19 @@ fn cancel_and_retry() {
     let server = serve(dir.path(), state.path(), "");
     let later = submit(&server, "tasker", "echo", "1", &["--at", "+1h"]);
     assert_eq!(
-        cli(&server, &["cancel", &later.to_string()]).trim(),
+        server.cli(&["cancel", &later.to_string()]).trim(),
         format!("cancelled task {later}")
     );
     assert_eq!(status(&server, later), "cancelled");
     let slow = submit(&server, "tasker", "slow", r#"{"ms":20000}"#, &[]);
     wait_status(&server, slow, "running");
-    let said = cli(&server, &["cancel", &slow.to_string()]);
+    let said = server.cli(&["cancel", &slow.to_string()]);
     assert_eq!(
         said.trim(),
         format!("task {slow} is running: its call was told to cancel")
     );
     wait_status(&server, slow, "cancelled");
-    let said = cli(&server, &["retry", &later.to_string()]);
+    let said = server.cli(&["retry", &later.to_string()]);
     assert_eq!(
         said.trim(),
         format!("task {later} (cancelled) queued again")
