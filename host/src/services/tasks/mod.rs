@@ -29,6 +29,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod attempt;
+mod dispatcher;
 mod follow_ups;
 mod input_key;
 mod orphans;
