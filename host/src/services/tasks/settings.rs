@@ -2,7 +2,6 @@
 //! declares (`[[schedule]]`). Durations are written as people write them: `30s`, `5m`,
 //! `1h 30m`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -145,21 +144,6 @@ impl ScheduleConfig {
             .and_then(|v| serde_json::to_string(v).ok())
             .unwrap_or_else(|| "null".to_owned())
     }
-}
-
-/// Where the host keeps its state (the task database) when host.toml names no
-/// `state_dir`: `$XDG_STATE_HOME/plugin-host`, else `~/.local/state/plugin-host`, else
-/// `/tmp/plugin-host-UID/state`.
-pub fn default_state_dir() -> PathBuf {
-    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(state).join("plugin-host");
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(home).join(".local/state/plugin-host");
-    }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    PathBuf::from(format!("/tmp/plugin-host-{uid}/state"))
 }
 
 // The `[tasks]` durations are read as the plugin settings' are.
