@@ -36,6 +36,29 @@ fn count(retired: &[Retired], name: &str) -> (u64, u64) {
         })
 }
 
+/// The versions of `name` in `retired` on their way out (draining or unloading): each may
+/// stay mapped too. (Standbys are kept on purpose, one per plugin, and not counted.)
+fn leaving(retired: &[Retired], name: &str) -> u64 {
+    let on_the_way = |state: &RetiredState| {
+        matches!(
+            state,
+            RetiredState::Draining { .. } | RetiredState::Unloading
+        )
+    };
+    retired
+        .iter()
+        .filter(|r| r.plugin == name && on_the_way(&r.state))
+        .count() as u64
+}
+
+/// Whether a plugin that pins `versions` replaced versions, with `leaving` more on their
+/// way out, has reached `max`. Only a plugin seen pinning one counts those on their way out
+/// (reloads faster than unloads would otherwise pin more than `max` before the count sees
+/// them).
+fn limit_reached(versions: u64, leaving: u64, max: u32) -> bool {
+    versions > 0 && versions + leaving >= u64::from(max)
+}
+
 /// `bytes` for people: `1.4 MiB`, `812 KiB`.
 fn human_bytes(bytes: u64) -> String {
     if bytes >= 1 << 20 {
@@ -78,17 +101,23 @@ impl Host {
         if let Some(reason) = self.state().pin_limits.get(name) {
             return Some(reason.clone());
         }
-        let (versions, bytes) = count(&self.inner.reaper.retired(), name);
+        let retired = self.inner.reaper.retired();
+        let (versions, bytes) = count(&retired, name);
+        let leaving = leaving(&retired, name);
         let mut state = self.state();
         let settings = state.settings.get(name);
         let max = settings.map_or(DEFAULT_MAX_PINNED_VERSIONS, |s| s.max_pinned_versions);
         let in_process = settings.and_then(|s| s.isolation) == Some(Isolation::InProcess);
-        if versions == 0 || versions < u64::from(max) {
+        if !limit_reached(versions, leaving, max) {
             return None;
         }
+        let more = match leaving {
+            0 => String::new(),
+            n => format!(", and {n} more being unloaded"),
+        };
         let reason = format!(
             "plugin {name} keeps {versions} replaced versions in memory after their unload \
-             ({}; a thread or a thread-local destructor of the plugin keeps each), \
+             ({}; a thread or a thread-local destructor of the plugin keeps each){more}, \
              max_pinned_versions = {max}",
             human_bytes(bytes)
         );
@@ -131,6 +160,34 @@ mod tests {
         assert_eq!(count(&all, "a"), (2, 1500));
         assert_eq!(count(&all, "b"), (1, 7));
         assert_eq!(count(&all, "c"), (0, 0));
+    }
+
+    #[test]
+    fn versions_on_their_way_out_count_once_one_was_pinned() {
+        let all = [
+            retired("a", 1, RetiredState::StillMapped, 1000),
+            retired("a", 2, RetiredState::Unloading, 0),
+            retired(
+                "a",
+                3,
+                RetiredState::Draining {
+                    in_flight: 1,
+                    stuck: 0,
+                },
+                0,
+            ),
+            retired("a", 4, RetiredState::Standby { until_unix_ms: 0 }, 0),
+            retired("b", 1, RetiredState::Unloading, 0),
+        ];
+        assert_eq!(leaving(&all, "a"), 2);
+        assert!(limit_reached(1, 2, 3));
+        assert!(!limit_reached(1, 1, 3));
+        assert!(limit_reached(3, 0, 3));
+        // Nothing pinned yet: unloads under way say nothing.
+        assert!(!limit_reached(0, 5, 3));
+        // 0: the first version pinned is the limit.
+        assert!(limit_reached(1, 0, 0));
+        assert!(!limit_reached(0, 0, 0));
     }
 
     #[test]

@@ -322,9 +322,13 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
                     until(*until_unix_ms)
                 ),
                 RetiredState::Unloading => format!("generation {generation}: unloading"),
-                RetiredState::StillMapped => {
-                    format!("generation {generation}: still mapped after unload")
-                }
+                RetiredState::StillMapped => match retired.mapped_bytes {
+                    Some(bytes) => format!(
+                        "generation {generation}: still mapped after unload, {}",
+                        human_bytes(bytes)
+                    ),
+                    None => format!("generation {generation}: still mapped after unload"),
+                },
                 _ => format!("generation {generation}: retired"),
             });
         }
@@ -364,7 +368,7 @@ pub(crate) fn write_rows<const N: usize>(out: &mut impl Write, rows: &[[String; 
     Ok(())
 }
 
-/// A plugin's pinned versions, as one note: `2 versions pinned in memory, 1.4 MiB (max 3)`,
+/// A plugin's pinned versions, as one note: `2 versions pinned in memory, 1.4 MiB, max 3`,
 /// and past the limit, why it runs in a worker process (or its reloads are refused).
 fn pinned_note(pinned: &Pinned, isolated: bool) -> String {
     let versions = if pinned.versions == 1 {
@@ -373,7 +377,7 @@ fn pinned_note(pinned: &Pinned, isolated: bool) -> String {
         format!("{} versions", pinned.versions)
     };
     let mut note = format!(
-        "{versions} pinned in memory, {} (max {})",
+        "{versions} pinned in memory, {}, max {}",
         human_bytes(pinned.bytes),
         pinned.max
     );
