@@ -386,6 +386,17 @@ mod tests {
     }
 
     #[test]
+    fn max_pinned_versions_defaults_to_3() {
+        let config = parse("[plugins.a]\n[plugins.b]\nmax_pinned_versions = 1\n").unwrap();
+        assert_eq!(
+            config.plugins["a"].max_pinned_versions,
+            DEFAULT_MAX_PINNED_VERSIONS
+        );
+        assert_eq!(DEFAULT_MAX_PINNED_VERSIONS, 3);
+        assert_eq!(config.plugins["b"].max_pinned_versions, 1);
+    }
+
+    #[test]
     fn keep_versions_is_bounded() {
         assert!(parse("[plugins.a]\nkeep_versions = 32\n").is_ok());
         let err = parse("[plugins.a]\nkeep_versions = 33\n").unwrap_err();
