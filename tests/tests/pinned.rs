@@ -192,8 +192,10 @@ fn versions_pinned_by_a_thread_are_counted_and_past_the_limit_the_plugin_runs_in
         "host list shows the pinned versions and the worker:\n{text}"
     );
 
-    // Further reloads replace workers: the host's threads stop growing.
+    // Further reloads replace workers: the host's threads stop growing, and so does the
+    // memory its pinned versions hold.
     let before = settled_threads(&server);
+    let held = hello(&server)["pinned"]["bytes"].clone();
     for next in 6..=10 {
         let file = reload(&server, dir.path(), next, 4);
         assert_eq!(file["serving"]["isolation"], "process", "{file:#}");
@@ -205,6 +207,7 @@ fn versions_pinned_by_a_thread_are_counted_and_past_the_limit_the_plugin_runs_in
         "5 reloads in workers added {} threads to the host ({before} -> {after})",
         after.saturating_sub(before)
     );
+    assert_eq!(hello(&server)["pinned"]["bytes"], held);
     let log = server.log();
     assert_eq!(
         log.matches("runs in a worker process from now on").count(),

@@ -29,7 +29,8 @@ pub(super) fn wanted(configured: Option<Isolation>, metadata: &Metadata) -> Isol
 /// (`configured`) do not isolate it, as what is to be started: itself, or, for a plugin
 /// built with `panic = "abort"`, its private copy for a worker process (the library is
 /// closed here; logged once, at this load). Refused if its settings keep such a plugin
-/// in-process.
+/// in-process. The same for a plugin past its `max_pinned_versions` (`pinned`: the reason,
+/// found for a file without a plugin-name note once it was opened; see `past_pin_limit`).
 pub(super) fn place(
     path: &Path,
     library: Library,
