@@ -44,7 +44,7 @@ pub use runtime::{isolation, loader};
 pub use services::{config, control, tasks, watch};
 
 pub use registry::{
-    CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent,
+    CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent, Pinned,
     PluginHandle, RunningCall, Serving, TypedCall, TypedError, DEFAULT_MAX_CALL_THREADS,
 };
 pub use runtime::generation::TypedOutcome;

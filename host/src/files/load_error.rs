@@ -50,6 +50,10 @@ pub enum LoadErrorKind {
     /// The plugin was built with `panic = "abort"` and its settings keep it in the host's
     /// process, where its first panic would end the host.
     AbortsOnPanic,
+    /// Replaced versions of the plugin stay in memory past its `max_pinned_versions`, and
+    /// its settings keep it in the host's process: its reloads are refused until the host
+    /// restarts.
+    TooManyPinned,
     /// The host itself could not do its part (for example write the private copy).
     Host,
 }

@@ -102,14 +102,28 @@ impl Host {
     pub(super) fn prepare(&self, path: &Path, staged: StagedFile) -> Result<Prepared, LoadError> {
         let declared = staged.declared.clone();
         let isolated = match &declared {
-            Some(name) => self.isolation_of(name) == Isolation::Process,
+            Some(name) => {
+                self.isolation_of(name) == Isolation::Process
+                    // Past its max_pinned_versions: a worker, or refused.
+                    || placement::past_pin_limit(
+                        path,
+                        self.configured_isolation(name),
+                        self.past_pin_limit(name),
+                    )?
+            }
             None => self.inner.isolation.isolate_all,
         };
         if !isolated {
-            // A plugin built with panic = "abort" moves to a worker, or is refused.
+            // A plugin built with panic = "abort" moves to a worker, or is refused; so does
+            // one past its max_pinned_versions.
             let library = Library::open(path, staged)?;
-            let configured = self.configured_isolation(&library.metadata().name);
-            return placement::place(path, library, configured);
+            let name = library.metadata().name.clone();
+            let configured = self.configured_isolation(&name);
+            let pinned = match declared {
+                Some(_) => None,
+                None => self.past_pin_limit(&name),
+            };
+            return placement::place(path, library, configured, pinned);
         }
         staged.check_structure(path)?;
         let Some(name) = declared else {

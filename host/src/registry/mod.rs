@@ -21,6 +21,7 @@ mod files;
 mod history;
 mod invoke;
 mod load;
+mod pinned;
 mod placement;
 mod pool;
 mod rollback;
@@ -43,12 +44,13 @@ use crate::runtime::generation::{Generation, Origin};
 use crate::runtime::handover::{Handover, PreviousState};
 use crate::runtime::isolation::{IsolationOptions, WorkerSpec, WorkerStatus};
 use crate::runtime::loader::{Library, LoadError, LoadErrorKind, LoadOptions, Metadata};
-use crate::runtime::reaper::{unix_ms, Reaper, Retired};
+use crate::runtime::reaper::{unix_ms, Reaper, Retired, RetiredState};
 use crate::runtime::rollout;
 use crate::types::call::{Budget, CallError, CallErrorKind};
 use crate::types::settings::Isolation;
 use crate::types::settings::{
     PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PINNED_VERSIONS,
 };
 use files::{FileBook, Verdict};
 use history::History;
@@ -59,6 +61,7 @@ use rollback::Rollback;
 use table::CallTable;
 
 pub use invoke::{CallRequest, RunningCall};
+pub use pinned::Pinned;
 pub use pool::DEFAULT_MAX_CALL_THREADS;
 pub use status::{FileStatus, Serving};
 pub use typed::{TypedCall, TypedError};
@@ -183,6 +186,9 @@ struct State {
     /// The generations each plugin served, and the copies kept to roll back to.
     history: History,
     settings: BTreeMap<String, PluginSettings>,
+    /// Plugins that reached their `max_pinned_versions`, with the reason: they run in a
+    /// worker process (or their reloads are refused) until the host restarts.
+    pin_limits: HashMap<String, String>,
 }
 
 /// What [`Host::load_file`] did.

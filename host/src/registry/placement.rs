@@ -3,6 +3,10 @@
 //! runs in a worker process instead (where such a panic ends only the worker, and the call
 //! is answered `crashed`), unless its settings say `isolation = "in-process"`: it is then
 //! refused, in one line saying why.
+//!
+//! So does a plugin that reached its `max_pinned_versions` (see `pinned`): in the host's
+//! process each of its versions stays in memory after its unload, in a worker process the
+//! worker's exit frees everything.
 
 use std::path::Path;
 
@@ -25,17 +29,33 @@ pub(super) fn wanted(configured: Option<Isolation>, metadata: &Metadata) -> Isol
 /// (`configured`) do not isolate it, as what is to be started: itself, or, for a plugin
 /// built with `panic = "abort"`, its private copy for a worker process (the library is
 /// closed here; logged once, at this load). Refused if its settings keep such a plugin
-/// in-process.
+/// in-process. The same for a plugin past its `max_pinned_versions` (`pinned`: the reason,
+/// found for a file without a plugin-name note once it was opened; see `past_pin_limit`).
 pub(super) fn place(
     path: &Path,
     library: Library,
     configured: Option<Isolation>,
+    pinned: Option<String>,
 ) -> Result<Prepared, LoadError> {
     let metadata = library.metadata();
-    if metadata.panic != PanicStrategy::Abort {
-        return Ok(Prepared::Library(library));
-    }
     let name = metadata.name.clone();
+    if metadata.panic != PanicStrategy::Abort {
+        if !past_pin_limit(path, configured, pinned)? {
+            return Ok(Prepared::Library(library));
+        }
+        let Some(copy) = library.kept().cloned() else {
+            return Err(LoadError::new(
+                path,
+                LoadErrorKind::Host,
+                format!(
+                    "plugin {name} is past its max_pinned_versions, and its private copy is \
+                     gone: it cannot run in a worker process"
+                ),
+            ));
+        };
+        drop(library);
+        return Ok(Prepared::Isolated { copy, name });
+    }
     if configured == Some(Isolation::InProcess) {
         return Err(LoadError::new(
             path,
@@ -65,6 +85,32 @@ pub(super) fn place(
         "{}: it runs in a worker process, where a panic ends only the worker (set \
          isolation = \"process\" for it to say so)", ABORT_NOTE);
     Ok(Prepared::Isolated { copy, name })
+}
+
+/// Whether a plugin read from `path` and not isolated by its settings (`configured`),
+/// is to run in a worker process because it is past its `max_pinned_versions` (`pinned`:
+/// the reason, if it is; logged once where it was found). Refused if its settings keep it
+/// in-process.
+pub(super) fn past_pin_limit(
+    path: &Path,
+    configured: Option<Isolation>,
+    pinned: Option<String>,
+) -> Result<bool, LoadError> {
+    let Some(reason) = pinned else {
+        return Ok(false);
+    };
+    if configured == Some(Isolation::InProcess) {
+        return Err(LoadError::new(
+            path,
+            LoadErrorKind::TooManyPinned,
+            format!(
+                "{reason}, and its settings say isolation = \"in-process\": reloads are \
+                 refused until the host restarts (remove that line to run it in a worker \
+                 process, or have its threads end when it is replaced)"
+            ),
+        ));
+    }
+    Ok(true)
 }
 
 /// How the log and refusals name the reason (`host list` says it the same way).

@@ -54,6 +54,10 @@ pub struct FileStatus {
     /// being unloaded, or kept mapped by a thread of the plugin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<Retired>,
+    /// Replaced versions of this file's plugin still mapped after their unload, with the
+    /// memory they hold, and whether that moved the plugin to a worker process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Pinned>,
     /// `init` calls of this file's plugin that overran `init_timeout_ms` and still run.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stuck_inits: u32,
@@ -100,6 +104,7 @@ impl Host {
             generation.digest().sha256();
         }
         let mut retired = self.inner.reaper.retired();
+        let all_retired = retired.clone();
         let stuck_inits = lock(&self.inner.stuck_inits).clone();
         let state = self.state();
         let mut files: Vec<FileStatus> = state
@@ -134,6 +139,9 @@ impl Host {
                         worker: g.worker_status(),
                     }),
                     last_error: entry.error.as_ref().map(|e| e.message().to_owned()),
+                    pinned: name
+                        .as_deref()
+                        .and_then(|n| self.pinned_status(&state, &all_retired, n)),
                     retired: take_where(&mut retired, |r| r.path == *path),
                     stuck_inits: name.and_then(|n| stuck_inits.get(&n).copied()).unwrap_or(0),
                     removed: false,
@@ -149,6 +157,7 @@ impl Host {
                 metadata: None,
                 serving: None,
                 last_error: None,
+                pinned: None,
                 stuck_inits: 0,
                 removed: true,
             });

@@ -6,5 +6,6 @@ pub(crate) mod generation;
 pub(crate) mod handover;
 pub mod isolation;
 pub mod loader;
+pub(crate) mod mappings;
 pub(crate) mod reaper;
 pub(crate) mod rollout;

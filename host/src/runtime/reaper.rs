@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::generation::Generation;
 use crate::runtime::loader::{self, Library};
+use crate::runtime::mappings;
 
 /// How often draining generations are looked at.
 const DRAIN_TICK: Duration = Duration::from_millis(5);
@@ -47,6 +48,10 @@ pub struct Retired {
     pub state: RetiredState,
     /// When it stopped serving, in milliseconds since the Unix epoch.
     pub retired_at_unix_ms: u64,
+    /// Still mapped after its unload: the address space its library's mappings span, in
+    /// bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped_bytes: Option<u64>,
 }
 
 /// Where a retired generation is in its way out of memory.
@@ -333,6 +338,7 @@ impl State {
             path: generation.source().to_owned(),
             state: RetiredState::Unloading,
             retired_at_unix_ms: unix_ms(since),
+            mapped_bytes: None,
         };
         let library = generation
             .library()
@@ -391,6 +397,7 @@ impl State {
             self.mapped.push(Mapped {
                 info: Retired {
                     state: RetiredState::StillMapped,
+                    mapped_bytes: Some(mappings::mapped_bytes(&copy_path)),
                     ..info
                 },
                 copy_path,
@@ -402,8 +409,9 @@ impl State {
     }
 
     fn recheck_mapped(&mut self) {
-        self.mapped.retain(|mapped| {
+        self.mapped.retain_mut(|mapped| {
             if loader::release_pass(&mapped.copy_path) {
+                mapped.info.mapped_bytes = Some(mappings::mapped_bytes(&mapped.copy_path));
                 return true;
             }
             tracing::info!(plugin = %mapped.info.plugin, generation = mapped.info.generation,
@@ -430,6 +438,7 @@ impl State {
                     },
                 },
                 retired_at_unix_ms: unix_ms(d.since),
+                mapped_bytes: None,
             })
             .chain(self.unloading.iter().map(|u| u.info.clone()))
             .chain(self.mapped.iter().map(|m| m.info.clone()))

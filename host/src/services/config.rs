@@ -34,6 +34,9 @@
 //! rollback_on = ["panicked", "crashed"]
 //! keep_versions = 3                # earlier versions whose copies are kept for `host rollback` (<= 32)
 //! handover_timeout_ms = 1000       # a state handover waits this long for calls to drain
+//! max_pinned_versions = 3          # replaced versions still mapped after unload (a thread of the
+//!                                  #   plugin keeps them) before its next version runs in a worker
+//!                                  #   process; with isolation = "in-process", reloads are refused
 //! sha256 = "..."                   # optional: only this exact file is loaded
 //! task_max_attempts = 4            # tasks of this plugin: attempts (default: [tasks])
 //! task_retry_delays = ["10s", "1m"]  # tasks of this plugin: delays before each retry
@@ -77,6 +80,7 @@ use crate::services::tasks::settings::{ScheduleConfig, TaskSettings};
 // The plain settings live in the bottom layer; host.toml is read here.
 pub use crate::types::settings::{
     Isolation, PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PINNED_VERSIONS,
 };
 
 /// The contents of `host.toml`.
@@ -379,6 +383,17 @@ mod tests {
         let err = parse("plugins_dir = \"p\"\n[plugins.hello\n").unwrap_err();
         assert!(err.starts_with("host.toml:2:"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn max_pinned_versions_defaults_to_3() {
+        let config = parse("[plugins.a]\n[plugins.b]\nmax_pinned_versions = 1\n").unwrap();
+        assert_eq!(
+            config.plugins["a"].max_pinned_versions,
+            DEFAULT_MAX_PINNED_VERSIONS
+        );
+        assert_eq!(DEFAULT_MAX_PINNED_VERSIONS, 3);
+        assert_eq!(config.plugins["b"].max_pinned_versions, 1);
     }
 
     #[test]

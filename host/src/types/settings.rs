@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// The default of `max_log_bytes_per_call`: 256 KiB.
 pub const DEFAULT_MAX_LOG_BYTES_PER_CALL: usize = 256 << 10;
 
+/// The default of `max_pinned_versions`.
+pub const DEFAULT_MAX_PINNED_VERSIONS: u32 = 3;
+
 /// Settings of one plugin, `[plugins.NAME]` in `host.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,6 +81,12 @@ pub struct PluginSettings {
     /// calls finish, for at most this long; its state is then taken anyway, and an update a
     /// call still running makes after that is not handed over (logged).
     pub handover_timeout_ms: u64,
+    /// Replaced versions of this plugin that stay mapped after their unload (a thread or a
+    /// thread-local destructor of the plugin keeps each) before its next version runs in a
+    /// worker process instead, whose exit frees everything (logged once, kept until the
+    /// host restarts); with `isolation = "in-process"` set, further reloads are refused
+    /// instead. At most one more (the version serving when the limit is reached) can stay.
+    pub max_pinned_versions: u32,
 }
 
 /// Where a plugin's code runs.
@@ -120,6 +129,7 @@ impl Default for PluginSettings {
             rollback_on: vec!["panicked".to_owned(), "crashed".to_owned()],
             keep_versions: 3,
             handover_timeout_ms: 1_000,
+            max_pinned_versions: DEFAULT_MAX_PINNED_VERSIONS,
             task_max_attempts: None,
             task_retry_delays: None,
             max_running_tasks: None,

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use host::config::HostConfig;
+use host::config::Isolation;
 use host::control::{Client, ClientError};
 use host::isolation::IsolationOptions;
 use host::isolation::WorkerStatus;
+use host::Pinned;
 use host::{
     inspect, CallOutcome, CallRequest, CopiesDir, FileStatus, Host, HostOptions, LoadOptions,
     PanicStrategy, RetiredState,
@@ -232,6 +234,7 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
                         serving: None,
                         last_error,
                         retired: Vec::new(),
+                        pinned: None,
                         stuck_inits: 0,
                         removed: false,
                     }
@@ -295,6 +298,13 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
         {
             notes.push("built with panic = \"abort\"".to_owned());
         }
+        if let Some(pinned) = &file.pinned {
+            let isolated = file
+                .serving
+                .as_ref()
+                .is_some_and(|s| s.isolation == Isolation::Process);
+            notes.push(pinned_note(pinned, isolated));
+        }
         if let Some(stuck) = file.serving.as_ref().map(|s| s.stuck).filter(|n| *n > 0) {
             notes.push(format!("{stuck} stuck"));
         }
@@ -312,9 +322,13 @@ fn write_table(out: &mut impl Write, files: &[FileStatus], running: bool) -> Res
                     until(*until_unix_ms)
                 ),
                 RetiredState::Unloading => format!("generation {generation}: unloading"),
-                RetiredState::StillMapped => {
-                    format!("generation {generation}: still mapped after unload")
-                }
+                RetiredState::StillMapped => match retired.mapped_bytes {
+                    Some(bytes) => format!(
+                        "generation {generation}: still mapped after unload, {}",
+                        human_bytes(bytes)
+                    ),
+                    None => format!("generation {generation}: still mapped after unload"),
+                },
                 _ => format!("generation {generation}: retired"),
             });
         }
@@ -352,6 +366,37 @@ pub(crate) fn write_rows<const N: usize>(out: &mut impl Write, rows: &[[String; 
         writeln!(out, "{}", row[N - 1])?;
     }
     Ok(())
+}
+
+/// A plugin's pinned versions, as one note: `2 versions pinned in memory, 1.4 MiB, max 3`,
+/// and past the limit, why it runs in a worker process (or its reloads are refused).
+fn pinned_note(pinned: &Pinned, isolated: bool) -> String {
+    let versions = if pinned.versions == 1 {
+        "1 version".to_owned()
+    } else {
+        format!("{} versions", pinned.versions)
+    };
+    let mut note = format!(
+        "{versions} pinned in memory, {}, max {}",
+        human_bytes(pinned.bytes),
+        pinned.max
+    );
+    if pinned.limit_reached.is_some() {
+        note.push_str(match isolated {
+            true => ", limit reached: runs in a worker process",
+            false => ", limit reached: reloads refused",
+        });
+    }
+    note
+}
+
+/// `bytes` for people: `1.4 MiB`, `812 KiB`.
+fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else {
+        format!("{} KiB", bytes.div_ceil(1 << 10))
+    }
 }
 
 /// An isolated generation's worker, as one note: `process, pid 4242, 1 restart, 1 crash`.
