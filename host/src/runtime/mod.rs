@@ -8,3 +8,4 @@ pub mod isolation;
 pub mod loader;
 pub(crate) mod reaper;
 pub(crate) mod rollout;
+pub(crate) mod stop;

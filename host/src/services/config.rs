@@ -34,6 +34,7 @@
 //! rollback_on = ["panicked", "crashed"]
 //! keep_versions = 3                # earlier versions whose copies are kept for `host rollback` (<= 32)
 //! handover_timeout_ms = 1000       # a state handover waits this long for calls to drain
+//! stop_timeout_ms = 5000           # a retired version's threads get this long to end
 //! sha256 = "..."                   # optional: only this exact file is loaded
 //! task_max_attempts = 4            # tasks of this plugin: attempts (default: [tasks])
 //! task_retry_delays = ["10s", "1m"]  # tasks of this plugin: delays before each retry

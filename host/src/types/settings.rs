@@ -78,6 +78,11 @@ pub struct PluginSettings {
     /// calls finish, for at most this long; its state is then taken anyway, and an update a
     /// call still running makes after that is not handed over (logged).
     pub handover_timeout_ms: u64,
+    /// When a version is retired (replaced or removed), after its calls drained: how long
+    /// the host waits for the threads it started with `spawn` to end after its stop signal
+    /// (plugin ABI 1.4), and, in a worker process, for the worker to exit before it is
+    /// killed. The library is closed after that either way.
+    pub stop_timeout_ms: u64,
 }
 
 /// Where a plugin's code runs.
@@ -120,6 +125,7 @@ impl Default for PluginSettings {
             rollback_on: vec!["panicked".to_owned(), "crashed".to_owned()],
             keep_versions: 3,
             handover_timeout_ms: 1_000,
+            stop_timeout_ms: 5_000,
             task_max_attempts: None,
             task_retry_delays: None,
             max_running_tasks: None,
