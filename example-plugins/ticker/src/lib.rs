@@ -1,6 +1,7 @@
 //! `ticker`: a plugin with a background thread, that ends when its version is retired.
 //!
-//! * `ticks` answers how many times the thread has ticked: `{"ticks": 42}`.
+//! * `ticks` answers how many times the thread has ticked, and the generation serving:
+//!   `{"ticks": 42, "generation": 3}`.
 //! * `execute` says what the plugin can do.
 //!
 //! `init` starts the thread with [`InitContext::spawn`]. The thread sleeps on its
@@ -38,6 +39,8 @@ fn default_tick_ms() -> u64 {
 pub struct Ticks {
     /// Ticks so far.
     pub ticks: u64,
+    /// The generation (loaded version) that answered.
+    pub generation: u64,
 }
 
 impl Plugin for Ticker {
@@ -76,9 +79,10 @@ impl Plugin for Ticker {
 }
 
 impl Ticker {
-    fn ticks(&self, _ctx: &Context<'_>, _input: serde_json::Value) -> Result<Ticks, PluginError> {
+    fn ticks(&self, ctx: &Context<'_>, _input: serde_json::Value) -> Result<Ticks, PluginError> {
         Ok(Ticks {
             ticks: self.ticks.load(Ordering::Relaxed),
+            generation: ctx.generation(),
         })
     }
 }
