@@ -195,3 +195,59 @@ fn a_plugin_whose_thread_honours_the_stop_signal_reloads_50_times_leaving_nothin
     );
     assert!(!log.contains("still mapped"), "{}", tail(&log));
 }
+
+/// The ticker with a `Drop` that never returns in time: its worker process cannot exit.
+fn ticker_stuck_in_drop() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        Variant::of("example-plugins/ticker")
+            .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.3.0\"")
+            .edit(
+                "src/lib.rs",
+                "export_plugin!(Ticker);",
+                "impl Drop for Ticker {\n    fn drop(&mut self) {\n        \
+                 std::thread::sleep(Duration::from_secs(60));\n    }\n}\n\n\
+                 export_plugin!(Ticker);",
+            )
+            .build()
+    })
+}
+
+#[test]
+fn an_isolated_plugin_gets_the_stop_signal_and_a_worker_that_does_not_exit_is_killed() {
+    let (a, b) = tickers();
+    let dir = plugins_dir();
+    let config = dir.path().join("host.toml");
+    fs::write(
+        &config,
+        "[plugins.ticker]\nisolation = \"process\"\nprobation_ms = 0\nstop_timeout_ms = 500\n",
+    )
+    .unwrap();
+    install(a, dir.path(), "libticker.so");
+    let server = Server::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    server.wait_until(WAIT, "the plugin to serve", |s| {
+        generation(s, "ticker", "ticks") == Some(1)
+    });
+
+    // Replaced: its worker joins the ticker thread at the signal, then exits.
+    install(b, dir.path(), "libticker.so");
+    server.wait_until(WAIT, "the worker of generation 1 to report its stop", |s| {
+        s.log()
+            .lines()
+            .any(|l| l.contains("generation=1") && l.contains("stopped: 1 of its threads ended"))
+    });
+
+    // A version whose worker cannot exit (its Drop sleeps) is killed past stop_timeout_ms.
+    install(ticker_stuck_in_drop(), dir.path(), "libticker.so");
+    server.wait_until(WAIT, "generation 3 to serve", |s| {
+        generation(s, "ticker", "ticks") == Some(3)
+    });
+    install(a, dir.path(), "libticker.so");
+    server.wait_until(WAIT, "the stuck worker to be killed", |s| {
+        s.log().lines().any(|l| {
+            l.contains("generation=3")
+                && l.contains("did not exit within 500 ms (stop_timeout_ms): killed")
+        })
+    });
+    assert_eq!(generation(&server, "ticker", "ticks"), Some(4));
+}
