@@ -49,8 +49,13 @@ fn footprint(pid: u32, stem: &str) -> Footprint {
 
 /// The generation answering `callback` of `plugin`, if the call succeeds.
 fn generation(server: &Server, plugin: &str, callback: &str) -> Option<u64> {
+    generation_with(server, plugin, callback, "null")
+}
+
+/// [`generation`], calling with `input`.
+fn generation_with(server: &Server, plugin: &str, callback: &str, input: &str) -> Option<u64> {
     server
-        .call(plugin, callback, "null")
+        .call(plugin, callback, input)
         .ok()
         .and_then(|v| v["generation"].as_u64())
 }
@@ -62,11 +67,27 @@ fn generation(server: &Server, plugin: &str, callback: &str) -> Option<u64> {
 fn reload_under_calls(
     dir: &Path,
     server: &Server,
-    (plugin, callback, file_name): (&str, &str, &str),
+    target: (&str, &str, &str),
     files: [&Path; 2],
     reloads: usize,
     check: impl Fn(&serde_json::Value) -> Result<(), String> + Sync,
 ) {
+    reload_under_calls_with(dir, server, target, "null", files, reloads, check)
+}
+
+/// [`reload_under_calls`], calling with `input`.
+fn reload_under_calls_with(
+    dir: &Path,
+    server: &Server,
+    (plugin, callback, file_name): (&str, &str, &str),
+    input: &str,
+    files: [&Path; 2],
+    reloads: usize,
+    check: impl Fn(&serde_json::Value) -> Result<(), String> + Sync,
+) {
+    let generation = |server: &Server, plugin: &str, callback: &str| {
+        generation_with(server, plugin, callback, input)
+    };
     let stem = file_name.trim_end_matches(".so");
     let pid = server.pid();
     server.wait_until(WAIT, "the plugin to serve", |s| {
@@ -101,7 +122,7 @@ fn reload_under_calls(
             let mut client = server.client().expect("a connection");
             while !stop.load(Ordering::Relaxed) {
                 let answer = client
-                    .call(plugin, callback, "null")
+                    .call(plugin, callback, input)
                     .map_err(|e| e.to_string())
                     .and_then(|o| match o.result() {
                         Ok(raw) => serde_json::from_str::<serde_json::Value>(raw.get())
@@ -250,4 +271,56 @@ fn an_isolated_plugin_gets_the_stop_signal_and_a_worker_that_does_not_exit_is_ki
         })
     });
     assert_eq!(generation(&server, "ticker", "ticks"), Some(4));
+}
+
+/// The fetch example plugin (a tokio runtime of its own) and a second build of it.
+fn fetchers() -> &'static (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo(&["build", "-p", "fetch"], e2e::root(), None);
+        let b = Variant::of("example-plugins/fetch")
+            .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
+            .build();
+        (target_dir().join("debug/libfetch.so"), b)
+    })
+}
+
+/// A tiny HTTP server on 127.0.0.1:0 that answers every request `200 pong`, for as long as
+/// the test runs; its port.
+fn pong_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\npong");
+        }
+    });
+    port
+}
+
+#[test]
+fn a_plugin_with_a_tokio_runtime_reloads_20_times_leaving_nothing() {
+    let (a, b) = fetchers();
+    let port = pong_server();
+    let dir = plugins_dir();
+    let config = no_probation(dir.path(), &["fetch"]);
+    install(a, dir.path(), "libfetch.so");
+    let server = Server::start(dir.path(), &[&config[0], &config[1]]);
+    let input = format!("{{\"port\": {port}}}");
+    reload_under_calls_with(
+        dir.path(),
+        &server,
+        ("fetch", "get", "libfetch.so"),
+        &input,
+        [a, b],
+        20,
+        |v| match (v["status"].as_u64(), v["body"].as_str()) {
+            (Some(200), Some("pong")) => Ok(()),
+            _ => Err(format!("not the server's answer: {v}")),
+        },
+    );
 }
