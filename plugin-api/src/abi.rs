@@ -45,11 +45,12 @@ pub const ABI_MAJOR: u32 = 1;
 ///   [`PluginMod::instantiate_with_state`].
 /// * 1.3: what a plugin declares beyond [`FfiMetadata`], as JSON:
 ///   [`PluginMod::declarations`] (its schedules).
-pub const ABI_MINOR: u32 = 3;
+/// * 1.4: the stop signal: [`Handler::stop`], called once when the version is retired.
+pub const ABI_MINOR: u32 = 4;
 /// [`ABI_MAJOR`] and [`ABI_MINOR`] as the version string written into every plugin's header.
 ///
 /// Must stay equal to `"{ABI_MAJOR}.{ABI_MINOR}.0"`; a unit test checks it.
-pub const ABI_VERSION: &str = "1.3.0";
+pub const ABI_VERSION: &str = "1.4.0";
 
 /// The root module every plugin library exports.
 ///
@@ -266,6 +267,21 @@ pub trait Handler: Send + Sync {
     /// calls have drained. The default (ABI 1.1 and older): none.
     fn save_state(&self, ctx: &FfiCallContext<'_>) -> FfiOutcome {
         let _ = ctx;
+        FfiOutcome {
+            result: abi_stable::std_types::ROk("null".into()),
+            follow_ups: RVec::new(),
+            logs: RVec::new(),
+        }
+    }
+
+    /// (ABI 1.4) Retires this instance: signals its stop token, runs the author's
+    /// `Plugin::stop`, then waits up to `timeout_ms` for the threads it started with
+    /// `spawn` to end. Called once, after its last call drained and before
+    /// [`Handler::shutdown`]. The result is a JSON object: `{"threads": N, "ended": N,
+    /// "still_running": [names], "error": "..."}` (`error` only when `stop` failed or
+    /// panicked). The default (ABI 1.3 and older): `null`, the plugin gets no signal.
+    fn stop(&self, timeout_ms: u64) -> FfiOutcome {
+        let _ = timeout_ms;
         FfiOutcome {
             result: abi_stable::std_types::ROk("null".into()),
             follow_ups: RVec::new(),

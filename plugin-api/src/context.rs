@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{FfiCallContext, FfiFollowUp, FfiLogRecord};
-use crate::{ErrorKind, PluginError};
+use crate::stop::Threads;
+use crate::{ErrorKind, PluginError, StopToken};
 
 /// Severity of a log record, as in `tracing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -101,7 +102,7 @@ fn now_unix_ms() -> u64 {
 pub(crate) struct LogBuffer(RefCell<RVec<FfiLogRecord>>);
 
 impl LogBuffer {
-    fn push(&self, level: Level, message: String) {
+    pub(crate) fn push(&self, level: Level, message: String) {
         self.0.borrow_mut().push(FfiLogRecord {
             level: level as u8,
             message: message.into(),
@@ -177,6 +178,7 @@ pub struct InitContext<'a> {
     pub(crate) config: &'a serde_json::Value,
     pub(crate) previous: Option<&'a Previous>,
     pub(crate) logs: LogBuffer,
+    pub(crate) threads: &'a Threads,
 }
 
 /// What the version being replaced handed over: see [`InitContext::previous_state`].
@@ -269,6 +271,57 @@ impl InitContext<'_> {
     }
 
     level_methods!();
+
+    /// This version's stop token: signalled when the host retires the version (see
+    /// [`Plugin::stop`](crate::Plugin::stop)). Clone it into threads and tasks that must end
+    /// then. (In a host older than plugin ABI 1.4 it is never signalled.)
+    pub fn stop_token(&self) -> StopToken {
+        self.threads.token.clone()
+    }
+
+    /// Starts a thread named `name` that runs `f` with this version's [`StopToken`]. The
+    /// plugin-api side keeps its handle: when the host retires the version, it signals the
+    /// token, calls [`Plugin::stop`](crate::Plugin::stop), and waits up to its
+    /// `stop_timeout_ms` for every such thread to end before it closes the library. A
+    /// thread that ignores the token keeps the library in memory.
+    ///
+    /// ```
+    /// use plugin_api::testing::Harness;
+    /// use plugin_api::{Context, InitContext, Plugin, PluginError};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// struct Ticker { ticks: Arc<AtomicU64> }
+    ///
+    /// impl Plugin for Ticker {
+    ///     type Input = ();
+    ///     type Output = u64;
+    ///     fn init(ctx: &InitContext<'_>) -> Result<Self, PluginError> {
+    ///         let ticks = Arc::new(AtomicU64::new(0));
+    ///         let counted = ticks.clone();
+    ///         ctx.spawn("ticker", move |stop| {
+    ///             while !stop.wait_timeout(Duration::from_millis(5)) {
+    ///                 counted.fetch_add(1, Ordering::Relaxed);
+    ///             }
+    ///         })?;
+    ///         Ok(Ticker { ticks })
+    ///     }
+    ///     fn execute(&self, _: &Context<'_>, _: ()) -> Result<u64, PluginError> {
+    ///         Ok(self.ticks.load(Ordering::Relaxed))
+    ///     }
+    /// }
+    ///
+    /// let plugin = Harness::<Ticker>::new("ticker", serde_json::json!({})).unwrap();
+    /// let report = plugin.stop(Duration::from_secs(5)).unwrap();
+    /// assert_eq!((report.threads, report.ended), (1, 1));
+    /// ```
+    pub fn spawn<F>(&self, name: &str, f: F) -> Result<(), PluginError>
+    where
+        F: FnOnce(StopToken) + Send + 'static,
+    {
+        self.threads.spawn(self.name, name, f)
+    }
 }
 
 /// What a call sees: logging, configuration, cancellation and follow-up calls.
@@ -310,6 +363,7 @@ pub struct Context<'a> {
     pub(crate) ffi: &'a FfiCallContext<'a>,
     pub(crate) logs: LogBuffer,
     pub(crate) follow_ups: RefCell<RVec<FfiFollowUp>>,
+    pub(crate) threads: &'a Threads,
 }
 
 impl Context<'_> {
@@ -334,6 +388,20 @@ impl Context<'_> {
     }
 
     level_methods!();
+
+    /// This version's stop token (see [`InitContext::stop_token`]).
+    pub fn stop_token(&self) -> StopToken {
+        self.threads.token.clone()
+    }
+
+    /// Starts a thread that outlives the call, joined when the version is retired (see
+    /// [`InitContext::spawn`]).
+    pub fn spawn<F>(&self, name: &str, f: F) -> Result<(), PluginError>
+    where
+        F: FnOnce(StopToken) + Send + 'static,
+    {
+        self.threads.spawn(self.name, name, f)
+    }
 
     /// The moment after which the caller no longer waits, if it set one.
     pub fn deadline(&self) -> Option<SystemTime> {

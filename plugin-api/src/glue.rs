@@ -17,6 +17,7 @@ use crate::context::LogBuffer;
 use crate::context::Previous;
 use crate::panic_hook;
 use crate::plugin::{decode_input, encode_output, Output};
+use crate::stop::{StopReport, Threads};
 use crate::{Callbacks, Context, ErrorKind, InitContext, Level, Plugin, PluginError};
 
 /// Facts about the plugin crate, taken from its `Cargo.toml` by the export macro.
@@ -226,12 +227,14 @@ fn instantiate_after<P: Plugin>(
             )))
         }
     };
+    let threads = Threads::default();
     let ctx = InitContext {
         name,
         generation: init.generation,
         config: &config,
         previous: previous.as_ref(),
         logs: LogBuffer::default(),
+        threads: &threads,
     };
     let created = guarded(name, &"init", || {
         let mut callbacks = Callbacks::<P>::new();
@@ -240,6 +243,11 @@ fn instantiate_after<P: Plugin>(
     })
     .backtrace_to_log(|level, message| ctx.log(level, message));
     let logs = ctx.logs.take();
+    if created.is_err() {
+        // No version to retire later: end what `init` started before it failed.
+        threads.token.stop();
+        threads.join(INIT_FAILED_JOIN);
+    }
     let handler = created.map(|(plugin, callbacks)| {
         let instance = Instance {
             plugin: Some(plugin),
@@ -247,6 +255,8 @@ fn instantiate_after<P: Plugin>(
             name,
             generation: init.generation,
             config,
+            threads,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         };
         Handler_TO::from_value(instance, TD_Opaque)
     });
@@ -256,6 +266,9 @@ fn instantiate_after<P: Plugin>(
     }
 }
 
+/// How long a failed `init` waits for the threads it started to end.
+const INIT_FAILED_JOIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One initialised plugin, as the host holds it behind a [`Handler`].
 pub struct Instance<P: Plugin> {
     plugin: Option<P>,
@@ -263,6 +276,23 @@ pub struct Instance<P: Plugin> {
     name: &'static str,
     generation: u64,
     config: serde_json::Value,
+    /// Its stop token and the threads it started.
+    threads: Threads,
+    /// Whether `stop` ran (it runs once).
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// A [`StopReport`] as the JSON [`Handler::stop`] returns.
+fn report_json(report: &StopReport, error: Option<String>) -> String {
+    let mut json = serde_json::json!({
+        "threads": report.threads,
+        "ended": report.ended,
+        "still_running": report.still_running,
+    });
+    if let Some(error) = error {
+        json["error"] = error.into();
+    }
+    json.to_string()
 }
 
 impl<P: Plugin> Instance<P> {
@@ -281,6 +311,7 @@ impl<P: Plugin> Instance<P> {
             ffi,
             logs: LogBuffer::default(),
             follow_ups: RefCell::new(RVec::new()),
+            threads: &self.threads,
         };
         let result = match &self.plugin {
             Some(plugin) => guarded(self.name, place, || call(plugin, &ctx))
@@ -367,7 +398,40 @@ impl<P: Plugin> Handler for Instance<P> {
         })
     }
 
+    fn stop(&self, timeout_ms: u64) -> FfiOutcome {
+        use std::sync::atomic::Ordering;
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return FfiOutcome {
+                result: ROk(report_json(&StopReport::default(), None).into()),
+                follow_ups: RVec::new(),
+                logs: RVec::new(),
+            };
+        }
+        self.threads.token.stop();
+        let logs = LogBuffer::default();
+        let stopped = match &self.plugin {
+            Some(plugin) => guarded(self.name, &"stop", || {
+                plugin.stop();
+                Ok(())
+            })
+            .backtrace_to_log(|level, message| logs.push(level, message)),
+            None => Ok(()),
+        };
+        let report = self
+            .threads
+            .join(std::time::Duration::from_millis(timeout_ms));
+        let error = stopped.err().map(|err| err.message().to_owned());
+        FfiOutcome {
+            result: ROk(report_json(&report, error).into()),
+            follow_ups: RVec::new(),
+            logs: logs.take(),
+        }
+    }
+
     fn shutdown(&mut self) -> ROption<FfiError> {
+        // A version dropped without `stop` (a host older than ABI 1.4 never calls it) still
+        // tells its threads; nobody waits for them.
+        self.threads.token.stop();
         let plugin = self.plugin.take();
         match guarded(self.name, &"drop", move || {
             drop(plugin);

@@ -126,6 +126,10 @@
 //!   field added later within 1.3). An older plugin declares none; an older host runs no
 //!   schedule of a 1.3 plugin; a plugin that does not name its panic strategy is taken as
 //!   unwinding.
+//! * 1.4: the stop signal ([`Plugin::stop`], [`InitContext::stop_token`],
+//!   [`InitContext::spawn`]): [`abi::Handler::stop`], called once when a version is retired,
+//!   with the time to wait for its threads. A plugin of an older minor gets no signal (the
+//!   default body); a 1.4 plugin in an older host is never stopped, its threads run on.
 //!
 //! The author-facing API ([`Plugin`], [`Context`], ...) follows ordinary semver and may grow
 //! freely: it is compiled into the plugin and never crosses the boundary.
@@ -139,11 +143,13 @@ mod error;
 pub mod glue;
 mod panic_hook;
 mod plugin;
+mod stop;
 pub mod testing;
 
 pub use context::{Context, FollowUp, InitContext, Level, LogRecord};
 pub use error::{ErrorKind, PluginError};
 pub use plugin::{BytesCallback, Callbacks, Output, Plugin};
+pub use stop::{StopReport, StopToken};
 
 /// This crate's version, as recorded in every plugin's metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

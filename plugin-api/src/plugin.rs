@@ -89,6 +89,42 @@ pub trait Plugin: Sized + Send + Sync + 'static {
         let _ = ctx;
         Ok(None)
     }
+
+    /// Called once when the host retires this version (replaced by another, or removed),
+    /// after its last call has ended and just after its [`StopToken`](crate::StopToken) was
+    /// signalled; then the host waits up to its `stop_timeout_ms` for the threads started
+    /// with [`InitContext::spawn`] to end, and only then unloads the library. Shut down here
+    /// what the plugin owns and that outlives a call: a tokio runtime
+    /// (`shutdown_timeout`), a thread pool, connections. A panic here is caught and logged;
+    /// the threads are still joined. The default does nothing (the signal alone ends
+    /// threads that watch the token). Hosts older than plugin ABI 1.4 never call it.
+    ///
+    /// ```
+    /// use plugin_api::testing::Harness;
+    /// use plugin_api::{Context, InitContext, Plugin, PluginError};
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// struct Flusher { flushed: Arc<AtomicBool> }
+    ///
+    /// impl Plugin for Flusher {
+    ///     type Input = ();
+    ///     type Output = ();
+    ///     fn init(_: &InitContext<'_>) -> Result<Self, PluginError> {
+    ///         Ok(Flusher { flushed: Arc::default() })
+    ///     }
+    ///     fn execute(&self, _: &Context<'_>, _: ()) -> Result<(), PluginError> { Ok(()) }
+    ///     fn stop(&self) {
+    ///         // Write out what is buffered, close connections ...
+    ///         self.flushed.store(true, Ordering::Relaxed);
+    ///     }
+    /// }
+    ///
+    /// let plugin = Harness::<Flusher>::new("flusher", serde_json::json!({})).unwrap();
+    /// let report = plugin.stop(std::time::Duration::from_secs(1)).unwrap();
+    /// assert!(report.all_ended());
+    /// ```
+    fn stop(&self) {}
 }
 
 type ErasedCallback<P> =

@@ -124,6 +124,30 @@ impl<P: Plugin> Harness<P> {
         Ok((!state.is_null()).then_some(state))
     }
 
+    /// Retires the plugin as the host does before unloading it: signals its
+    /// [`StopToken`](crate::StopToken), runs [`Plugin::stop`], and waits up to `timeout` for
+    /// the threads it started with [`InitContext::spawn`](crate::InitContext::spawn). `Err`
+    /// if `stop` failed or panicked (its threads were still waited for).
+    pub fn stop(&self, timeout: std::time::Duration) -> Result<crate::StopReport, PluginError> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let json = Outcome::from(self.handler.stop(timeout_ms)).result?;
+        if let Some(error) = json["error"].as_str() {
+            return Err(PluginError::new(crate::ErrorKind::Panicked, error));
+        }
+        let names = json["still_running"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(crate::StopReport {
+            threads: json["threads"].as_u64().unwrap_or(0) as usize,
+            ended: json["ended"].as_u64().unwrap_or(0) as usize,
+            still_running: names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect(),
+        })
+    }
+
     /// Calls the `execute` entry point.
     pub fn execute(&self, input: serde_json::Value) -> Outcome {
         self.call("execute", input)

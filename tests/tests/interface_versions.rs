@@ -9,7 +9,9 @@
 //!   hook, as on main before ABI 1.1;
 //! * `plugin-api-1.1`: ABI 1.1 (typed calls), as on main before ABI 1.2 (state handover);
 //! * `plugin-api-1.2`: ABI 1.2 (state handover), as on main before ABI 1.3 (declared
-//!   schedules).
+//!   schedules);
+//! * `plugin-api-1.3`: ABI 1.3 (declared schedules), as on main before ABI 1.4 (the stop
+//!   signal). Replacing any of them retires it without a stop signal (the default body).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -71,6 +73,12 @@ fn a_plugin_built_against_abi_1_1_loads_and_answers() {
 fn a_plugin_built_against_abi_1_2_loads_and_answers() {
     let plugin = frozen_plugin_against("plugin-api-1.2");
     frozen_plugin_loads_and_answers(&plugin, "1.2");
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_3_loads_and_answers() {
+    let plugin = frozen_plugin_against("plugin-api-1.3");
+    frozen_plugin_loads_and_answers(&plugin, "1.3");
 }
 
 fn frozen_plugin_loads_and_answers(plugin: &std::path::Path, abi: &str) {

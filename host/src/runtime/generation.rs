@@ -26,6 +26,7 @@ use crate::runtime::handover::{Gate, Held, PreviousState};
 use crate::runtime::isolation::{Supervised, WorkerSpec, WorkerStatus};
 use crate::runtime::loader::{Library, LoadError, LoadErrorKind, Metadata};
 use crate::runtime::rollout::{Probation, Trip};
+use crate::runtime::stop::{Stopped, STOP};
 use crate::types::call::{Budget, CallError, CallErrorKind, CallOutcome, Name};
 use crate::types::counter::Counter;
 use crate::types::settings::{Isolation, PluginSettings};
@@ -56,6 +57,9 @@ pub(crate) struct Generation {
 /// The callback name a worker process takes for a `save_state` request; `#` begins no
 /// callback name the host passes on.
 pub(crate) const SAVE_STATE: &str = "#save_state";
+
+/// How long past `stop_timeout_ms` a worker process has to answer its stop signal.
+const STOP_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// A typed call reached a generation that handed over to the next version: look it up
 /// again.
@@ -300,6 +304,48 @@ impl Generation {
         self.owned(SAVE_STATE, &ffi)
     }
 
+    /// Sends this retired generation its stop signal (plugin ABI 1.4) and waits up to
+    /// `stop_timeout_ms` for the threads it started with `spawn`. Called once, after its
+    /// calls drained and before it is dropped, on a thread of the reaper's: never under a
+    /// lock, never on a tokio thread. What the plugin logs goes to the host's log.
+    pub(crate) fn stop(&self) -> Stopped {
+        let timeout_ms = self.settings.stop_timeout_ms;
+        let outcome = match &self.backend {
+            Backend::InProcess { .. } => self.stop_local(timeout_ms),
+            Backend::Worker(supervised) => {
+                let cancelled = AtomicBool::new(false);
+                // The worker joins for up to `timeout_ms`, then answers.
+                let deadline =
+                    SystemTime::now() + Duration::from_millis(timeout_ms) + STOP_ANSWER_GRACE;
+                match supervised.call_current(STOP, &timeout_ms.to_string(), &cancelled, deadline) {
+                    None => return Stopped::Failed("no worker process is running".into()),
+                    Some(Err(err)) => return Stopped::Failed(err.message),
+                    Some(Ok(outcome)) => outcome,
+                }
+            }
+        };
+        replay_logs(self.name(), self.number, &outcome.logs);
+        match (outcome.error, outcome.result) {
+            (Some(err), _) => Stopped::Failed(err.message().to_owned()),
+            (None, Some(json)) => Stopped::from_json(json.get()),
+            (None, None) => Stopped::NoSignal,
+        }
+    }
+
+    /// Runs the stop in this process (see [`Generation::stop`]): the glue joins the
+    /// plugin's threads for up to `timeout_ms`.
+    ///
+    /// # Panics
+    ///
+    /// On an isolated generation, which has no plugin in this process.
+    pub(crate) fn stop_local(&self, timeout_ms: u64) -> CallOutcome {
+        let Backend::InProcess { handler, .. } = &self.backend else {
+            unreachable!("stop_local on an isolated generation");
+        };
+        let ffi = handler.stop(timeout_ms);
+        self.owned(STOP, &ffi)
+    }
+
     /// Its calls, counted.
     pub(crate) fn tally(&self) -> &Arc<Tally> {
         &self.tally
@@ -501,7 +547,7 @@ impl Generation {
             }
             Backend::Worker(supervised) => {
                 // In process, the plugin answers that it has no such callback.
-                let result = if callback == SAVE_STATE {
+                let result = if callback.starts_with('#') {
                     Err(CallError::new(
                         CallErrorKind::InvalidRequest,
                         format!("callback names starting with `#` are reserved: {callback}"),

@@ -9,3 +9,4 @@ pub mod loader;
 pub(crate) mod mappings;
 pub(crate) mod reaper;
 pub(crate) mod rollout;
+pub(crate) mod stop;

@@ -349,10 +349,7 @@ impl State {
             .spawn(move || {
                 let _span =
                     tracing::info_span!("drain", plugin = %plugin, generation = number).entered();
-                // Its SHA-256, if nobody asked for it yet, for the plugin's history: the
-                // descriptor the digest keeps to compute it from is then closed.
-                generation.digest().sha256();
-                drop(generation);
+                stop_then_unload(generation);
             });
         match spawned {
             Ok(thread) => self.unloading.push(Unloading {
@@ -446,6 +443,23 @@ impl State {
         all.sort_by(|a, b| (&a.plugin, a.generation).cmp(&(&b.plugin, b.generation)));
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = all;
     }
+}
+
+/// The retirement sequence of a generation no call holds any more, on an unload thread of
+/// its own (never under a lock, never on a tokio thread): its stop signal, and the wait for
+/// the threads it started, bounded by its `stop_timeout_ms` (plugin ABI 1.4; an older plugin
+/// gets none); then the drop, which closes its library (or stops its worker process).
+fn stop_then_unload(generation: Arc<Generation>) {
+    let stopped = generation.stop();
+    stopped.log(
+        generation.name(),
+        generation.number(),
+        generation.settings().stop_timeout_ms,
+    );
+    // Its SHA-256, if nobody asked for it yet, for the plugin's history: the descriptor the
+    // digest keeps to compute it from is then closed.
+    generation.digest().sha256();
+    drop(generation);
 }
 
 pub(crate) fn unix_ms(time: SystemTime) -> u64 {

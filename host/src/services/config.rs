@@ -37,6 +37,7 @@
 //! max_pinned_versions = 3          # replaced versions still mapped after unload (a thread of the
 //!                                  #   plugin keeps them) before its next version runs in a worker
 //!                                  #   process; with isolation = "in-process", reloads are refused
+//! stop_timeout_ms = 5000           # a retired version's threads get this long to end
 //! sha256 = "..."                   # optional: only this exact file is loaded
 //! task_max_attempts = 4            # tasks of this plugin: attempts (default: [tasks])
 //! task_retry_delays = ["10s", "1m"]  # tasks of this plugin: delays before each retry

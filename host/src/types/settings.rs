@@ -87,6 +87,11 @@ pub struct PluginSettings {
     /// host restarts); with `isolation = "in-process"` set, further reloads are refused
     /// instead. At most one more (the version serving when the limit is reached) can stay.
     pub max_pinned_versions: u32,
+    /// When a version is retired (replaced or removed), after its calls drained: how long
+    /// the host waits for the threads it started with `spawn` to end after its stop signal
+    /// (plugin ABI 1.4), and, in a worker process, for the worker to exit before it is
+    /// killed. The library is closed after that either way.
+    pub stop_timeout_ms: u64,
 }
 
 /// Where a plugin's code runs.
@@ -130,6 +135,7 @@ impl Default for PluginSettings {
             keep_versions: 3,
             handover_timeout_ms: 1_000,
             max_pinned_versions: DEFAULT_MAX_PINNED_VERSIONS,
+            stop_timeout_ms: 5_000,
             task_max_attempts: None,
             task_retry_delays: None,
             max_running_tasks: None,

@@ -431,12 +431,17 @@ impl Worker {
         )
     }
 
-    /// Asks the worker to drop its plugin and exit, and waits for it (killing it if it
-    /// takes longer than a moment). Calls must be over.
-    pub(crate) fn shutdown(&self) {
+    /// Asks the worker to drop its plugin and exit, and waits up to `grace` for it (the
+    /// plugin's `stop_timeout_ms`), killing it past that. Calls must be over.
+    pub(crate) fn shutdown(&self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         let asked = write_frame(&lock(&self.writer), &ToWorker::Shutdown).is_ok();
-        if !asked || self.wait_exit(SHUTDOWN_GRACE).is_none() {
+        if !asked || self.wait_exit(grace).is_none() {
+            if asked {
+                tracing::warn!(plugin = %self.label.plugin, generation = self.label.generation,
+                    worker_pid = self.pid, "the worker did not exit within {} ms \
+                    (stop_timeout_ms): killed", grace.as_millis());
+            }
             self.kill();
         }
         self.join_watch();

@@ -145,6 +145,19 @@ impl Supervised {
         Ok((outcome, worker.pid()))
     }
 
+    /// Makes a reserved call (the stop signal) to the worker serving now, if there is one;
+    /// none is started for it. `None` without a worker.
+    pub(crate) fn call_current(
+        &self,
+        callback: &str,
+        input: &str,
+        cancelled: &AtomicBool,
+        deadline: SystemTime,
+    ) -> Option<Result<CallOutcome, CallError>> {
+        let worker = self.shared.current().ok().flatten()?;
+        Some(worker.call(callback, input, cancelled, deadline))
+    }
+
     /// The worker serving now, or a new one.
     fn worker(&self, deadline: SystemTime) -> Result<Arc<Worker>, CallError> {
         let shared = &self.shared;
@@ -210,7 +223,7 @@ impl Supervised {
             state.worker.take()
         };
         if let Some(old) = old {
-            old.shutdown();
+            old.shutdown(Duration::from_millis(shared.spec.settings.stop_timeout_ms));
         }
         drop(_one_at_a_time);
         let far = SystemTime::now() + Duration::from_millis(shared.spec.settings.init_timeout_ms);
@@ -239,7 +252,9 @@ impl Drop for Supervised {
         self.shared.closing.store(true, Ordering::SeqCst);
         let worker = lock(&self.shared.state).worker.take();
         if let Some(worker) = worker {
-            worker.shutdown();
+            worker.shutdown(Duration::from_millis(
+                self.shared.spec.settings.stop_timeout_ms,
+            ));
             tracing::info!(plugin = %self.metadata.name, generation = self.shared.spec.generation,
                 worker_pid = worker.pid(), "worker stopped");
         }

@@ -38,6 +38,7 @@ use super::spawn::{CHANNEL_FD, DOORBELL_FD};
 use crate::files::digest::Digest;
 use crate::runtime::generation::{Generation, SAVE_STATE};
 use crate::runtime::loader::{Library, LoadError};
+use crate::runtime::stop::STOP;
 use crate::types::call::{Budget, CallError, CallErrorKind, CallOutcome};
 use crate::types::clock::Stopwatch;
 use crate::types::settings::DEFAULT_MAX_MESSAGE_BYTES;
@@ -323,6 +324,10 @@ impl Serving {
         let watch = Stopwatch::start();
         let mut outcome = if callback == SAVE_STATE {
             generation.save_state_local(&cancelled, deadline)
+        } else if callback == STOP {
+            // The input is the host's `stop_timeout_ms`.
+            let timeout_ms = input.trim().parse().unwrap_or(5_000);
+            generation.stop_local(timeout_ms)
         } else {
             generation.run_local(callback, input, &cancelled, deadline)
         };
