@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use host::control::Client;
 
+mod runtime_reloads;
 mod tasks;
 
 struct Args {
@@ -28,6 +29,8 @@ struct Args {
     criterion: PathBuf,
     /// The peers' benchmark binary (bench/peers), if built.
     peers: Option<PathBuf>,
+    /// `example-plugins/fetch` built in release mode (a tokio runtime inside a plugin).
+    fetch: Option<PathBuf>,
     smoke: bool,
 }
 
@@ -51,6 +54,10 @@ fn args() -> Args {
         criterion: value("--criterion"),
         peers: std::env::args()
             .skip_while(|a| a != "--peers")
+            .nth(1)
+            .map(PathBuf::from),
+        fetch: std::env::args()
+            .skip_while(|a| a != "--fetch")
             .nth(1)
             .map(PathBuf::from),
         smoke: std::env::args().any(|a| a == "--smoke"),
@@ -771,6 +778,9 @@ fn main() {
     socket(&args, &mut rows);
     idle_connections(&args, &mut rows);
     reloads(&args, &peers, &mut rows);
+    if let Some(fetch) = &args.fetch {
+        runtime_reloads::figures(&args, fetch, &mut rows);
+    }
     startup(&args, &mut rows);
     isolation(&args, &mut rows);
     isolated_reloads(&args, &mut rows);
