@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! bench --host target/release/host --plugin A.so --variant B.so --plugins-50 DIR
-//!       --criterion target/criterion [--smoke]
+//!       --criterion target/criterion [--smoke] [--only GROUP,GROUP...]
 //! ```
+//!
+//! `--only` runs some groups of figures: in-process, socket, idle, reloads, runtime-reloads,
+//! startup, isolation, isolated-reloads, tasks.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,15 @@ struct Args {
     /// `example-plugins/fetch` built in release mode (a tokio runtime inside a plugin).
     fetch: Option<PathBuf>,
     smoke: bool,
+    /// The groups of figures to run (`--only`); all when empty.
+    only: Vec<String>,
+}
+
+impl Args {
+    /// Whether the group of figures `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 fn args() -> Args {
@@ -61,6 +73,11 @@ fn args() -> Args {
             .nth(1)
             .map(PathBuf::from),
         smoke: std::env::args().any(|a| a == "--smoke"),
+        only: std::env::args()
+            .skip_while(|a| a != "--only")
+            .nth(1)
+            .map(|list| list.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -772,19 +789,39 @@ fn main() {
         return echo_child();
     }
     let args = args();
-    let peers = peers(&args);
+    let peers = if args.runs("in-process") || args.runs("reloads") {
+        peers(&args)
+    } else {
+        serde_json::Value::Null
+    };
     let mut rows = Vec::new();
-    in_process(&args, &peers, &mut rows);
-    socket(&args, &mut rows);
-    idle_connections(&args, &mut rows);
-    reloads(&args, &peers, &mut rows);
-    if let Some(fetch) = &args.fetch {
+    if args.runs("in-process") {
+        in_process(&args, &peers, &mut rows);
+    }
+    if args.runs("socket") {
+        socket(&args, &mut rows);
+    }
+    if args.runs("idle") {
+        idle_connections(&args, &mut rows);
+    }
+    if args.runs("reloads") {
+        reloads(&args, &peers, &mut rows);
+    }
+    if let (true, Some(fetch)) = (args.runs("runtime-reloads"), &args.fetch) {
         runtime_reloads::figures(&args, fetch, &mut rows);
     }
-    startup(&args, &mut rows);
-    isolation(&args, &mut rows);
-    isolated_reloads(&args, &mut rows);
-    tasks::figures(&args, &mut rows);
+    if args.runs("startup") {
+        startup(&args, &mut rows);
+    }
+    if args.runs("isolation") {
+        isolation(&args, &mut rows);
+    }
+    if args.runs("isolated-reloads") {
+        isolated_reloads(&args, &mut rows);
+    }
+    if args.runs("tasks") {
+        tasks::figures(&args, &mut rows);
+    }
     println!("| figure | measured | target | ok |");
     println!("|---|---|---|---|");
     for r in rows {

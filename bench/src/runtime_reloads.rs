@@ -4,7 +4,7 @@
 //! signal, `stop` shutting the runtime down, its thread joined, its library unloaded).
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{fresh_dir, percentile, row, Args, Row, Serve};
 
@@ -25,14 +25,27 @@ pub(super) fn figures(args: &Args, fetch: &Path, rows: &mut Vec<Row>) {
     let source = std::fs::read(fetch).expect("the fetch plugin");
     let dir = fresh_dir("runtime-reload");
     std::fs::write(dir.join("libfetch.so"), &source).expect("copy plugin");
-    let (serve, _) = Serve::start(&args.host, dir.clone());
+    // Without probation: a probation keeps the replaced version loaded (30 s by default)
+    // to roll back to, and this row measures how long the old version takes to go.
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, "[plugins.fetch]\nprobation_ms = 0\n").expect("host.toml");
+    let (serve, _) = Serve::start_with(
+        &args.host,
+        dir.clone(),
+        &["--config".as_ref(), config.as_os_str()],
+    );
     let mut client = serve.client();
     let (mut served, mut retired) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         // Generation i + 1 serves; the rename brings generation i + 2.
         let expected = i as u64 + 2;
         let started = swap_in(&dir, &source, i % 2 + 1);
+        let deadline = started + Duration::from_secs(30);
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "reload {i}: generation {expected} did not answer within 30 s"
+            );
             let answered = client
                 .call("fetch", "execute", "null")
                 .ok()
@@ -43,6 +56,10 @@ pub(super) fn figures(args: &Args, fetch: &Path, rows: &mut Vec<Row>) {
         }
         served.push(started.elapsed().as_secs_f64() * 1e3);
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "reload {i}: the replaced version was not unloaded within 30 s"
+            );
             let files = client.list().expect("host list");
             if files.iter().all(|f| f.retired.is_empty()) {
                 break;
@@ -70,4 +87,5 @@ pub(super) fn figures(args: &Args, fetch: &Path, rows: &mut Vec<Row>) {
     ));
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&config);
 }

@@ -195,6 +195,7 @@ fn versions_pinned_by_a_thread_are_counted_and_past_the_limit_the_plugin_runs_in
     // Further reloads replace workers: the host's threads stop growing, and so does the
     // memory its pinned versions hold.
     let before = settled_threads(&server);
+    let rss_before = proc_status(server.pid(), "VmRSS");
     let held = hello(&server)["pinned"]["bytes"].clone();
     for next in 6..=10 {
         let file = reload(&server, dir.path(), next, 4);
@@ -206,6 +207,15 @@ fn versions_pinned_by_a_thread_are_counted_and_past_the_limit_the_plugin_runs_in
         after < before + 3,
         "5 reloads in workers added {} threads to the host ({before} -> {after})",
         after.saturating_sub(before)
+    );
+    let rss_after = proc_status(server.pid(), "VmRSS");
+    eprintln!(
+        "host resident memory after 5 reloads in worker processes: {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        rss_after <= rss_before + 2 * 1024,
+        "5 reloads in workers grew the host's resident memory by more than 2 MB \
+         ({rss_before} -> {rss_after} KiB)"
     );
     assert_eq!(hello(&server)["pinned"]["bytes"], held);
     let log = server.log();

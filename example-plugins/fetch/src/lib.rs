@@ -84,7 +84,9 @@ impl Plugin for Fetch {
                     let queue = lock(&jobs.jobs);
                     let (mut queue, _) = jobs
                         .ready
-                        .wait_timeout_while(queue, Duration::from_millis(50), |q| q.is_empty())
+                        .wait_timeout_while(queue, Duration::from_millis(50), |q| {
+                            q.is_empty() && !stop.is_stopped()
+                        })
                         .unwrap_or_else(PoisonError::into_inner);
                     queue.pop_front()
                 };
@@ -118,6 +120,11 @@ impl Plugin for Fetch {
     }
 
     fn stop(&self) {
+        // The stop token is set before `stop` runs: wake the request thread so that it sees
+        // it now rather than at its next poll (under the queue's lock, so that the wake-up
+        // cannot fall between its check of the token and its wait).
+        drop(lock(&self.mailbox.jobs));
+        self.mailbox.ready.notify_all();
         let runtime = lock(&self.runtime).take();
         if let Some(runtime) = runtime {
             runtime.shutdown_timeout(Duration::from_secs(2));
