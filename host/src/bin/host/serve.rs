@@ -128,6 +128,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
     let deadline = Instant::now() + grace;
+    // New calls are refused from here on: before the line that says so, which a client (or
+    // a test) may act on.
+    server.begin_shutdown();
     tracing::info!(
         "received signal {signal}: finishing calls in flight (for up to {} ms), then unloading",
         grace.as_millis()
@@ -142,7 +145,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             std::process::exit(128 + signal);
         }
     });
-    server.begin_shutdown();
     watcher.stop();
     if let Ok(tasks) = &tasks {
         if !tasks.stop(deadline.saturating_duration_since(Instant::now())) {
