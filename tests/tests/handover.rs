@@ -119,6 +119,10 @@ fn keeps_counting_across_ten_swaps(extra: &[&str]) {
     );
     assert_eq!(count(&server, "get"), total);
     assert_eq!(generation(&server), first + 10);
+    // The host writes its handover line after the new version serves: wait for the last.
+    server.wait_until(WAIT, "the tenth handover's log line", |s| {
+        s.log().matches("bytes of state from generation").count() >= 10
+    });
     let log = server.log();
     assert_eq!(log.matches("took over count").count(), 10, "{log}");
     assert_eq!(
