@@ -13,6 +13,7 @@
 //! * [`watch`] keeps a `Host` in step with a plugins directory and its host.toml;
 //! * [`control`] is the Unix-socket protocol `host serve` speaks and `host call` uses;
 //! * [`tasks`] runs calls as tasks: follow-ups, schedules and retries, kept in SQLite;
+//! * [`systemd`] speaks to the service manager: readiness, watchdog, passed sockets;
 //! * [`config`] reads `host.toml`; [`state_dir`] is where a host keeps its state, one host
 //!   at a time; [`CopiesDir`] is where private copies go.
 //!
@@ -41,7 +42,7 @@ mod types;
 pub use files::private_dir::CopiesDir;
 pub use files::state_dir;
 pub use runtime::{isolation, loader};
-pub use services::{config, control, tasks, watch};
+pub use services::{config, control, systemd, tasks, watch};
 
 pub use registry::{
     CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent, Pinned,

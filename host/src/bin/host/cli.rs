@@ -318,4 +318,8 @@ pub struct ServeArgs {
     /// ($XDG_STATE_HOME: ~/.local/state)].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Log lines as `text`, or `json` (one object per line, with plugin, generation, call,
+    /// task and worker pid as fields) [default: log_format of --config, else text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }

@@ -9,6 +9,11 @@
 //! Start-up takes what this host must own before it touches anything: its state directory
 //! (a lock another host would hold) and its control socket (bound, served later). A host
 //! refused either loads no plugin, opens no database and starts no schedule.
+//!
+//! Under systemd (see `host::systemd`): sockets passed by socket activation are served
+//! instead of binding; `READY=1` goes out once the control socket serves and the plugins
+//! present at start are loaded, `RELOADING=1`/`READY=1` around a reload of host.toml,
+//! `STOPPING=1` when shutdown begins, and `WATCHDOG=1` only while the host's loops answer.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,12 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use host::config::HostConfig;
+use host::config::{HostConfig, LogFormat};
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
 use host::isolation::IsolationOptions;
 use host::state_dir::{default_state_dir, StateDir};
+use host::systemd::{Activated, Notifier, RuntimeProbe, Watchdog, WatchdogOptions};
 use host::tasks::{SqliteStore, Tasks};
-use host::watch::Watcher;
+use host::tasks::{TaskFilter, TaskStatus};
+use host::watch::{ConfigReload, Watcher};
 use host::{CopiesDir, Host, HostOptions, LoadOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -31,12 +38,23 @@ use crate::cli::ServeArgs;
 use crate::exit::{Failure, OTHER, USAGE};
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    // First, while this is the only thread (they change the environment): what the service
+    // manager handed over, taken out of the environment so that workers do not inherit it.
+    let usage = |err: &dyn std::fmt::Display| Failure::new(USAGE, err.to_string());
+    let activated = Activated::from_env().map_err(|err| usage(&err))?;
+    let notifier = Arc::new(Notifier::from_env_taken().map_err(|err| usage(&err))?);
+    let watchdog_interval = host::systemd::interval_from_env().map_err(|err| usage(&err))?;
+    let log_format = args
+        .log_format
+        .as_deref()
+        .map(parse_log_format)
+        .transpose()?;
     let config_path = crate::cli::config_path(args.config.clone());
     let config = match &config_path {
         Some(path) => HostConfig::load(path)?,
         None => HostConfig::default(),
     };
-    crate::init_logging("info", config.log_format);
+    crate::init_logging("info", log_format.unwrap_or(config.log_format));
     // Paths in host.toml are relative to the file's directory.
     let config_dir = config_path
         .as_deref()
@@ -57,10 +75,20 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         )
         .into());
     }
-    let socket = args
-        .socket
-        .or_else(|| config.socket.as_ref().map(|s| config_dir.join(s)))
-        .unwrap_or_else(default_socket_path);
+    // A control socket passed by the service manager is served as it is (systemd owns its
+    // file); otherwise the host binds its own.
+    let passed = activated
+        .control
+        .map(ControlSocket::adopt)
+        .transpose()
+        .map_err(|err| Failure::new(USAGE, format!("socket activation: {err}")))?;
+    let socket = match &passed {
+        Some(passed) => passed.path().to_owned(),
+        None => args
+            .socket
+            .or_else(|| config.socket.as_ref().map(|s| config_dir.join(s)))
+            .unwrap_or_else(default_socket_path),
+    };
     let limits = config.server_limits();
 
     // Before anything is loaded or opened: this host's state directory, and its socket. A
@@ -77,8 +105,23 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let listener = ControlSocket::bind(&socket)
-        .with_context(|| format!("control socket {}", socket.display()))?;
+    let listener = match passed {
+        Some(passed) => {
+            tracing::info!(
+                "serving the control socket passed by the service manager: {}",
+                socket.display()
+            );
+            passed
+        }
+        None => ControlSocket::bind(&socket)
+            .with_context(|| format!("control socket {}", socket.display()))?,
+    };
+    // The HTTP listener systemd may pass (`http`): the HTTP front end takes it here, and
+    // binds its own otherwise, before READY=1 below.
+    if let Some(http) = activated.http {
+        let address = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::warn!("a TCP socket ({address}) was passed for HTTP, but this host serves no HTTP: it is closed");
+    }
     raise_descriptor_limit(limits.max_connections);
 
     // Before anything else, so a signal during start-up is not lost.
@@ -108,7 +151,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             ..IsolationOptions::default()
         },
     })?;
-    let watcher = Watcher::start(host.clone(), &dir, config_path.as_deref())
+    let observer = notifier.is_enabled().then(|| {
+        let notifier = notifier.clone();
+        Arc::new(move |reload| match reload {
+            ConfigReload::Started => notifier.reloading(),
+            _ => notifier.ready(),
+        }) as host::watch::ReloadObserver
+    });
+    let watcher = Watcher::start_observed(host.clone(), &dir, config_path.as_deref(), observer)
         .with_context(|| format!("watching {}", dir.display()))?;
     let info = HostInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -124,6 +174,26 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         dir.display(),
         socket.display()
     );
+    // Ready: the control socket serves (and the HTTP listener, once there is one, is bound
+    // above), and the plugins present at start are loaded (`Watcher::start` returns after).
+    notifier.ready();
+    let watchdog = Watchdog::start(
+        notifier.clone(),
+        WatchdogOptions {
+            interval: watchdog_interval,
+            probes: [
+                server
+                    .runtime_handle()
+                    .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
+                Some(Box::new(watcher.probe()) as _),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            status: status_line(host.clone(), tasks.clone()),
+        },
+    )
+    .context("starting the watchdog thread")?;
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
@@ -131,6 +201,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     // New calls are refused from here on: before the line that says so, which a client (or
     // a test) may act on.
     server.begin_shutdown();
+    notifier.stopping();
     tracing::info!(
         "received signal {signal}: finishing calls in flight (for up to {} ms), then unloading",
         grace.as_millis()
@@ -145,6 +216,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             std::process::exit(128 + signal);
         }
     });
+    watchdog.stop();
     watcher.stop();
     if let Ok(tasks) = &tasks {
         if !tasks.stop(deadline.saturating_duration_since(Instant::now())) {
@@ -174,6 +246,42 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--log-format`: `text` or `json`.
+fn parse_log_format(value: &str) -> Result<LogFormat> {
+    match value {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(Failure::new(
+            USAGE,
+            format!("--log-format {other:?}: expected text or json"),
+        )
+        .into()),
+    }
+}
+
+/// The `STATUS=` line for `systemctl status`: plugins served and tasks queued.
+fn status_line(host: Host, tasks: Result<Tasks, String>) -> Box<dyn FnMut() -> String + Send> {
+    // Counting stops here: a status line needs no exact figure past it.
+    const COUNT_UP_TO: usize = 100;
+    Box::new(move || {
+        let plugins = host.plugin_names().len();
+        let queued = match &tasks {
+            Ok(tasks) => {
+                let mut filter = TaskFilter::default();
+                filter.status = Some(TaskStatus::Queued);
+                filter.limit = COUNT_UP_TO;
+                match tasks.list(&filter) {
+                    Ok(page) if page.next.is_some() => format!(", over {COUNT_UP_TO} tasks queued"),
+                    Ok(page) => format!(", {} tasks queued", page.tasks.len()),
+                    Err(_) => ", tasks unavailable".to_owned(),
+                }
+            }
+            Err(_) => String::new(),
+        };
+        format!("serving {plugins} plugins{queued}")
+    })
 }
 
 /// Opens the task database in the state directory this host holds and starts running

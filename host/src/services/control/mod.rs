@@ -99,11 +99,13 @@ pub fn default_socket_path() -> PathBuf {
 /// A control socket bound, not yet served: `host serve` binds it before it loads anything
 /// (so a second host on the same socket is refused at once) and serves it with
 /// [`ControlServer::serve`] once its plugins and tasks are ready. Clients that connect
-/// meanwhile wait in the backlog. Dropped unserved, it removes its socket file.
+/// meanwhile wait in the backlog. Dropped unserved, it removes its socket file, unless the
+/// socket was passed by the service manager ([`ControlSocket::adopt`]), which owns the file.
 #[derive(Debug)]
 pub struct ControlSocket {
     listener: Option<UnixListener>,
     path: PathBuf,
+    owns_file: bool,
 }
 
 impl ControlSocket {
@@ -113,7 +115,31 @@ impl ControlSocket {
         Ok(ControlSocket {
             listener: Some(bind(path)?),
             path: path.to_owned(),
+            owns_file: true,
         })
+    }
+
+    /// A listening socket bound by someone else (systemd's socket activation): served as it
+    /// is, and its file is left in place at exit. It must have a path, since clients connect
+    /// by path.
+    pub fn adopt(listener: UnixListener) -> io::Result<ControlSocket> {
+        let address = listener.local_addr()?;
+        let path = address.as_pathname().map(Path::to_owned).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the passed control socket has no path (abstract or unnamed): clients connect by path",
+            )
+        })?;
+        Ok(ControlSocket {
+            listener: Some(listener),
+            path,
+            owns_file: false,
+        })
+    }
+
+    /// Whether the host created the socket file (and removes it when it stops serving).
+    pub fn owns_file(&self) -> bool {
+        self.owns_file
     }
 
     /// The socket path.
@@ -129,7 +155,7 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        if self.listener.take().is_some() {
+        if self.listener.take().is_some() && self.owns_file {
             let _ = std::fs::remove_file(&self.path);
         }
     }

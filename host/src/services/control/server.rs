@@ -37,6 +37,8 @@ const MAX_BLOCKING_THREADS: usize = 16;
 /// [`ControlServer::stop`] (or dropping the server) closes everything.
 pub struct ControlServer {
     path: PathBuf,
+    /// Whether the socket file is the host's to remove (not when systemd passed it).
+    owns_file: bool,
     shared: Arc<Shared>,
     runtime: Option<tokio::runtime::Runtime>,
     /// Tells the acceptor (`true`: stop accepting) and the connections (closed) what to do.
@@ -118,6 +120,7 @@ impl ControlServer {
             return Err(invalid("max_connections"));
         }
         let path = socket.path().to_owned();
+        let owns_file = socket.owns_file();
         let listener = socket
             .take()
             .ok_or_else(|| io::Error::other("the control socket was served already"))?;
@@ -151,6 +154,7 @@ impl ControlServer {
         runtime.spawn(accept_loop(listener, shared.clone(), watching));
         Ok(ControlServer {
             path,
+            owns_file,
             shared,
             runtime: Some(runtime),
             phase,
@@ -169,7 +173,14 @@ impl ControlServer {
             return;
         }
         self.phase.send_replace(Phase::ShuttingDown);
-        let _ = std::fs::remove_file(&self.path);
+        if self.owns_file {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// The tokio runtime serving the socket (for the watchdog's probe); `None` once stopped.
+    pub fn runtime_handle(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime.as_ref().map(|r| r.handle().clone())
     }
 
     /// The host's calls running now (see [`Host::running_calls`]).

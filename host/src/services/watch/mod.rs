@@ -72,7 +72,56 @@ enum Message {
         /// The file loaded was being written: it is looked at again later.
         being_written: bool,
     },
+    /// Answer on this channel: the watchdog asks whether the thread still runs its loop.
+    Ping(mpsc::SyncSender<()>),
     Stop,
+}
+
+/// What a reload of host.toml came to, for whoever watches (`host serve` tells systemd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigReload {
+    /// The file changed: it is being read and applied.
+    Started,
+    /// Its plugin settings are applied.
+    Applied,
+    /// It could not be used; the previous configuration stays.
+    Refused,
+}
+
+/// Told of each reload of host.toml; called on the watcher's threads, so it must be quick.
+pub type ReloadObserver = std::sync::Arc<dyn Fn(ConfigReload) + Send + Sync>;
+
+/// Asks the watcher's thread whether it still answers (see [`Watcher::probe`]). At most one
+/// question is in flight: a wedged thread is not sent more.
+#[derive(Debug)]
+pub struct WatcherProbe {
+    sender: mpsc::Sender<Message>,
+    pending: Option<mpsc::Receiver<()>>,
+}
+
+impl WatcherProbe {
+    /// Whether the watcher's thread answered within `within`.
+    pub fn ping(&mut self, within: Duration) -> bool {
+        let answer = match self.pending.take() {
+            Some(answer) => answer,
+            None => {
+                let (send, answer) = mpsc::sync_channel(1);
+                if self.sender.send(Message::Ping(send)).is_err() {
+                    return false;
+                }
+                answer
+            }
+        };
+        match answer.recv_timeout(within) {
+            Ok(()) => true,
+            Err(RecvTimeoutError::Timeout) => {
+                self.pending = Some(answer);
+                false
+            }
+            Err(RecvTimeoutError::Disconnected) => false,
+        }
+    }
 }
 
 enum Job {
@@ -99,6 +148,16 @@ impl Watcher {
     /// those loads are done. With `config_file`, changes to that file are applied with
     /// [`Host::apply_settings`].
     pub fn start(host: Host, dir: &Path, config_file: Option<&Path>) -> notify::Result<Watcher> {
+        Watcher::start_observed(host, dir, config_file, None)
+    }
+
+    /// [`Watcher::start`], telling `observer` when host.toml is reloaded.
+    pub fn start_observed(
+        host: Host,
+        dir: &Path,
+        config_file: Option<&Path>,
+        observer: Option<ReloadObserver>,
+    ) -> notify::Result<Watcher> {
         // notify names paths as the directory it was given joined with the file name.
         let dir = &std::fs::canonicalize(dir).map_err(notify::Error::io)?;
         let (sender, receiver) = mpsc::channel();
@@ -139,6 +198,7 @@ impl Watcher {
             removals: Vec::new(),
             redo: HashSet::new(),
             scanned: Some(scanned),
+            observer,
         };
         // Everything already there; events from now on are queued and looked at afterwards.
         state.rescan();
@@ -152,6 +212,14 @@ impl Watcher {
             thread: Some(thread),
             _watcher: watcher,
         })
+    }
+
+    /// A probe asking the watcher's thread whether it still answers (the watchdog's).
+    pub fn probe(&self) -> WatcherProbe {
+        WatcherProbe {
+            sender: self.sender.clone(),
+            pending: None,
+        }
     }
 
     /// Stops watching. Plugins stay loaded; loads already running finish on their own.
@@ -196,6 +264,8 @@ struct WatchState {
     redo: HashSet<PathBuf>,
     /// Told when the first scan's loads are done.
     scanned: Option<mpsc::Sender<()>>,
+    /// Told of reloads of host.toml.
+    observer: Option<ReloadObserver>,
 }
 
 impl WatchState {
@@ -247,6 +317,9 @@ impl WatchState {
                 for path in retry {
                     self.queue_load(path);
                 }
+            }
+            Message::Ping(answer) => {
+                let _ = answer.try_send(());
             }
             Message::Stop => {}
         }
@@ -404,6 +477,7 @@ impl WatchState {
         };
         self.running.insert(number, path);
         let (host, sender) = (self.host.clone(), self.sender.clone());
+        let observer = self.observer.clone();
         let work = move || {
             let (retry, being_written) = match job {
                 Job::Load(path) => {
@@ -414,6 +488,9 @@ impl WatchState {
                 }
                 Job::Settings(settings) => {
                     host.apply_settings(settings);
+                    if let Some(observer) = &observer {
+                        observer(ConfigReload::Applied);
+                    }
                     (Vec::new(), false)
                 }
             };
@@ -457,12 +534,20 @@ impl WatchState {
         let Some(path) = &self.config_file else {
             return;
         };
+        if let Some(observer) = &self.observer {
+            observer(ConfigReload::Started);
+        }
         match HostConfig::load(path) {
             Ok(config) => {
                 tracing::info!(file = %path.display(), "configuration changed; applying plugin settings");
                 self.settings_queued = Some(config.plugins);
             }
-            Err(err) => tracing::error!("{err}; keeping the previous configuration"),
+            Err(err) => {
+                tracing::error!("{err}; keeping the previous configuration");
+                if let Some(observer) = &self.observer {
+                    observer(ConfigReload::Refused);
+                }
+            }
         }
     }
 }
