@@ -461,12 +461,31 @@ impl Server {
         extra: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Server {
+        Server::spawn_via(&[], socket, plugins, extra, configure)
+    }
+
+    /// [`Server::spawn`], the host started by `wrapper` (a program and its first arguments,
+    /// followed by the host binary and its arguments), such as `sh -c '... exec "$0" "$@"'`.
+    pub fn spawn_via(
+        wrapper: &[&str],
+        socket: Option<&Path>,
+        plugins: &Path,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = socket.map_or_else(|| dir.path().join("sock/host.sock"), Path::to_owned);
         let log = dir.path().join("serve.log");
         let tmp = dir.path().join("tmp");
         fs::create_dir(&tmp).expect("create the server's temporary directory");
-        let mut command = Command::new(&built().host);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&built().host);
+                command
+            }
+            None => Command::new(&built().host),
+        };
         command
             .arg("serve")
             .arg("--plugins")

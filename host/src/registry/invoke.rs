@@ -260,6 +260,15 @@ impl Host {
             );
             let deadline = SystemTime::now() + timeout;
             pool.handle().spawn_blocking(move || {
+                // Names the call in every line logged during it (the plugin's records too).
+                let _span = tracing::info_span!(
+                    "call",
+                    id,
+                    plugin = generation.name(),
+                    generation = generation.number(),
+                    callback = %callback
+                )
+                .entered();
                 let watch = Stopwatch::start();
                 let mut outcome =
                     generation.run(&callback, &input, &state.cancelled, Some(deadline));

@@ -58,6 +58,53 @@ pub enum Command {
     Cancel(TaskIdArgs),
     /// Queue a task that ended (failed, bad, cancelled, success ...) again.
     Retry(TaskIdArgs),
+    /// Run the host as a service: `host service unit` prints a systemd unit for it.
+    Service(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    pub command: ServiceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Print a systemd unit running `host serve` with these arguments: Type=notify with a
+    /// watchdog, this binary's absolute path, the hardening the host tolerates. With
+    /// --socket-unit, the matching .socket unit instead (socket activation).
+    Unit(UnitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnitArgs {
+    /// A unit for the user's service manager (`systemctl --user`), without the hardening
+    /// only the system manager applies.
+    #[arg(long)]
+    pub user: bool,
+    /// Print the .socket unit that passes the control socket (FileDescriptorName=control).
+    #[arg(long)]
+    pub socket_unit: bool,
+    /// Plugins directory [default: plugins_dir of --config, else ./plugins].
+    #[arg(long, value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+    /// Control socket [default: socket of --config, else /run/plugin-host/host.sock, or
+    /// with --user the default `host serve` uses].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// host.toml to pass to `host serve` [env: HOST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory [default: state_dir of --config, else /var/lib/plugin-host, or with
+    /// --user the default `host serve` uses].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// `--log-format` to pass to `host serve` (text or json).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// WatchdogSec=: a host that stops answering is restarted after this long (`30s`).
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub watchdog: String,
 }
 
 /// The running host's control socket: `--socket`, or the `socket` of `--config` (or of

@@ -8,6 +8,7 @@ mod commands;
 mod exit;
 mod new;
 mod serve;
+mod service;
 mod tasks;
 
 use std::io::IsTerminal;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         Command::Task(args) => tasks::show(args),
         Command::Cancel(args) => tasks::cancel(args),
         Command::Retry(args) => tasks::retry(args),
+        Command::Service(args) => service::run(args),
     };
     match result {
         Ok(code) => code,

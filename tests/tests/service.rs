@@ -1,0 +1,407 @@
+//! Running under systemd (issue 20, items 1-4): the notify protocol seen from a fake
+//! service manager (a datagram socket the test binds), a control socket passed by socket
+//! activation, JSON logs, and the printed units checked by `systemd-analyze verify`.
+//!
+//! Every wait has a deadline, and every host is killed when its test fails (`Server`'s
+//! drop): a passed-socket host that never answers fails the test, it does not hang it.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use e2e::{built, host, install, plugins_dir, text, Server};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A plugins directory with hello in it.
+fn with_hello() -> tempfile::TempDir {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    dir
+}
+
+/// The service manager's end of `NOTIFY_SOCKET`: every datagram received, in order.
+struct FakeManager {
+    socket: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl FakeManager {
+    fn bind(path: &Path) -> FakeManager {
+        FakeManager::from(UnixDatagram::bind(path).expect("bind the notify socket"))
+    }
+
+    fn from(socket: UnixDatagram) -> FakeManager {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        FakeManager {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Receives until a message has a line starting with `line`; returns that message.
+    /// Panics (with everything seen and the host's log) after `WAIT`.
+    fn wait_for(&mut self, line: &str, server: &Server) -> String {
+        let start = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            assert!(
+                start.elapsed() < WAIT,
+                "no {line:?} from the host; seen: {:?}\nhost log:\n{}",
+                self.seen,
+                server.log()
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push(message.clone());
+                if message.lines().any(|l| l.starts_with(line)) {
+                    return message;
+                }
+            }
+        }
+    }
+
+    /// How many messages seen so far have a line starting with `line`.
+    fn count(&self, line: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|m| m.lines().any(|l| l.starts_with(line)))
+            .count()
+    }
+}
+
+#[test]
+fn a_service_manager_hears_ready_watchdog_status_reloading_and_stopping() {
+    let plugins = with_hello();
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let mut manager = FakeManager::bind(&notify);
+    let config = dir.path().join("host.toml");
+    fs::write(&config, "[plugins.hello]\ntimeout_ms = 30000\n").unwrap();
+    let mut server = Server::spawn(
+        None,
+        plugins.path(),
+        &["--config", config.to_str().unwrap()],
+        |command| {
+            command
+                .env("NOTIFY_SOCKET", &notify)
+                .env("WATCHDOG_USEC", "400000");
+        },
+    );
+
+    // READY=1 means serving, with the plugins present at start loaded: a call at once works.
+    manager.wait_for("READY=1", &server);
+    let answer = server.call("hello", "greet", r#"{"name":"Ada"}"#);
+    assert_eq!(
+        answer.unwrap()["message"],
+        "Hello, Ada!",
+        "{}",
+        server.log()
+    );
+    let status = manager.wait_for("STATUS=", &server);
+    assert!(status.contains("serving 1 plugins"), "{status}");
+    // Every 200 ms while healthy: several in a row.
+    for _ in 0..3 {
+        manager.wait_for("WATCHDOG=1", &server);
+    }
+
+    // A reload of host.toml: RELOADING=1, then READY=1 once applied.
+    fs::write(&config, "[plugins.hello]\ntimeout_ms = 20000\n").unwrap();
+    let reloading = manager.wait_for("RELOADING=1", &server);
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    manager.wait_for("READY=1", &server);
+
+    server.signal(libc::SIGTERM);
+    manager.wait_for("STOPPING=1", &server);
+    let status = server.wait_timeout(WAIT).expect("the host stops");
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(manager.count("WATCHDOG=1") >= 3, "{:?}", manager.seen);
+}
+
+#[test]
+fn an_abstract_notify_socket_hears_ready() {
+    let plugins = with_hello();
+    let name = format!("plugin-host-e2e-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let mut manager = FakeManager::from(UnixDatagram::bind_addr(&addr).unwrap());
+    let mut server = Server::spawn(None, plugins.path(), &[], |command| {
+        command.env("NOTIFY_SOCKET", format!("@{name}"));
+    });
+    manager.wait_for("READY=1", &server);
+    assert!(server.call("hello", "greet", r#"{"name":"Bo"}"#).is_ok());
+    // No WATCHDOG_USEC: no watchdog pings, only the status line.
+    manager.wait_for("STATUS=", &server);
+    assert!(server.stop(), "{}", server.log());
+    assert_eq!(manager.count("WATCHDOG=1"), 0, "{:?}", manager.seen);
+}
+
+/// The script that makes LISTEN_PID the host's own pid: sh sets it to its pid, then
+/// becomes the host (exec keeps the pid).
+const WITH_OWN_PID: &str = r#"LISTEN_PID=$$ exec "$0" "$@""#;
+
+/// Starts `host serve` with `fd` as descriptor 3 and `env` set, through [`WITH_OWN_PID`].
+fn spawn_with_fd3(
+    fd: &impl AsRawFd,
+    socket: &Path,
+    plugins: &Path,
+    env: &[(&str, &str)],
+) -> Server {
+    let fd = fd.as_raw_fd();
+    Server::spawn_via(
+        &["sh", "-c", WITH_OWN_PID],
+        Some(socket),
+        plugins,
+        &[],
+        |command: &mut Command| {
+            command.envs(env.iter().copied());
+            // SAFETY: the closure runs in the forked child before exec and calls only
+            // dup2 and fcntl, which are async-signal-safe; it touches no memory shared with
+            // the parent. dup2 leaves the copy without close-on-exec, so descriptor 3
+            // survives exec (and the original, close-on-exec, does not); if the listener is
+            // descriptor 3 already, its close-on-exec flag is cleared instead.
+            unsafe {
+                command.pre_exec(move || {
+                    let ok = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0) == 0
+                    } else {
+                        libc::dup2(fd, 3) == 3
+                    };
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        },
+    )
+}
+
+/// Waits until `host call hello greet` answers on `socket`; panics with the log after
+/// `WAIT`.
+fn wait_for_a_call(server: &Server) {
+    server.wait_until(WAIT, "a call on the passed socket", |s| {
+        s.call("hello", "greet", r#"{"name":"Cy"}"#).is_ok()
+    });
+}
+
+#[test]
+fn a_passed_control_socket_is_served_and_left_in_place() {
+    for names in [None, Some("control")] {
+        let plugins = with_hello();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("host.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let mut env = vec![("LISTEN_FDS", "1")];
+        env.extend(names.map(|n| ("LISTEN_FDNAMES", n)));
+        let mut server = spawn_with_fd3(&listener, &socket, plugins.path(), &env);
+        drop(listener);
+        wait_for_a_call(&server);
+        // The CLI too, on the same socket.
+        let out = server.cli(&["call", "hello", "greet", "--input", r#"{"name":"Di"}"#]);
+        assert!(out.contains("Hello, Di!"), "{out}");
+        assert!(
+            server.log().contains("passed by the service manager"),
+            "{}",
+            server.log()
+        );
+        assert!(server.stop(), "{}", server.log());
+        // systemd owns the file: still there after the host exits.
+        assert!(
+            socket.exists(),
+            "names {names:?}: the socket file was removed"
+        );
+    }
+}
+
+/// Runs `host serve` with `fd` as descriptor 3 and `env`; its exit within `WAIT` and log.
+fn refused(fd: &impl AsRawFd, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let plugins = with_hello();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn_with_fd3(fd, &dir.path().join("host.sock"), plugins.path(), env);
+    let status = server
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|| panic!("the host did not refuse {env:?}:\n{}", server.log()));
+    (status, server.log())
+}
+
+/// An environment variable: name and value.
+type Env<'a> = (&'a str, &'a str);
+
+#[test]
+fn bad_passed_descriptors_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = UnixListener::bind(dir.path().join("passed.sock")).unwrap();
+    let file = fs::File::create(dir.path().join("not-a-socket")).unwrap();
+    let cases: [(&dyn AsRawFd, &[Env], &str); 3] = [
+        (
+            &listener,
+            &[("LISTEN_FDS", "one")],
+            "error: LISTEN_FDS=\"one\": not a number of descriptors\n",
+        ),
+        (
+            &file,
+            &[("LISTEN_FDS", "1")],
+            "error: socket activation: descriptor 3: not a socket: the host takes a listening \
+             Unix stream socket (control) or TCP socket (http)\n",
+        ),
+        (
+            &listener,
+            &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "metrics")],
+            "error: socket activation: descriptor 3 (named \"metrics\"): unknown name: the \
+             host takes `control` and `http` (FileDescriptorName=)\n",
+        ),
+    ];
+    for (fd, env, line) in cases {
+        let (status, log) = refused(&fd.as_raw_fd(), env);
+        assert_eq!(status.code(), Some(2), "{env:?}: {log}");
+        assert_eq!(log, line, "{env:?}");
+    }
+}
+
+#[test]
+fn json_logs_parse_line_by_line_and_name_the_call() {
+    let plugins = with_hello();
+    let mut server = Server::start(plugins.path(), &["--log-format", "json"]);
+    let out = server.call("hello", "greet", r#"{"name":"Ada"}"#);
+    assert!(out.is_ok(), "{out:?}");
+    assert!(server.stop());
+    let log = server.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+        })
+        .collect();
+    // hello logs `greeting Ada` during the call: tagged with plugin, generation and the
+    // call's span (its id).
+    let greeting = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "greeting Ada")
+        .unwrap_or_else(|| panic!("no line of the call in:\n{log}"));
+    assert_eq!(greeting["fields"]["plugin"], "hello", "{greeting}");
+    assert_eq!(greeting["fields"]["generation"], 1, "{greeting}");
+    assert_eq!(greeting["span"]["name"], "call", "{greeting}");
+    assert!(greeting["span"]["id"].is_u64(), "{greeting}");
+    assert_eq!(greeting["span"]["callback"], "greet", "{greeting}");
+    // Not a terminal: no colours anywhere.
+    assert!(!log.contains('\u{1b}'), "{log}");
+}
+
+#[test]
+fn text_logs_to_a_file_have_no_colours() {
+    let plugins = with_hello();
+    let mut server = Server::start(plugins.path(), &[]);
+    assert!(server.call("hello", "greet", r#"{"name":"Ada"}"#).is_ok());
+    assert!(server.stop());
+    let log = server.log();
+    assert!(log.contains("greeting Ada"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+}
+
+#[test]
+fn a_bad_log_format_is_one_line_naming_the_flag_or_the_field() {
+    let plugins = with_hello();
+    let dir = plugins.path().to_str().unwrap();
+    let (_, stderr) = text(&host(&["serve", "--plugins", dir, "--log-format", "xml"]));
+    assert_eq!(
+        stderr,
+        "error: --log-format \"xml\": expected text or json\n"
+    );
+    let config = plugins.path().join("host.toml");
+    fs::write(&config, "log_format = \"xml\"\n").unwrap();
+    let output = host(&[
+        "serve",
+        "--plugins",
+        dir,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("key `log_format`"), "{stderr}");
+}
+
+/// `systemd-analyze verify` on `units` (written into a directory under their names), with
+/// `--user` for a user unit; `None` (and a line saying so) where the tool is missing.
+fn verify(units: &[(&str, &str)], user: bool) -> Option<Output> {
+    let found = Command::new("sh")
+        .args(["-c", "command -v systemd-analyze"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        println!("SKIPPED: systemd-analyze is not installed; the units were not verified");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime");
+    fs::create_dir(&runtime).unwrap();
+    let mut command = Command::new("systemd-analyze");
+    if user {
+        // A user manager needs a runtime directory, which a test machine may not have.
+        command.arg("--user").env("XDG_RUNTIME_DIR", &runtime);
+    }
+    command.arg("verify");
+    for (name, text) in units {
+        let path = dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        command.arg(path);
+    }
+    Some(command.output().expect("systemd-analyze runs"))
+}
+
+fn unit(args: &[&str]) -> String {
+    let output = host(&[&["service", "unit"], args].concat());
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success(),
+        "host service unit {args:?}: {stderr}"
+    );
+    stdout
+}
+
+#[test]
+fn printed_units_pass_systemd_analyze_verify() {
+    let plugins = with_hello();
+    let dir = plugins.path().to_str().unwrap();
+    let binary = fs::canonicalize(&built().host).unwrap();
+    for user in [false, true] {
+        let mut args = vec!["--plugins", dir];
+        if user {
+            args.push("--user");
+        }
+        let service = unit(&args);
+        assert!(
+            service.contains(&format!("ExecStart={} serve --plugins ", binary.display())),
+            "{service}"
+        );
+        for line in ["Type=notify\n", "KillMode=mixed\n", "WatchdogSec=30\n"] {
+            assert!(service.contains(line), "{line}: {service}");
+        }
+        args.push("--socket-unit");
+        let socket = unit(&args);
+        assert!(socket.contains("FileDescriptorName=control\n"), "{socket}");
+        assert!(socket.contains("ListenStream=/"), "{socket}");
+        let units = [
+            ("plugin-host.service", service.as_str()),
+            ("plugin-host.socket", socket.as_str()),
+        ];
+        if let Some(output) = verify(&units, user) {
+            let (stdout, stderr) = text(&output);
+            // It exits 0 on a setting it ignores: what it says counts too.
+            assert!(
+                output.status.success() && stderr.is_empty(),
+                "user {user}: {stdout}{stderr}\n{service}\n{socket}"
+            );
+        }
+    }
+}
