@@ -12,11 +12,12 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use e2e::{built, host, install, plugins_dir, text, Server};
+use e2e::{built, host, install, plugins_dir, text, Server, Variant};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -319,6 +320,72 @@ fn a_passed_control_socket_is_served_and_left_in_place() {
             "names {names:?}: the socket file was removed"
         );
     }
+}
+
+/// hello whose `greet` answers with what a process it starts inherited: the targets of its
+/// descriptors and its environment.
+fn hello_spawning() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        Variant::of("example-plugins/hello")
+            .edit(
+                "src/lib.rs",
+                "message: format!(\"{}, {}!\", self.greeting, input.name),",
+                "message: String::from_utf8_lossy(&std::process::Command::new(\"sh\")\
+                 .args([\"-c\", \"for f in /proc/$$/fd/*; do readlink $f; done; env\"])\
+                 .output().map(|o| o.stdout).unwrap_or_default()).into_owned(),",
+            )
+            .build()
+    })
+}
+
+/// A process a plugin starts (here an in-process one, the worst case: workers get a clean
+/// environment and descriptors anyway) inherits neither the passed socket nor the
+/// variables that were for the host.
+#[test]
+fn children_inherit_neither_the_passed_socket_nor_the_variables() {
+    use std::os::unix::fs::MetadataExt;
+    let plugins = plugins_dir();
+    install(hello_spawning(), plugins.path(), "libhello.so");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("host.sock");
+    let notify = dir.path().join("notify");
+    let mut manager = FakeManager::bind(&notify);
+    let listener = UnixListener::bind(&socket).unwrap();
+    let inode = fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+        .unwrap()
+        .ino();
+    let env = [
+        ("LISTEN_FDS", "1"),
+        ("LISTEN_FDNAMES", "control"),
+        ("NOTIFY_SOCKET", notify.to_str().unwrap()),
+        ("WATCHDOG_USEC", "10000000"),
+    ];
+    let server = spawn_with_fd3(&listener, &socket, plugins.path(), &env);
+    drop(listener);
+    manager.wait_for("READY=1", &server);
+    let answer = server
+        .call("hello", "greet", r#"{"name":"Fay"}"#)
+        .unwrap_or_else(|err| panic!("{err}\n{}", server.log()));
+    let seen = answer["message"].as_str().unwrap_or_default();
+    // The child did run and report (its own stdout pipe is among its descriptors).
+    assert!(seen.contains("pipe:["), "{seen}");
+    for name in [
+        "LISTEN_FDS=",
+        "LISTEN_PID=",
+        "LISTEN_FDNAMES=",
+        "NOTIFY_SOCKET=",
+        "WATCHDOG_USEC=",
+    ] {
+        assert!(
+            !seen.lines().any(|l| l.starts_with(name)),
+            "the child inherited {name}:\n{seen}"
+        );
+    }
+    assert!(
+        !seen.contains(&format!("socket:[{inode}]")),
+        "the child inherited the passed socket:\n{seen}"
+    );
 }
 
 /// Runs `host serve` with `fd` as descriptor 3 and `env`; its exit within `WAIT` and log.
