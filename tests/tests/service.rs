@@ -135,7 +135,10 @@ fn a_service_manager_hears_ready_watchdog_status_reloading_and_stopping() {
         server.log()
     );
     let status = manager.wait_for("STATUS=", &server);
-    assert!(status.contains("serving 1 plugins"), "{status}");
+    assert!(
+        status.contains("STATUS=serving 1 plugin, 0 tasks queued"),
+        "{status}"
+    );
     // Every 200 ms while healthy: several in a row.
     for _ in 0..3 {
         manager.wait_for("WATCHDOG=1", &server);

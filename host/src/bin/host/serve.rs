@@ -280,7 +280,8 @@ fn status_line(host: Host, tasks: Result<Tasks, String>) -> Box<dyn FnMut() -> S
             }
             Err(_) => String::new(),
         };
-        format!("serving {plugins} plugins{queued}")
+        let noun = if plugins == 1 { "plugin" } else { "plugins" };
+        format!("serving {plugins} {noun}{queued}")
     })
 }
 
