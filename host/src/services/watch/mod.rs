@@ -35,7 +35,10 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use crate::files::lease as writers;
 use crate::registry::Host;
 use crate::services::config::{HostConfig, PluginSettings};
+pub use observe::{ConfigReload, ReloadObserver, WatcherProbe};
 pub use writers::{being_written, lease_signal};
+
+mod observe;
 
 /// How long a newly created file must stay unchanged before it is loaded, when no write was
 /// seen (hard links, `install`).
@@ -75,53 +78,6 @@ enum Message {
     /// Answer on this channel: the watchdog asks whether the thread still runs its loop.
     Ping(mpsc::SyncSender<()>),
     Stop,
-}
-
-/// What a reload of host.toml came to, for whoever watches (`host serve` tells systemd).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigReload {
-    /// The file changed: it is being read and applied.
-    Started,
-    /// Its plugin settings are applied.
-    Applied,
-    /// It could not be used; the previous configuration stays.
-    Refused,
-}
-
-/// Told of each reload of host.toml; called on the watcher's threads, so it must be quick.
-pub type ReloadObserver = std::sync::Arc<dyn Fn(ConfigReload) + Send + Sync>;
-
-/// Asks the watcher's thread whether it still answers (see [`Watcher::probe`]). At most one
-/// question is in flight: a wedged thread is not sent more.
-#[derive(Debug)]
-pub struct WatcherProbe {
-    sender: mpsc::Sender<Message>,
-    pending: Option<mpsc::Receiver<()>>,
-}
-
-impl WatcherProbe {
-    /// Whether the watcher's thread answered within `within`.
-    pub fn ping(&mut self, within: Duration) -> bool {
-        let answer = match self.pending.take() {
-            Some(answer) => answer,
-            None => {
-                let (send, answer) = mpsc::sync_channel(1);
-                if self.sender.send(Message::Ping(send)).is_err() {
-                    return false;
-                }
-                answer
-            }
-        };
-        match answer.recv_timeout(within) {
-            Ok(()) => true,
-            Err(RecvTimeoutError::Timeout) => {
-                self.pending = Some(answer);
-                false
-            }
-            Err(RecvTimeoutError::Disconnected) => false,
-        }
-    }
 }
 
 enum Job {
