@@ -6,6 +6,7 @@ use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The environment variable systemd sets for a `Type=notify` service.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -30,6 +31,8 @@ pub enum NotifyError {
 /// Sends notifications to the service manager; does nothing when none asked for them.
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr, String)>,
+    /// The last send failed (logged once until one succeeds again).
+    failing: AtomicBool,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -43,7 +46,10 @@ impl std::fmt::Debug for Notifier {
 impl Notifier {
     /// A notifier that sends nothing (no service manager is listening).
     pub fn disabled() -> Notifier {
-        Notifier { target: None }
+        Notifier {
+            target: None,
+            failing: AtomicBool::new(false),
+        }
     }
 
     /// The notifier `NOTIFY_SOCKET` asks for, or a disabled one when it is unset or empty.
@@ -77,10 +83,13 @@ impl Notifier {
         } else {
             return Err(NotifyError::BadAddress(address.to_owned()));
         };
-        // std opens it close-on-exec.
+        // std opens it close-on-exec. Non-blocking: a manager that stops reading never
+        // holds up the thread that notifies (the watcher's, the main one).
         let socket = UnixDatagram::unbound().map_err(socket_error)?;
+        socket.set_nonblocking(true).map_err(socket_error)?;
         Ok(Notifier {
             target: Some((socket, addr, address.to_owned())),
+            failing: AtomicBool::new(false),
         })
     }
 
@@ -89,12 +98,21 @@ impl Notifier {
         self.target.is_some()
     }
 
-    /// Sends `state` (lines such as `READY=1\nSTATUS=...`). A failure is logged once per
-    /// call, never fatal: the service manager may be gone while the host goes on.
+    /// Sends `state` (lines such as `READY=1\nSTATUS=...`) without waiting. A failure is
+    /// logged once until a send succeeds again, never fatal: the service manager may be
+    /// gone, or slow to read, while the host goes on.
     pub fn notify(&self, state: &str) {
         if let Some((socket, addr, address)) = &self.target {
-            if let Err(err) = socket.send_to_addr(state.as_bytes(), addr) {
-                tracing::warn!("cannot notify the service manager at {address}: {err}");
+            match socket.send_to_addr(state.as_bytes(), addr) {
+                Ok(_) => self.failing.store(false, Ordering::Relaxed),
+                Err(err) => {
+                    if !self.failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "cannot notify the service manager at {address}: {err} (said once \
+                             until a notification goes through)"
+                        );
+                    }
+                }
             }
         }
     }
@@ -163,6 +181,27 @@ mod tests {
         let n = abstract_listener.recv(&mut buf).unwrap();
         let text = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(text.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{text}");
+    }
+
+    /// A manager that does not read (its queue full after about 10 datagrams) never blocks
+    /// the notifying thread.
+    #[test]
+    fn a_manager_that_does_not_read_holds_up_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _unread = UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier::connect(path.to_str().unwrap()).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..1000 {
+                notifier.watchdog();
+            }
+            let _ = done.send(());
+        });
+        // Generous: 1,000 sends take microseconds each; a blocked send never returns.
+        assert!(finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_ok());
     }
 
     #[test]
