@@ -92,6 +92,18 @@ fn connect(server: &Server, listener: &TcpListener) -> Result<serde_json::Value,
     server.call("probe", "connect", &json!({ "addr": addr }).to_string())
 }
 
+fn connect_unix(server: &Server, socket: &Path) -> Result<serde_json::Value, String> {
+    server.call(
+        "probe",
+        "connect",
+        &json!({ "addr": path(socket) }).to_string(),
+    )
+}
+
+fn signal(server: &Server, pid: u32) -> Result<serde_json::Value, String> {
+    server.call("probe", "signal", &json!({ "pid": pid }).to_string())
+}
+
 fn run(server: &Server, program: &str) -> Result<serde_json::Value, String> {
     server.call("probe", "run", &json!({ "program": program }).to_string())
 }
@@ -158,6 +170,13 @@ fn a_sandboxed_plugin_reads_writes_and_runs_only_what_its_lists_allow_and_has_no
     refused(run(&server, LS), "running a program outside exec");
     let err = refused(connect(&server, &listener), "connecting with net = none");
     assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
+    // Nor to the host's own control socket, nor may it signal the host (Landlock scope).
+    refused(
+        connect_unix(&server, &server.socket),
+        "connecting to the control socket",
+    );
+    let err = signal(&server, server.pid()).expect_err("signalling the host was allowed");
+    assert!(err.contains("Operation not permitted"), "{err}");
 
     let list = listed(&server);
     assert!(
@@ -246,6 +265,8 @@ fn the_same_plugin_without_a_sandbox_can_do_all_of_it() {
     write(&server, &places.outside.join("new")).unwrap();
     assert_eq!(run(&server, LS).unwrap(), json!({ "status": 0 }));
     connect(&server, &listener).unwrap();
+    connect_unix(&server, &server.socket).unwrap();
+    signal(&server, server.pid()).unwrap();
     // The kernel answers the call itself: no process has that pid.
     let err = server.call("probe", "ptrace", "{}").unwrap_err();
     assert!(err.contains("No such process"), "{err}");

@@ -4,7 +4,9 @@
 //!
 //! * `read` `{"path": "/etc/hostname"}`: the file's length in bytes.
 //! * `write` `{"path": "/var/tmp/probe/out", "text": "hi"}`: writes (creates) the file.
-//! * `connect` `{"addr": "127.0.0.1:8080"}`: opens a TCP connection and closes it.
+//! * `connect` `{"addr": "127.0.0.1:8080"}`: opens a TCP connection and closes it; an
+//!   `addr` that starts with `/` is a Unix socket's path.
+//! * `signal` `{"pid": 4242}`: sends signal 0 (no signal, only the permission check).
 //! * `run` `{"program": "/usr/bin/true", "args": []}`: runs a program, its exit status.
 //! * `ptrace` `{}`: asks the kernel to trace a process that does not exist. Unsandboxed
 //!   that is an ordinary `No such process`; the sandbox's seccomp filter ends the worker
@@ -44,6 +46,13 @@ pub struct ConnectInput {
     addr: String,
 }
 
+/// Input of `signal`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalInput {
+    pid: i32,
+}
+
 /// Input of `run`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +74,7 @@ impl Plugin for Probe {
         Ok(json!({
             "plugin": "probe",
             "about": "Tries what a sandbox allows: read, write, connect, run, ptrace.",
-            "callbacks": ["read", "write", "connect", "run", "ptrace"],
+            "callbacks": ["read", "write", "connect", "signal", "run", "ptrace"],
         }))
     }
 
@@ -75,6 +84,7 @@ impl Plugin for Probe {
             .add("write", Probe::write)
             .add("connect", Probe::connect)
             .add("run", Probe::run)
+            .add("signal", Probe::signal)
             .add("ptrace", Probe::ptrace);
     }
 }
@@ -99,6 +109,11 @@ impl Probe {
     }
 
     fn connect(&self, _ctx: &Context<'_>, input: ConnectInput) -> Result<Value, PluginError> {
+        if input.addr.starts_with('/') {
+            std::os::unix::net::UnixStream::connect(&input.addr)
+                .map_err(|e| failed(format!("cannot connect to {}", input.addr), e))?;
+            return Ok(json!({ "connected": input.addr }));
+        }
         let addr: SocketAddr = input
             .addr
             .parse()
@@ -106,6 +121,18 @@ impl Probe {
         TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|e| failed(format!("cannot connect to {addr}"), e))?;
         Ok(json!({ "connected": addr.to_string() }))
+    }
+
+    fn signal(&self, _ctx: &Context<'_>, input: SignalInput) -> Result<Value, PluginError> {
+        // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists
+        // and may be signalled.
+        if unsafe { libc::kill(input.pid, 0) } != 0 {
+            return Err(failed(
+                format!("cannot signal pid {}", input.pid),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(json!({ "signalled": input.pid }))
     }
 
     fn run(&self, _ctx: &Context<'_>, input: RunInput) -> Result<Value, PluginError> {
