@@ -10,7 +10,7 @@
 //! ```
 //!
 //! `--only` runs some groups of figures: in-process, socket, idle, reloads, runtime-reloads,
-//! startup, isolation, isolated-reloads, tasks.
+//! startup, isolation, isolated-reloads, sandbox, tasks.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use host::control::Client;
 
 mod runtime_reloads;
+mod sandbox;
 mod tasks;
 
 struct Args {
@@ -818,6 +819,9 @@ fn main() {
     }
     if args.runs("isolated-reloads") {
         isolated_reloads(&args, &mut rows);
+    }
+    if args.runs("sandbox") {
+        sandbox::figures(&args, &mut rows);
     }
     if args.runs("tasks") {
         tasks::figures(&args, &mut rows);

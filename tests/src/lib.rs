@@ -82,6 +82,15 @@ pub fn counter() -> &'static Path {
     })
 }
 
+/// Builds the probe example plugin (tries what a sandbox allows) and returns its library.
+pub fn probe() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo(&["build", "-p", "probe"], root(), None);
+        target_dir().join("debug/libprobe.so")
+    })
+}
+
 /// Builds `tests/fixtures/tasker`, the plugin that exercises the task runner, and returns
 /// its library (shared, never write to it).
 pub fn tasker() -> &'static Path {

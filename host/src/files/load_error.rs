@@ -54,6 +54,9 @@ pub enum LoadErrorKind {
     /// its settings keep it in the host's process: its reloads are refused until the host
     /// restarts.
     TooManyPinned,
+    /// The plugin's sandbox cannot be applied: it would run in the host's process, or the
+    /// kernel lacks what its settings need.
+    Sandbox,
     /// The host itself could not do its part (for example write the private copy).
     Host,
 }

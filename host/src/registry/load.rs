@@ -114,6 +114,10 @@ impl Host {
             None => self.inner.isolation.isolate_all,
         };
         if !isolated {
+            // A sandbox applies only to a worker: such a plugin is never opened here.
+            if let Some(name) = &declared {
+                self.refuse_sandbox_in_process(path, name)?;
+            }
             // A plugin built with panic = "abort" moves to a worker, or is refused; so does
             // one past its max_pinned_versions.
             let library = Library::open(path, staged)?;
@@ -410,6 +414,10 @@ impl Host {
             }
         };
         let name = library.metadata().name.clone();
+        // Whatever the way here (a load, new settings, a restart): never in-process.
+        if settings.sandbox.is_some() {
+            return Err(placement::sandbox_in_process(path, &name));
+        }
         let timeout = Duration::from_millis(settings.init_timeout_ms);
         let budget = self.inner.budget;
         let previous = previous.cloned();

@@ -7,6 +7,10 @@
 //! So does a plugin that reached its `max_pinned_versions` (see `pinned`): in the host's
 //! process each of its versions stays in memory after its unload, in a worker process the
 //! worker's exit frees everything.
+//!
+//! A plugin with a sandbox (`[plugins.NAME.sandbox]`) never runs in the host's process:
+//! the sandbox applies to a worker process only, so such a plugin is refused unless its
+//! settings say `isolation = "process"` (or the host isolates every plugin).
 
 use std::path::Path;
 
@@ -14,6 +18,7 @@ use crate::runtime::loader::{Library, LoadError, LoadErrorKind, Metadata, PanicS
 use crate::types::settings::Isolation;
 
 use super::load::Prepared;
+use super::Host;
 
 /// Where a plugin of `metadata` is to run, when its settings say `configured` (and the host
 /// does not isolate every plugin).
@@ -111,6 +116,40 @@ pub(super) fn past_pin_limit(
         ));
     }
     Ok(true)
+}
+
+impl Host {
+    /// Refuses plugin `name`, about to run in the host's process, if its settings give it a
+    /// sandbox: that applies only in a worker process.
+    pub(super) fn refuse_sandbox_in_process(
+        &self,
+        path: &Path,
+        name: &str,
+    ) -> Result<(), LoadError> {
+        let sandboxed = self
+            .state()
+            .settings
+            .get(name)
+            .is_some_and(|s| s.sandbox.is_some());
+        match sandboxed {
+            true => Err(sandbox_in_process(path, name)),
+            false => Ok(()),
+        }
+    }
+}
+
+/// The refusal of plugin `name`, read from `path`, whose settings give it a sandbox while it
+/// would run in the host's process.
+pub(super) fn sandbox_in_process(path: &Path, name: &str) -> LoadError {
+    LoadError::new(
+        path,
+        LoadErrorKind::Sandbox,
+        format!(
+            "plugin {name} has a [plugins.{name}.sandbox] section, which applies only in a \
+             worker process, but it would run in the host's process: it needs \
+             isolation = \"process\""
+        ),
+    )
 }
 
 /// How the log and refusals name the reason (`host list` says it the same way).

@@ -39,6 +39,13 @@
 //!                                  #   process; with isolation = "in-process", reloads are refused
 //! stop_timeout_ms = 5000           # a retired version's threads get this long to end
 //! sha256 = "..."                   # optional: only this exact file is loaded
+//!
+//! [plugins.hello.sandbox]          # worker processes only: what the worker may touch
+//! read = ["/var/log"]              # beside what a worker itself needs; absolute paths
+//! write = ["/var/tmp/hello"]
+//! exec = []                        # programs it may run
+//! net = "none"                     # or "loopback" (IPv4/IPv6 sockets) or "any"
+//! best_effort = false              # true: run with what the kernel offers (logged)
 //! task_max_attempts = 4            # tasks of this plugin: attempts (default: [tasks])
 //! task_retry_delays = ["10s", "1m"]  # tasks of this plugin: delays before each retry
 //! max_running_tasks = 4            # tasks of this plugin running at once
@@ -79,6 +86,7 @@ use crate::services::tasks::schedule::parse_timezone;
 use crate::services::tasks::settings::{ScheduleConfig, TaskSettings};
 
 // The plain settings live in the bottom layer; host.toml is read here.
+pub use crate::types::sandbox::{NetAccess, SandboxSettings};
 pub use crate::types::settings::{
     Isolation, PluginSettings, DEFAULT_MAX_LOG_BYTES_PER_CALL, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_PINNED_VERSIONS,
@@ -270,6 +278,17 @@ impl HostConfig {
                     format!("at most {MAX_RECORDS} versions are kept"),
                 ));
             }
+            if let Some((field, relative)) =
+                settings.sandbox.as_ref().and_then(|s| s.relative_path())
+            {
+                return Err(refuse(
+                    &format!(".sandbox.{field}"),
+                    format!(
+                        "{} is a relative path: sandbox paths are absolute",
+                        relative.display()
+                    ),
+                ));
+            }
         }
         let refuse = |key: String, message: &str| ConfigError {
             path: path.to_owned(),
@@ -432,6 +451,52 @@ mod tests {
             err.contains("schedule nightly: timezone applies to cron"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_sandbox_is_read_and_each_bad_field_is_one_line_naming_it() {
+        let config = parse(
+            "[plugins.x]\nisolation = \"process\"\n[plugins.x.sandbox]\nread = [\"/etc\"]\n\
+             write = [\"/tmp/x\"]\nexec = [\"/bin/true\"]\nnet = \"loopback\"\n",
+        )
+        .unwrap();
+        let sandbox = config.plugins["x"].sandbox.as_ref().unwrap();
+        assert_eq!(sandbox.read, [PathBuf::from("/etc")]);
+        assert_eq!(sandbox.net, crate::types::sandbox::NetAccess::Loopback);
+        assert!(!sandbox.best_effort);
+        let none = parse("[plugins.x.sandbox]\n").unwrap();
+        assert_eq!(
+            none.plugins["x"].sandbox.as_ref().unwrap().net,
+            crate::types::sandbox::NetAccess::None
+        );
+        for (text, key, says) in [
+            (
+                "reads = [\"/etc\"]",
+                "plugins.x.sandbox.reads",
+                "unknown field",
+            ),
+            ("net = \"lan\"", "plugins.x.sandbox.net", "lan"),
+            (
+                "best_effort = \"yes\"",
+                "plugins.x.sandbox.best_effort",
+                "bool",
+            ),
+            (
+                "write = [\"/tmp\", \"out\"]",
+                "plugins.x.sandbox.write[1]",
+                "out is a relative path",
+            ),
+            (
+                "exec = [\"bin/sh\"]",
+                "plugins.x.sandbox.exec[0]",
+                "relative",
+            ),
+        ] {
+            let err = parse(&format!("[plugins.x.sandbox]\n{text}\n")).unwrap_err();
+            assert!(err.contains(&format!("key `{key}`")), "{text}: {err}");
+            assert!(err.contains(says), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

@@ -5,5 +5,6 @@ pub mod call;
 pub(crate) mod clock;
 pub(crate) mod counter;
 pub(crate) mod durations;
+pub mod sandbox;
 pub mod settings;
 pub(crate) mod small;

@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::sandbox::SandboxSettings;
+
 /// The most generations a plugin's history keeps, and so the most versions
 /// `keep_versions` may keep.
 pub const MAX_RECORDS: usize = 32;
@@ -92,6 +94,11 @@ pub struct PluginSettings {
     /// (plugin ABI 1.4), and, in a worker process, for the worker to exit before it is
     /// killed. The library is closed after that either way.
     pub stop_timeout_ms: u64,
+    /// Worker processes only: what the worker may read, write, run and connect to
+    /// (`[plugins.NAME.sandbox]`, applied before the plugin is opened). A plugin with a
+    /// sandbox that would run in the host's process is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSettings>,
 }
 
 /// Where a plugin's code runs.
@@ -139,6 +146,7 @@ impl Default for PluginSettings {
             task_max_attempts: None,
             task_retry_delays: None,
             max_running_tasks: None,
+            sandbox: None,
         }
     }
 }

@@ -406,6 +406,9 @@ fn worker_note(worker: &WorkerStatus) -> String {
         Some(pid) => format!("process, pid {pid}"),
         None => "process, no worker running".to_owned(),
     };
+    if let Some(sandbox) = &worker.sandbox {
+        note.push_str(&format!(", sandbox: {sandbox}"));
+    }
     if worker.restarts > 0 {
         note.push_str(&format!(
             ", {}",

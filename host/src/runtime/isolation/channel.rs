@@ -15,6 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::sandbox::Applied;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -100,6 +101,9 @@ pub(crate) enum FromWorker {
         metadata: Metadata,
         /// What `init` logged.
         logs: Vec<LogRecord>,
+        /// The sandbox it runs in, if its settings have one.
+        #[serde(default)]
+        sandbox: Option<Applied>,
     },
     /// The plugin could not be loaded or started; the worker exits after sending this.
     Refused {

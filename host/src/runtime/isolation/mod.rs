@@ -22,6 +22,8 @@
 //! * `process`: one worker process seen from the host: calls multiplexed on its channel;
 //!   `process/watch`: the thread that watches it, why it ended;
 //! * `supervisor`: keeping an isolated generation served: restarts, back-off, quarantine;
+//! * `sandbox`: the sandbox applied in a worker before it opens the plugin
+//!   (`[plugins.NAME.sandbox]`: Landlock, seccomp, `no_new_privs`);
 //! * `worker`: the worker process itself ([`worker_main`]).
 //!
 //! A binary that embeds the host and isolates plugins must run [`worker_main`] when it is
@@ -32,6 +34,7 @@ mod channel;
 mod child;
 mod output;
 mod process;
+mod sandbox;
 mod spawn;
 mod supervisor;
 #[cfg(test)]

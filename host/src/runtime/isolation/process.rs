@@ -31,6 +31,7 @@ use serde_json::value::RawValue;
 
 use super::channel::{frame_limit, write_frame, FrameReader, FromWorker, LoadRequest, ToWorker};
 use super::child::Pidfd;
+use super::sandbox::Applied;
 use super::spawn::{self, SpawnSpec, Spawned};
 use crate::runtime::loader::{LoadError, LoadErrorKind, Metadata};
 use crate::types::call::{CallError, CallErrorKind, CallOutcome};
@@ -86,6 +87,8 @@ pub(crate) struct Worker {
     /// Wakes the watch thread (a new kill deadline).
     wake: OwnedFd,
     watch: Mutex<Option<JoinHandle<()>>>,
+    /// The sandbox it said it runs in.
+    sandbox: Mutex<Option<Applied>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -179,6 +182,7 @@ impl Worker {
             in_service: AtomicBool::new(false),
             wake,
             watch: Mutex::new(None),
+            sandbox: Mutex::new(None),
         });
         let watched = worker.clone();
         let thread = std::thread::Builder::new()
@@ -205,7 +209,14 @@ impl Worker {
         let deadline = Instant::now() + init_timeout;
         let answer = lock(&worker.reader).next::<FromWorker>(Some(deadline));
         match answer {
-            Ok(Some(FromWorker::Ready { metadata, logs })) => Ok((worker, metadata, logs)),
+            Ok(Some(FromWorker::Ready {
+                metadata,
+                logs,
+                sandbox,
+            })) => {
+                *lock(&worker.sandbox) = sandbox;
+                Ok((worker, metadata, logs))
+            }
             Ok(Some(FromWorker::Refused {
                 kind,
                 message,
@@ -256,6 +267,11 @@ impl Worker {
                 ))
             }
         }
+    }
+
+    /// The sandbox it said it runs in, if it has one.
+    pub(crate) fn sandbox(&self) -> Option<Applied> {
+        lock(&self.sandbox).clone()
     }
 
     pub(crate) fn pid(&self) -> u32 {

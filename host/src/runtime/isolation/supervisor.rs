@@ -61,6 +61,10 @@ pub struct WorkerStatus {
     /// Why calls are refused, while the plugin is quarantined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
+    /// The sandbox its worker runs in (`[plugins.NAME.sandbox]`), as the worker applied it:
+    /// `landlock abi 7, seccomp, net none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// Keeps one isolated generation served by a worker process.
@@ -98,6 +102,8 @@ struct State {
     quarantined: Option<String>,
     /// No new worker before this (backing off).
     not_before: Option<Instant>,
+    /// The sandbox the last worker started said it runs in.
+    sandbox: Option<String>,
 }
 
 impl Supervised {
@@ -119,6 +125,10 @@ impl Supervised {
             closing: AtomicBool::new(false),
         });
         let (worker, metadata, logs) = Shared::spawn(&shared, previous)?;
+        if let Some(missing) = worker.sandbox().and_then(|applied| applied.missing) {
+            tracing::warn!(plugin = %shared.spec.plugin, generation = shared.spec.generation,
+                "its sandbox runs without {missing} (best_effort = true)");
+        }
         worker.put_in_service();
         lock(&shared.state).worker = Some(worker);
         Ok((Supervised { shared, metadata }, logs))
@@ -243,6 +253,7 @@ impl Supervised {
             crashes: self.shared.crashes.load(Ordering::Relaxed),
             last_crash: state.last_crash.clone(),
             quarantined: state.quarantined.clone(),
+            sandbox: state.sandbox.clone(),
         }
     }
 }
@@ -309,6 +320,7 @@ impl Shared {
                 }
             }),
         )?;
+        lock(&shared.state).sandbox = started.0.sandbox().map(|applied| applied.description);
         if started.1.name != spec.plugin {
             started.0.kill();
             return Err(LoadError::new(

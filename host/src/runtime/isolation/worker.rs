@@ -34,10 +34,11 @@ use super::channel::{
     encode, frame_len, frame_limit, write_encoded, write_frame, FrameReader, FromWorker,
     LoadRequest, ToWorker, ENVELOPE_BYTES,
 };
+use super::sandbox;
 use super::spawn::{CHANNEL_FD, DOORBELL_FD};
 use crate::files::digest::Digest;
 use crate::runtime::generation::{Generation, SAVE_STATE};
-use crate::runtime::loader::{Library, LoadError};
+use crate::runtime::loader::{Library, LoadError, LoadErrorKind};
 use crate::runtime::stop::STOP;
 use crate::types::call::{Budget, CallError, CallErrorKind, CallOutcome};
 use crate::types::clock::Stopwatch;
@@ -84,11 +85,30 @@ pub fn worker_main() -> ExitCode {
     let limit = frame_limit(request.max_message_bytes, request.max_log_bytes_per_call);
     reader.set_limit(limit);
     crate::types::clock::adopt(request.tsc_per_us);
+    // The sandbox, before the plugin's library is opened (its initialisers run in it), while
+    // this is the process's only thread.
+    let sandbox = match &request.settings.sandbox {
+        None => None,
+        Some(settings) => match sandbox::apply(settings, &request.copy) {
+            Ok(applied) => Some(applied),
+            Err(message) => {
+                let refused = FromWorker::Refused {
+                    kind: LoadErrorKind::Sandbox,
+                    message,
+                    detail: None,
+                    logs: Vec::new(),
+                };
+                let _ = write_frame(&channel, &refused);
+                exit_now(0);
+            }
+        },
+    };
     let generation = match load(&request) {
         Ok((generation, logs)) => {
             let ready = FromWorker::Ready {
                 metadata: generation.metadata().clone(),
                 logs,
+                sandbox,
             };
             if write_frame(&channel, &ready).is_err() {
                 exit_now(1);

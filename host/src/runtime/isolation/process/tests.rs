@@ -49,6 +49,11 @@ fn an_exit_is_named_by_its_signal_status_or_last_words() {
         exit(libc::SIGABRT, false, &overflow).reason,
         "stack overflow, killed by signal SIGABRT"
     );
+    let denied = VecDeque::from(["seccomp: denied system call ptrace (101)".to_owned()]);
+    assert_eq!(
+        exit(libc::SIGSYS, false, &denied).reason,
+        "its sandbox denied system call ptrace (101) (seccomp), killed by signal SIGSYS"
+    );
     let killed = classify(
         status(libc::SIGKILL),
         Some("its worker was killed because"),
@@ -125,6 +130,7 @@ fn a_bad_frame_from_a_worker_ends_it_as_crashed_naming_why() {
     let ready = FromWorker::Ready {
         metadata: Metadata::named("fake"),
         logs: Vec::new(),
+        sandbox: None,
     };
     let mut frames = frame_bytes(&ready);
     let nonsense = br#"{"nonsense":1}"#;

@@ -137,6 +137,9 @@ impl Worker {
     }
 }
 
+/// What a sandboxed worker's SIGSYS handler writes before it dies (see `sandbox::sigsys`).
+const DENIED_LINE: &str = "seccomp: denied system call ";
+
 /// Why the process ended, in one phrase, from its status and its last words.
 pub(super) fn classify(
     status: io::Result<std::process::ExitStatus>,
@@ -178,6 +181,14 @@ pub(super) fn classify(
                     }
                     None => format!("out of memory, killed by signal {name}"),
                 }
+            } else if let Some(call) = last
+                .iter()
+                .rev()
+                .find_map(|l| l.split_once(DENIED_LINE).map(|(_, call)| call.trim()))
+                .filter(|_| signal == libc::SIGSYS)
+            {
+                // The worker's SIGSYS handler named the call its seccomp filter trapped.
+                format!("its sandbox denied system call {call} (seccomp), killed by signal {name}")
             } else if said("has overflowed its stack") {
                 format!("stack overflow, killed by signal {name}")
             } else if signal == libc::SIGKILL && stopping {

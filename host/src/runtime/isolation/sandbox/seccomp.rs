@@ -1,0 +1,150 @@
+//! The sandbox's seccomp filters, installed on every thread of the worker (TSYNC) before
+//! the plugin is opened, after `no_new_privs`.
+//!
+//! Two filters, because each has one action:
+//!
+//! * system calls a plugin never needs ([`DENIED`]: debugging other processes, mounts,
+//!   kexec, BPF, the kernel keyring, modules, namespaces, reboot ...) *trap*: the kernel
+//!   sends SIGSYS, whose handler (`sigsys`) writes `seccomp: denied system call NAME (NR)`
+//!   on stderr and lets the worker die of it, so the host reports it `crashed`, naming the
+//!   call;
+//! * sockets of families `net` does not allow, and io_uring (whose operations open
+//!   sockets and files without the system calls this filter sees), fail with `EACCES`:
+//!   the plugin's ordinary `Permission denied`.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::types::sandbox::NetAccess;
+
+/// The system calls that end the worker, with their names (for the SIGSYS handler's line).
+pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
+    ("ptrace", libc::SYS_ptrace),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("mount", libc::SYS_mount),
+    ("umount2", libc::SYS_umount2),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("chroot", libc::SYS_chroot),
+    ("fsopen", libc::SYS_fsopen),
+    ("fsconfig", libc::SYS_fsconfig),
+    ("fsmount", libc::SYS_fsmount),
+    ("fspick", libc::SYS_fspick),
+    ("move_mount", libc::SYS_move_mount),
+    ("open_tree", libc::SYS_open_tree),
+    ("mount_setattr", libc::SYS_mount_setattr),
+    ("kexec_load", libc::SYS_kexec_load),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("bpf", libc::SYS_bpf),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("keyctl", libc::SYS_keyctl),
+    ("add_key", libc::SYS_add_key),
+    ("request_key", libc::SYS_request_key),
+    ("init_module", libc::SYS_init_module),
+    ("finit_module", libc::SYS_finit_module),
+    ("delete_module", libc::SYS_delete_module),
+    ("unshare", libc::SYS_unshare),
+    ("setns", libc::SYS_setns),
+    ("reboot", libc::SYS_reboot),
+    ("swapon", libc::SYS_swapon),
+    ("swapoff", libc::SYS_swapoff),
+    ("acct", libc::SYS_acct),
+    ("quotactl", libc::SYS_quotactl),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    ("settimeofday", libc::SYS_settimeofday),
+    ("clock_settime", libc::SYS_clock_settime),
+    ("sethostname", libc::SYS_sethostname),
+    ("setdomainname", libc::SYS_setdomainname),
+    #[cfg(target_arch = "x86_64")]
+    ("iopl", libc::SYS_iopl),
+    #[cfg(target_arch = "x86_64")]
+    ("ioperm", libc::SYS_ioperm),
+];
+
+/// The name of denied system call `nr`, if it is one of [`DENIED`]. Async-signal-safe (a
+/// scan of a static table).
+pub(crate) fn denied_name(nr: libc::c_long) -> Option<&'static str> {
+    DENIED.iter().find(|(_, n)| *n == nr).map(|(name, _)| *name)
+}
+
+fn arch() -> Result<TargetArch, String> {
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|_| format!("seccomp: no filter for {}", std::env::consts::ARCH))
+}
+
+/// The two filters, compiled: (the trapping one, the `EACCES` one).
+pub(crate) fn filters(net: NetAccess) -> Result<(BpfProgram, BpfProgram), String> {
+    let fail = |err: seccompiler::BackendError| format!("seccomp: {err}");
+    let arch = arch()?;
+    let trapped: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
+    let trap = SeccompFilter::new(trapped, SeccompAction::Allow, SeccompAction::Trap, arch)
+        .map_err(fail)?;
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in [
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+    ] {
+        refused.insert(nr, Vec::new());
+    }
+    match net {
+        // Every family: the worker's own channel was inherited, it opens none.
+        NetAccess::None => {
+            refused.insert(libc::SYS_socket, Vec::new());
+        }
+        NetAccess::Loopback => {
+            let not = |family: libc::c_int| {
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, family as u64)
+            };
+            let rule = SeccompRule::new(vec![
+                not(libc::AF_INET).map_err(fail)?,
+                not(libc::AF_INET6).map_err(fail)?,
+            ])
+            .map_err(fail)?;
+            refused.insert(libc::SYS_socket, vec![rule]);
+        }
+        NetAccess::Any => {}
+    }
+    let errno = SeccompFilter::new(
+        refused,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        arch,
+    )
+    .map_err(fail)?;
+    let compile = |filter: SeccompFilter| {
+        BpfProgram::try_from(filter).map_err(|e| format!("seccomp: compiling a filter: {e}"))
+    };
+    Ok((compile(trap)?, compile(errno)?))
+}
+
+/// Installs both filters on every thread of this process. Needs `no_new_privs`.
+pub(crate) fn install(net: NetAccess) -> Result<(), String> {
+    let (trap, errno) = filters(net)?;
+    for filter in [&trap, &errno] {
+        seccompiler::apply_filter_all_threads(filter)
+            .map_err(|e| format!("seccomp: installing a filter: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_compiles_and_denied_calls_have_names() {
+        for net in [NetAccess::None, NetAccess::Loopback, NetAccess::Any] {
+            let (trap, errno) = filters(net).unwrap();
+            assert!(!trap.is_empty() && !errno.is_empty());
+        }
+        assert_eq!(denied_name(libc::SYS_ptrace), Some("ptrace"));
+        assert_eq!(denied_name(libc::SYS_read), None);
+    }
+}

@@ -1,0 +1,313 @@
+//! The sandbox of isolated plugins (issue 20, items 5 and 6): a real `host serve` runs the
+//! probe plugin in a worker process under `[plugins.probe.sandbox]` (Landlock, seccomp,
+//! `no_new_privs`), and the plugin tries to read, write, connect, run programs and trace.
+//! Every test shares one build of the probe plugin.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use e2e::{install, plugins_dir, probe, Server};
+use host::control::ClientError;
+use host::CallErrorKind;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+const DENIED: &str = "Permission denied (os error 13)";
+
+/// A program every machine has, and one it may run when its sandbox lists it.
+const TRUE: &str = "/usr/bin/true";
+const LS: &str = "/usr/bin/ls";
+
+/// Files and directories the probe is pointed at: one it may read, one it may write, and
+/// one outside both lists.
+struct Places {
+    _dir: tempfile::TempDir,
+    readable: PathBuf,
+    writable: PathBuf,
+    outside: PathBuf,
+}
+
+impl Places {
+    fn new() -> Places {
+        let dir = tempfile::tempdir().unwrap();
+        let [readable, writable, outside] = ["readable", "writable", "outside"].map(|name| {
+            let path = dir.path().join(name);
+            fs::create_dir(&path).unwrap();
+            fs::write(path.join("file"), "twelve bytes").unwrap();
+            path
+        });
+        Places {
+            _dir: dir,
+            readable,
+            writable,
+            outside,
+        }
+    }
+
+    fn sandbox(&self, net: &str, exec: &[&str]) -> String {
+        format!(
+            "[plugins.probe.sandbox]\nread = [{:?}]\nwrite = [{:?}]\nexec = {exec:?}\nnet = {net:?}\n",
+            self.readable, self.writable
+        )
+    }
+}
+
+/// `host serve` with the probe plugin and `config` as its host.toml, once probe answers (or,
+/// with `loaded` false, once the host answers).
+fn serve(config: &str, loaded: bool) -> (tempfile::TempDir, Server) {
+    let dir = plugins_dir();
+    install(probe(), dir.path(), "libprobe.so");
+    let conf = dir.path().join("host.toml");
+    fs::write(&conf, config).unwrap();
+    let server = Server::start(dir.path(), &["--config", conf.to_str().unwrap()]);
+    if loaded {
+        server.wait_until(WAIT, "the probe plugin", |s| {
+            s.call("probe", "execute", "null").is_ok()
+        });
+    }
+    (dir, server)
+}
+
+fn isolated(extra: &str) -> String {
+    format!("[plugins.probe]\nisolation = \"process\"\n{extra}")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read(server: &Server, file: &Path) -> Result<serde_json::Value, String> {
+    server.call("probe", "read", &json!({ "path": path(file) }).to_string())
+}
+
+fn write(server: &Server, file: &Path) -> Result<serde_json::Value, String> {
+    let input = json!({ "path": path(file), "text": "written" });
+    server.call("probe", "write", &input.to_string())
+}
+
+fn connect(server: &Server, listener: &TcpListener) -> Result<serde_json::Value, String> {
+    let addr = listener.local_addr().unwrap().to_string();
+    server.call("probe", "connect", &json!({ "addr": addr }).to_string())
+}
+
+fn connect_unix(server: &Server, socket: &Path) -> Result<serde_json::Value, String> {
+    server.call(
+        "probe",
+        "connect",
+        &json!({ "addr": path(socket) }).to_string(),
+    )
+}
+
+fn signal(server: &Server, pid: u32) -> Result<serde_json::Value, String> {
+    server.call("probe", "signal", &json!({ "pid": pid }).to_string())
+}
+
+fn run(server: &Server, program: &str) -> Result<serde_json::Value, String> {
+    server.call("probe", "run", &json!({ "program": program }).to_string())
+}
+
+fn refused(result: Result<serde_json::Value, String>, what: &str) -> String {
+    let err = result.expect_err(&format!("{what} was allowed"));
+    assert!(err.contains(DENIED), "{what}: {err}");
+    err
+}
+
+/// The `host list` line of the probe plugin.
+fn listed(server: &Server) -> String {
+    let list = server.cli(&["list"]);
+    list.lines()
+        .filter(|l| l.contains("probe") || l.contains("sandbox") || l.contains("process"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_sandboxed_plugin_reads_writes_and_runs_only_what_its_lists_allow_and_has_no_network() {
+    let places = Places::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_dir, server) = serve(&isolated(&places.sandbox("none", &[TRUE])), true);
+
+    // Inside its lists.
+    assert_eq!(
+        read(&server, &places.readable.join("file")).unwrap(),
+        json!({ "bytes": 12 })
+    );
+    assert_eq!(
+        write(&server, &places.writable.join("new")).unwrap(),
+        json!({ "written": 7 })
+    );
+    assert_eq!(
+        fs::read_to_string(places.writable.join("new")).unwrap(),
+        "written"
+    );
+    assert_eq!(
+        read(&server, &places.writable.join("new")).unwrap(),
+        json!({ "bytes": 7 })
+    );
+    assert_eq!(run(&server, TRUE).unwrap(), json!({ "status": 0 }));
+
+    // Outside them: the plugin's ordinary error, the worker keeps serving.
+    let err = refused(
+        read(&server, &places.outside.join("file")),
+        "reading outside",
+    );
+    assert!(err.starts_with("cannot read "), "{err}");
+    refused(
+        read(&server, Path::new("/etc/passwd")),
+        "reading /etc/passwd",
+    );
+    refused(
+        write(&server, &places.outside.join("new")),
+        "writing outside",
+    );
+    refused(
+        write(&server, &places.readable.join("new")),
+        "writing where it may only read",
+    );
+    assert!(!places.outside.join("new").exists());
+    refused(run(&server, LS), "running a program outside exec");
+    let err = refused(connect(&server, &listener), "connecting with net = none");
+    assert!(err.contains("cannot connect to 127.0.0.1:"), "{err}");
+    // Nor to the host's own control socket, nor may it signal the host (Landlock scope).
+    refused(
+        connect_unix(&server, &server.socket),
+        "connecting to the control socket",
+    );
+    let err = signal(&server, server.pid()).expect_err("signalling the host was allowed");
+    assert!(err.contains("Operation not permitted"), "{err}");
+
+    let list = listed(&server);
+    assert!(
+        list.contains("sandbox: landlock abi ") && list.contains(", seccomp, net none"),
+        "{list}"
+    );
+    let files = server.files();
+    let worker = files[0].serving.as_ref().unwrap().worker.as_ref().unwrap();
+    assert!(
+        worker
+            .sandbox
+            .as_deref()
+            .is_some_and(|s| s.ends_with("seccomp, net none")),
+        "{worker:?}"
+    );
+    assert_eq!(worker.crashes, 0, "{worker:?}");
+}
+
+#[test]
+fn ptrace_in_a_sandbox_ends_the_worker_as_crashed_naming_the_call_and_the_host_keeps_serving() {
+    let places = Places::new();
+    let (_dir, server) = serve(&isolated(&places.sandbox("none", &[])), true);
+    let mut client = server.client().unwrap();
+    let err = match client.call("probe", "ptrace", "{}") {
+        Err(ClientError::Refused(err)) => err,
+        other => panic!("ptrace was not refused: {other:?}"),
+    };
+    assert_eq!(err.kind, CallErrorKind::Crashed, "{err}");
+    assert!(
+        err.message
+            .contains("its sandbox denied system call ptrace (")
+            && err.message.contains("killed by signal SIGSYS")
+            && err.message.contains("in callback `ptrace`"),
+        "{err}"
+    );
+    // The host serves on, the plugin from a fresh worker in the same sandbox.
+    assert_eq!(
+        read(&server, &places.readable.join("file")).unwrap(),
+        json!({ "bytes": 12 })
+    );
+    refused(
+        read(&server, &places.outside.join("file")),
+        "reading outside",
+    );
+    let list = listed(&server);
+    assert!(
+        list.contains("last crash: its sandbox denied system call ptrace"),
+        "{list}"
+    );
+    assert!(list.contains("sandbox: landlock abi"), "{list}");
+    assert!(
+        server.log().contains("seccomp: denied system call ptrace"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn net_loopback_connects_to_a_listener_on_the_loopback_interface() {
+    let places = Places::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[])), true);
+    let addr = listener.local_addr().unwrap().to_string();
+    assert_eq!(
+        connect(&server, &listener).unwrap(),
+        json!({ "connected": addr })
+    );
+    listener.set_nonblocking(false).unwrap();
+    let (_accepted, peer) = listener.accept().unwrap();
+    assert!(peer.ip().is_loopback(), "{peer}");
+    // Its files stay fenced in.
+    refused(
+        read(&server, &places.outside.join("file")),
+        "reading outside",
+    );
+    assert!(listed(&server).contains("net loopback"));
+}
+
+#[test]
+fn the_same_plugin_without_a_sandbox_can_do_all_of_it() {
+    let places = Places::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_dir, server) = serve(&isolated(""), true);
+    read(&server, &places.outside.join("file")).unwrap();
+    read(&server, Path::new("/etc/passwd")).unwrap();
+    write(&server, &places.outside.join("new")).unwrap();
+    assert_eq!(run(&server, LS).unwrap(), json!({ "status": 0 }));
+    connect(&server, &listener).unwrap();
+    connect_unix(&server, &server.socket).unwrap();
+    signal(&server, server.pid()).unwrap();
+    // The kernel answers the call itself: no process has that pid.
+    let err = server.call("probe", "ptrace", "{}").unwrap_err();
+    assert!(err.contains("No such process"), "{err}");
+    assert!(!listed(&server).contains("sandbox"));
+}
+
+#[test]
+fn an_in_process_plugin_with_a_sandbox_is_refused_saying_it_needs_process_isolation() {
+    let places = Places::new();
+    let line = "plugin probe has a [plugins.probe.sandbox] section, which applies only in a \
+                worker process, but it would run in the host's process: it needs \
+                isolation = \"process\"";
+    for isolation in ["isolation = \"in-process\"\n", ""] {
+        let config = format!(
+            "[plugins.probe]\n{isolation}{}",
+            places.sandbox("none", &[])
+        );
+        let (_dir, server) = serve(&config, false);
+        server.wait_until(WAIT, "the refusal", |s| {
+            s.files()
+                .first()
+                .and_then(|f| f.last_error.clone())
+                .is_some_and(|e| e.contains(line))
+        });
+        assert!(server.call("probe", "execute", "null").is_err());
+    }
+}
+
+#[test]
+fn adding_a_sandbox_to_an_in_process_plugin_is_refused_and_the_previous_version_keeps_serving() {
+    let places = Places::new();
+    let (dir, server) = serve("[plugins.probe]\n", true);
+    let conf = dir.path().join("host.toml");
+    fs::write(
+        &conf,
+        format!("[plugins.probe]\n{}", places.sandbox("none", &[])),
+    )
+    .unwrap();
+    server.wait_until(WAIT, "the refusal", |s| {
+        s.log().contains("needs isolation = \"process\"")
+    });
+    // Still the unsandboxed in-process version: it reads what a sandbox would refuse.
+    read(&server, &places.outside.join("file")).unwrap();
+}
