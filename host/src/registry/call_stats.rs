@@ -79,7 +79,13 @@ impl Counters {
         result: &Result<CallOutcome, CallError>,
         elapsed: Duration,
     ) {
+        let unknown_callback = |o: &CallOutcome| {
+            o.error
+                .as_ref()
+                .is_some_and(|e| e.kind() == plugin_api::ErrorKind::UnknownCallback)
+        };
         let outcome = match result {
+            Ok(outcome) if unknown_callback(outcome) => "unknown_callback",
             Ok(outcome) if outcome.error.is_some() => "plugin_error",
             Ok(_) => "ok",
             Err(err) => err.kind.as_str(),
@@ -88,6 +94,7 @@ impl Counters {
             Err(err) if err.kind == CallErrorKind::UnknownPlugin => (UNKNOWN, UNKNOWN),
             Err(err) if err.kind == CallErrorKind::UnknownCallback => (plugin, UNKNOWN),
             Err(err) if err.kind == CallErrorKind::InvalidRequest => (plugin, UNKNOWN),
+            Ok(outcome) if unknown_callback(outcome) => (plugin, UNKNOWN),
             _ => (plugin, callback),
         };
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);

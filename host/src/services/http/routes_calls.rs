@@ -1,6 +1,7 @@
 //! `POST /v1/plugins/{plugin}/{callback}?timeout_ms=N`: calls a plugin, the body being the
 //! input, through the one call path ([`Host::invoke_async`](crate::Host::invoke_async)).
-//! 200 with the outcome (a plugin's own error too, in `outcome.error`); the host's errors
+//! 200 with the outcome (a plugin's own error too, in `outcome.error`, but an unknown
+//! callback, which is a 404 as an unknown plugin is); the host's errors
 //! with their status codes (see [`ApiError`]).
 
 use std::sync::atomic::Ordering;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -58,5 +60,17 @@ pub(super) async fn call(
         None => {}
     }
     let outcome = state.host.invoke_async(request).await?;
+    if let Some(err) = outcome
+        .error
+        .as_ref()
+        .filter(|e| e.kind() == plugin_api::ErrorKind::UnknownCallback)
+    {
+        let message = err.to_string();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_callback",
+            message,
+        ));
+    }
     Ok(Json(json!({ "outcome": outcome })))
 }
