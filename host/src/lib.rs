@@ -42,11 +42,12 @@ mod types;
 pub use files::private_dir::CopiesDir;
 pub use files::state_dir;
 pub use runtime::{isolation, loader};
-pub use services::{config, control, systemd, tasks, watch};
+pub use services::{config, control, http, systemd, tasks, watch};
 
 pub use registry::{
-    CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent, Pinned,
-    PluginHandle, RunningCall, Serving, TypedCall, TypedError, DEFAULT_MAX_CALL_THREADS,
+    CallRequest, CallSeries, CallStats, Ended, FileStatus, HistoryEntry, Host, HostError,
+    HostOptions, LoadEvent, Pinned, PluginHandle, RunningCall, Serving, TypedCall, TypedError,
+    DEFAULT_MAX_CALL_THREADS,
 };
 pub use runtime::generation::TypedOutcome;
 pub use runtime::loader::{

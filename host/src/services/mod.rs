@@ -1,9 +1,10 @@
-//! Layer 5, services: host.toml, the control socket, the plugins-directory watcher, the
-//! task runner, and what running under systemd takes (notify, socket activation,
-//! watchdog). Each reaches plugins only through the registry's call path.
+//! Layer 5, services: host.toml, the control socket, the HTTP API, the plugins-directory
+//! watcher, the task runner, and what running under systemd takes (notify, socket
+//! activation, watchdog). Each reaches plugins only through the registry's call path.
 
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod systemd;
 pub mod tasks;
 pub mod watch;

@@ -369,4 +369,8 @@ pub struct ServeArgs {
     /// task and worker pid as fields) [default: log_format of --config, else text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Serve the HTTP API on this address (`127.0.0.1:8080`; port 0: one the system picks,
+    /// logged) [default: [http] listen of --config; none: no HTTP API].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }

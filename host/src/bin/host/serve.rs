@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use host::config::{HostConfig, LogFormat};
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
+use host::http::{HttpServer, TokenSource, Tokens, TOKEN_ENV};
 use host::isolation::IsolationOptions;
 use host::state_dir::{default_state_dir, StateDir};
 use host::systemd::{Activated, Notifier, RuntimeProbe, Watchdog, WatchdogOptions};
@@ -116,12 +117,22 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         None => ControlSocket::bind(&socket)
             .with_context(|| format!("control socket {}", socket.display()))?,
     };
-    // The HTTP listener systemd may pass (`http`): the HTTP front end takes it here, and
-    // binds its own otherwise, before READY=1 below.
-    if let Some(http) = activated.http {
-        let address = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::warn!("a TCP socket ({address}) was passed for HTTP, but this host serves no HTTP: it is closed");
-    }
+    // The HTTP listener: the one the service manager passed (`http`), else bound here,
+    // before anything is loaded, so that a port in use refuses the host at once.
+    let http_listen = args.http.clone().or_else(|| config.http.listen.clone());
+    let http_listener = match activated.http {
+        Some(passed) => {
+            if let Some(asked) = &http_listen {
+                tracing::info!("http: serving the socket the service manager passed, not {asked}");
+            }
+            Some(passed)
+        }
+        None => http_listen
+            .as_deref()
+            .map(host::http::bind)
+            .transpose()
+            .map_err(|err| Failure::new(USAGE, err.to_string()))?,
+    };
     raise_descriptor_limit(limits.max_connections);
 
     // Before anything else, so a signal during start-up is not lost.
@@ -168,14 +179,26 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let tasks = start_tasks(&host, &config, state.as_ref());
     let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
         .with_context(|| format!("control socket {}", socket.display()))?;
+    let http = match http_listener {
+        Some(listener) => Some(start_http(
+            listener,
+            &server,
+            &host,
+            tasks.clone(),
+            &config,
+            &config_dir,
+            state.as_ref(),
+        )?),
+        None => None,
+    };
     tracing::info!(
         plugins = host.plugin_names().len(),
         "serving {} on {}",
         dir.display(),
         socket.display()
     );
-    // Ready: the control socket serves (and the HTTP listener, once there is one, is bound
-    // above), and the plugins present at start are loaded (`Watcher::start` returns after).
+    // Ready: the control socket and the HTTP API (where configured) serve, and the plugins
+    // present at start are loaded (`Watcher::start` returns after).
     notifier.ready();
     let watchdog = Watchdog::start(
         notifier.clone(),
@@ -201,6 +224,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     // New calls are refused from here on: before the line that says so, which a client (or
     // a test) may act on.
     server.begin_shutdown();
+    if let Some(http) = &http {
+        http.begin_shutdown();
+    }
     notifier.stopping();
     tracing::info!(
         "received signal {signal}: finishing calls in flight (for up to {} ms), then unloading",
@@ -222,6 +248,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         if !tasks.stop(deadline.saturating_duration_since(Instant::now())) {
             tracing::warn!("task calls still running at shutdown run again at the next start");
         }
+    }
+    if let Some(http) = &http {
+        http.wait_idle(deadline);
     }
     let running = server.wait_idle(deadline);
     if !running.is_empty() {
@@ -283,6 +312,50 @@ fn status_line(host: Host, tasks: Result<Tasks, String>) -> Box<dyn FnMut() -> S
         let noun = if plugins == 1 { "plugin" } else { "plugins" };
         format!("serving {plugins} {noun}{queued}")
     })
+}
+
+/// Starts the HTTP API on `listener`, on the control server's runtime, with the token of
+/// `HOST_HTTP_TOKEN`, `[http] token_file`, or the state directory's `http-token`.
+fn start_http(
+    listener: std::net::TcpListener,
+    server: &ControlServer,
+    host: &Host,
+    tasks: Result<Tasks, String>,
+    config: &HostConfig,
+    config_dir: &Path,
+    state: Option<&StateDir>,
+) -> Result<HttpServer> {
+    let settings = config.http.clone();
+    let token_file = settings.token_file.as_ref().map(|f| config_dir.join(f));
+    let read_file = settings
+        .read_token_file
+        .as_ref()
+        .map(|f| config_dir.join(f));
+    let (tokens, source) = Tokens::load(
+        std::env::var(TOKEN_ENV).ok(),
+        token_file.as_deref(),
+        read_file.as_deref(),
+        state.map(StateDir::path),
+    )
+    .map_err(|err| Failure::new(USAGE, err.to_string()))?;
+    match source {
+        TokenSource::Environment => tracing::info!("http: the token is {TOKEN_ENV}'s"),
+        TokenSource::File(path) => tracing::info!("http: the token is in {}", path.display()),
+        TokenSource::Generated(path, true) => {
+            tracing::info!("http: made a token in {} (mode 0600)", path.display())
+        }
+        TokenSource::Generated(path, _) => {
+            tracing::info!("http: the token is in {}", path.display())
+        }
+        _ => {}
+    }
+    let runtime = server
+        .runtime()
+        .context("the control server stopped before the HTTP API started")?;
+    let http = HttpServer::serve(listener, &runtime, host.clone(), tasks, settings, tokens)
+        .context("starting the HTTP API")?;
+    tracing::info!("http: listening on http://{}", http.local_addr());
+    Ok(http)
 }
 
 /// Opens the task database in the state directory this host holds and starts running
