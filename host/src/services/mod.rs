@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod tasks;
 pub mod watch;
