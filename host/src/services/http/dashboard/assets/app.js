@@ -89,6 +89,8 @@ function signIn(message) {
 
 onUnauthorized(() => {
   forgetToken();
+  // The sign-in form says so itself when the token it just tried is refused.
+  if (document.getElementById('sign-in')) return;
   leave();
   document.getElementById('nav').hidden = true;
   document.getElementById('sign-out').hidden = true;

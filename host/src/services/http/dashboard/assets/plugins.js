@@ -65,7 +65,7 @@ function pluginTable(files, histories, latency, selected) {
     return h('tr', { class: name === selected ? 'selected' : null, 'data-plugin': name },
       h('td', {}, h('a', { href: `#/plugins/${encodeURIComponent(name)}`, class: 'plugin-name' }, name),
         file.metadata?.description ? h('div', { class: 'muted small' }, file.metadata.description) : null,
-        file.last_error ? h('div', { class: 'error small' }, file.last_error) : null),
+        file.last_error ? h('div', { class: `${file.serving ? 'warn' : 'error'} small` }, file.last_error) : null),
       h('td', {}, file.metadata?.version ?? '—'),
       h('td', { class: 'num' }, serving.generation ?? '—'),
       h('td', { class: 'state' }, badge(state)),
