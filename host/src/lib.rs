@@ -44,8 +44,9 @@ pub use runtime::{isolation, loader};
 pub use services::{config, control, http, tasks, watch};
 
 pub use registry::{
-    CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent, Pinned,
-    PluginHandle, RunningCall, Serving, TypedCall, TypedError, DEFAULT_MAX_CALL_THREADS,
+    CallRequest, CallSeries, CallStats, Ended, FileStatus, HistoryEntry, Host, HostError,
+    HostOptions, LoadEvent, Pinned, PluginHandle, RunningCall, Serving, TypedCall, TypedError,
+    DEFAULT_MAX_CALL_THREADS,
 };
 pub use runtime::generation::TypedOutcome;
 pub use runtime::loader::{

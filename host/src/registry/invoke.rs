@@ -204,8 +204,10 @@ impl Host {
         self.inner.running.list()
     }
 
-    /// The call path itself, on the pool's runtime.
+    /// The call path itself, on the pool's runtime; counted for monitoring
+    /// ([`Host::call_stats`]).
     async fn serve(self, request: CallRequest) -> Result<CallOutcome, CallError> {
+        let started = Instant::now();
         let CallRequest {
             plugin,
             callback,
@@ -213,6 +215,24 @@ impl Host {
             timeout,
             cancel,
         } = request;
+        let result = self
+            .serve_call(&plugin, &callback, input, timeout, cancel)
+            .await;
+        self.inner
+            .counters
+            .call(&plugin, &callback, &result, started.elapsed());
+        result
+    }
+
+    async fn serve_call(
+        &self,
+        plugin: &str,
+        callback: &str,
+        input: Box<str>,
+        timeout: Option<Duration>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<CallOutcome, CallError> {
+        let (plugin, callback) = (plugin.to_owned(), callback.to_owned());
         let generation = self
             .inner
             .table

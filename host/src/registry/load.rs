@@ -24,13 +24,20 @@ impl Host {
             Ok((event, retry)) => (Ok(event), retry),
             Err(err) => (Err(err), Vec::new()),
         };
+        let counters = &self.inner.counters;
         match &result {
+            Ok(event @ (LoadEvent::Loaded { plugin, .. } | LoadEvent::Reloaded { plugin, .. })) => {
+                counters.note(plugin, super::call_stats::Event::Load);
+                log_event(path, event)
+            }
             Ok(event) => log_event(path, event),
             Err(err) if err.is_repeated() => {}
             Err(err) if err.kind() == LoadErrorKind::BeingWritten => {
                 tracing::debug!(file = %path.display(), "not loaded yet: {}", err.message());
             }
             Err(err) => {
+                let file = path.file_name().unwrap_or_default().to_string_lossy();
+                counters.note(&file, super::call_stats::Event::FailedLoad);
                 tracing::error!(file = %path.display(), "rejected: {}", err.message());
                 if let Some(detail) = err.detail() {
                     tracing::debug!(file = %path.display(), "rejection detail:\n{detail}");

@@ -17,6 +17,7 @@
 //! `init_timeout_ms`. *Commit*, under the state mutex: swap the table entry and record the
 //! file. The generation replaced goes to the reaper.
 
+pub(crate) mod call_stats;
 mod files;
 mod history;
 mod invoke;
@@ -60,6 +61,7 @@ use pool::CallPool;
 use rollback::Rollback;
 use table::CallTable;
 
+pub use call_stats::{CallSeries, CallStats, LATENCY_BUCKETS_US};
 pub use invoke::{CallRequest, RunningCall};
 pub use pinned::Pinned;
 pub use pool::DEFAULT_MAX_CALL_THREADS;
@@ -173,6 +175,7 @@ struct Inner {
     budget: Budget,
     pool: CallPool,
     running: Running,
+    counters: call_stats::Counters,
 }
 
 #[derive(Default)]
@@ -276,6 +279,7 @@ impl Host {
                 },
                 pool,
                 running: Running::default(),
+                counters: call_stats::Counters::default(),
             }),
         })
     }

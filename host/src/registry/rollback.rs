@@ -129,6 +129,9 @@ impl Host {
             "rolled back {name} {} (generation {}) -> {} (generation {}): {}",
             bad.metadata().version, bad.number(), previous.metadata().version,
             previous.number(), trip.describe());
+        self.inner
+            .counters
+            .note(name, super::call_stats::Event::Rollback);
         self.inner.reaper.retire(bad);
     }
 
@@ -167,6 +170,15 @@ impl Host {
     /// is loaded again from its kept private copy, as a new generation (its `init` and
     /// self-test run). Returns what was done, in one line.
     pub fn rollback(&self, plugin: &str, to: Option<u64>) -> Result<String, CallError> {
+        let done = self.rollback_uncounted(plugin, to);
+        if done.is_ok() {
+            let event = super::call_stats::Event::Rollback;
+            self.inner.counters.note(plugin, event);
+        }
+        done
+    }
+
+    fn rollback_uncounted(&self, plugin: &str, to: Option<u64>) -> Result<String, CallError> {
         let refused = |why: String| {
             CallError::new(
                 CallErrorKind::InvalidRequest,

@@ -57,6 +57,9 @@
 //! keep_max = 100000                # and beyond this many
 //! run_missed = true                # a schedule missed while the host was down fires once at start
 //!
+//! [http]                           # the HTTP API: see host::http::HttpSettings
+//! listen = "127.0.0.1:8080"        # off unless given (or `host serve --http ADDR`)
+//!
 //! [[schedule]]
 //! plugin = "sysinfo"
 //! callback = "execute"
@@ -75,6 +78,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::settings::MAX_RECORDS;
 
+use crate::services::http::HttpSettings;
 use crate::services::tasks::schedule::parse_timezone;
 use crate::services::tasks::settings::{ScheduleConfig, TaskSettings};
 
@@ -125,6 +129,8 @@ pub struct HostConfig {
     pub tasks: TaskSettings,
     /// Calls the host makes periodically, as tasks (`[[schedule]]`).
     pub schedule: Vec<ScheduleConfig>,
+    /// The HTTP API (`[http]`, see [`HttpSettings`]).
+    pub http: HttpSettings,
 }
 
 /// The limits of the control server (top-level keys of `host.toml`). Every one bounds a
@@ -187,6 +193,7 @@ impl Default for HostConfig {
             state_dir: None,
             tasks: TaskSettings::default(),
             schedule: Vec::new(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -295,6 +302,9 @@ impl HostConfig {
                 "tasks.min_retry_delay".to_owned(),
                 "must be at least 1ms: without it a task failing at once retries in a hot loop",
             ));
+        }
+        if let Err(message) = config.http.check() {
+            return Err(refuse(String::new(), &message));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, schedule) in config.schedule.iter().enumerate() {

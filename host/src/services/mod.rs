@@ -1,4 +1,4 @@
-//! Layer 5, services: host.toml, the control socket, the plugins-directory watcher and the
+//! Layer 5, services: host.toml, the control socket, the HTTP API, the plugins-directory watcher and the
 //! task runner. Each reaches plugins only through the registry's call path.
 
 pub mod config;

@@ -318,4 +318,8 @@ pub struct ServeArgs {
     /// ($XDG_STATE_HOME: ~/.local/state)].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Serve the HTTP API on this address (`127.0.0.1:8080`; port 0: one the system picks,
+    /// logged) [default: [http] listen of --config; none: no HTTP API].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }

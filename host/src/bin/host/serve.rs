@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use host::config::HostConfig;
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
+use host::http::{HttpServer, TokenSource, Tokens, TOKEN_ENV};
 use host::isolation::IsolationOptions;
 use host::state_dir::{default_state_dir, StateDir};
 use host::tasks::{SqliteStore, Tasks};
@@ -79,6 +80,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     let listener = ControlSocket::bind(&socket)
         .with_context(|| format!("control socket {}", socket.display()))?;
+    // Bound before anything is loaded too: a port in use refuses the host at once.
+    let http_listen = args.http.clone().or_else(|| config.http.listen.clone());
+    let http_listener = http_listen
+        .as_deref()
+        .map(host::http::bind)
+        .transpose()
+        .map_err(|err| Failure::new(USAGE, err.to_string()))?;
     raise_descriptor_limit(limits.max_connections);
 
     // Before anything else, so a signal during start-up is not lost.
@@ -118,6 +126,18 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let tasks = start_tasks(&host, &config, state.as_ref());
     let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
         .with_context(|| format!("control socket {}", socket.display()))?;
+    let http = match http_listener {
+        Some(listener) => Some(start_http(
+            listener,
+            &server,
+            &host,
+            tasks.clone(),
+            &config,
+            &config_dir,
+            state.as_ref(),
+        )?),
+        None => None,
+    };
     tracing::info!(
         plugins = host.plugin_names().len(),
         "serving {} on {}",
@@ -131,6 +151,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     // New calls are refused from here on: before the line that says so, which a client (or
     // a test) may act on.
     server.begin_shutdown();
+    if let Some(http) = &http {
+        http.begin_shutdown();
+    }
     tracing::info!(
         "received signal {signal}: finishing calls in flight (for up to {} ms), then unloading",
         grace.as_millis()
@@ -150,6 +173,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         if !tasks.stop(deadline.saturating_duration_since(Instant::now())) {
             tracing::warn!("task calls still running at shutdown run again at the next start");
         }
+    }
+    if let Some(http) = &http {
+        http.wait_idle(deadline);
     }
     let running = server.wait_idle(deadline);
     if !running.is_empty() {
@@ -174,6 +200,50 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the HTTP API on `listener`, on the control server's runtime, with the token of
+/// `HOST_HTTP_TOKEN`, `[http] token_file`, or the state directory's `http-token`.
+fn start_http(
+    listener: std::net::TcpListener,
+    server: &ControlServer,
+    host: &Host,
+    tasks: Result<Tasks, String>,
+    config: &HostConfig,
+    config_dir: &Path,
+    state: Option<&StateDir>,
+) -> Result<HttpServer> {
+    let settings = config.http.clone();
+    let token_file = settings.token_file.as_ref().map(|f| config_dir.join(f));
+    let read_file = settings
+        .read_token_file
+        .as_ref()
+        .map(|f| config_dir.join(f));
+    let (tokens, source) = Tokens::load(
+        std::env::var(TOKEN_ENV).ok(),
+        token_file.as_deref(),
+        read_file.as_deref(),
+        state.map(StateDir::path),
+    )
+    .map_err(|err| Failure::new(USAGE, err.to_string()))?;
+    match source {
+        TokenSource::Environment => tracing::info!("http: the token is {TOKEN_ENV}'s"),
+        TokenSource::File(path) => tracing::info!("http: the token is in {}", path.display()),
+        TokenSource::Generated(path, true) => {
+            tracing::info!("http: made a token in {} (mode 0600)", path.display())
+        }
+        TokenSource::Generated(path, _) => {
+            tracing::info!("http: the token is in {}", path.display())
+        }
+        _ => {}
+    }
+    let runtime = server
+        .runtime()
+        .context("the control server stopped before the HTTP API started")?;
+    let http = HttpServer::serve(listener, &runtime, host.clone(), tasks, settings, tokens)
+        .context("starting the HTTP API")?;
+    tracing::info!("http: listening on http://{}", http.local_addr());
+    Ok(http)
 }
 
 /// Opens the task database in the state directory this host holds and starts running

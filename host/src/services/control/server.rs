@@ -162,6 +162,12 @@ impl ControlServer {
         &self.path
     }
 
+    /// The server's tokio runtime, for other front ends to run on (the HTTP API); `None`
+    /// once stopped.
+    pub fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime.as_ref().map(|r| r.handle().clone())
+    }
+
     /// Stops accepting connections and removes the socket; connections stay open, and their
     /// new calls are answered with a `shutting_down` error.
     pub fn begin_shutdown(&self) {

@@ -33,6 +33,7 @@ mod attempt;
 mod dispatcher;
 mod follow_ups;
 mod input_key;
+mod observe;
 mod orphans;
 mod recording;
 mod retry;
@@ -46,6 +47,7 @@ pub mod task;
 mod timetable;
 mod zoned_cron;
 
+pub use observe::{RunTimes, RUN_TIME_BUCKETS_MS};
 pub use service::{TaskTree, Tasks};
 pub use settings::{ScheduleConfig, TaskSettings};
 pub use sqlite::SqliteStore;

@@ -36,6 +36,8 @@ pub(super) struct Inner {
     pub(super) state: Mutex<State>,
     /// Signalled when a task is submitted or a call ends, and at stop.
     pub(super) wake: Condvar,
+    /// How long attempts ran, for monitoring.
+    pub(super) run_clock: super::observe::RunClock,
 }
 
 /// The runner's bookkeeping, behind one lock that no plugin code runs under.
@@ -201,7 +203,9 @@ impl Inner {
             };
             let plugin = task.plugin.clone();
             let id = task.id;
+            let started = std::time::Instant::now();
             let ended = self.run(task);
+            self.run_clock.record(started.elapsed());
             if ended {
                 self.count(&plugin, -1);
             }

@@ -22,7 +22,7 @@ const MAX_TREE: usize = 1000;
 /// Runs a host's tasks. Cheap to clone; [`Tasks::stop`] ends it.
 #[derive(Clone)]
 pub struct Tasks {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Tasks {
@@ -76,6 +76,7 @@ impl Tasks {
                 ..State::default()
             }),
             wake: Condvar::new(),
+            run_clock: Default::default(),
         });
         let threads = inner.settings.max_running.max(1);
         let (send, receive) = mpsc::sync_channel::<TaskRecord>(threads);

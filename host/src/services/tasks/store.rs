@@ -7,6 +7,8 @@
 
 use std::fmt::Debug;
 
+use plugin_api::LogRecord;
+
 use super::task::{Finish, Insert, Inserted, TaskFilter, TaskId, TaskRecord, TaskStatus};
 
 /// Why the store could not do what was asked: one line, naming the store.
@@ -113,6 +115,36 @@ pub trait TaskStore: Send + Sync + Debug {
 
     /// Notes that schedule `name` fired at `at_unix_ms`.
     fn set_last_fired(&self, name: &str, at_unix_ms: u64) -> Result<(), StoreError>;
+
+    /// Keeps a note on task `id` (the reason given for a cancel or a retry), apart from
+    /// its logs, which each attempt replaces; at most the newest 20 per task are kept.
+    /// Whether the task exists. A store that cannot keep notes says so.
+    fn note(&self, id: TaskId, record: &LogRecord) -> Result<bool, StoreError> {
+        let _ = (id, record);
+        Err(StoreError("this task store keeps no notes".into()))
+    }
+
+    /// Task `id`'s notes, oldest first.
+    fn notes(&self, id: TaskId) -> Result<Vec<LogRecord>, StoreError> {
+        let _ = id;
+        Ok(Vec::new())
+    }
+
+    /// How many tasks are in each status (statuses with none may be left out). By default
+    /// counted by listing, at most 1,000 per status: a store should answer it in one query.
+    fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        TaskStatus::ALL
+            .into_iter()
+            .map(|status| {
+                let filter = TaskFilter {
+                    status: Some(status),
+                    limit: 1000,
+                    ..TaskFilter::default()
+                };
+                Ok((status, self.list(&filter)?.len() as u64))
+            })
+            .collect()
+    }
 
     /// Deletes ended tasks that ended before `before_unix_ms`, and the oldest ended ones
     /// beyond the newest `keep_max`; active tasks are never deleted. Returns how many.

@@ -1,6 +1,7 @@
 //! What an operator does to one task: cancel it while it is queued, queue it again once it
 //! has ended.
 
+use plugin_api::{Level, LogRecord};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::super::task::{TaskId, TaskStatus};
@@ -54,4 +55,51 @@ pub(super) fn requeue(
     )?
     .execute(params![id, to_i64(now_unix_ms)])?;
     Ok(Some(status))
+}
+
+/// Notes kept per task: the newest.
+const MAX_NOTES: i64 = 20;
+
+/// Keeps a note on task `id`, and the newest [`MAX_NOTES`] of its notes; whether the task
+/// exists.
+pub(super) fn note(c: &Connection, id: TaskId, record: &LogRecord) -> Result<bool, Fail> {
+    if status_of(c, id)?.is_none() {
+        return Ok(false);
+    }
+    c.prepare_cached("INSERT INTO task_notes (task, at, message) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, to_i64(record.unix_ms), record.message])?;
+    c.prepare_cached(
+        "DELETE FROM task_notes WHERE task = ?1 AND rowid NOT IN \
+         (SELECT rowid FROM task_notes WHERE task = ?1 ORDER BY rowid DESC LIMIT ?2)",
+    )?
+    .execute(params![id, MAX_NOTES])?;
+    Ok(true)
+}
+
+/// Task `id`'s notes, oldest first.
+pub(super) fn notes(c: &Connection, id: TaskId) -> Result<Vec<LogRecord>, Fail> {
+    let mut statement =
+        c.prepare_cached("SELECT at, message FROM task_notes WHERE task = ?1 ORDER BY rowid")?;
+    let rows = statement.query_map([id], |row| {
+        Ok(LogRecord {
+            level: Level::Info,
+            unix_ms: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+            message: row.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Tasks by status.
+pub(super) fn counts(c: &Connection) -> Result<Vec<(TaskStatus, u64)>, Fail> {
+    let mut statement = c.prepare_cached("SELECT status, count(*) FROM tasks GROUP BY status")?;
+    let rows = statement.query_map([], |row| {
+        Ok((status_column(row, 0)?, row.get::<_, i64>(1)?))
+    })?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let (status, n) = row?;
+        counts.push((status, u64::try_from(n).unwrap_or(0)));
+    }
+    Ok(counts)
 }

@@ -68,6 +68,16 @@ CREATE TABLE schedules (
 -- counts them, and names them when they spent the task's attempts.
 ALTER TABLE tasks ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+-- Why an operator cancelled or retried a task: kept apart from its logs, which each
+-- attempt replaces; deleted with the task.
+CREATE TABLE task_notes (
+    task    INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    at      INTEGER NOT NULL,
+    message TEXT    NOT NULL
+);
+CREATE INDEX task_notes_task ON task_notes (task);
+",
 ];
 
 /// The schema version this file writes.

@@ -149,6 +149,22 @@ impl TaskStore for SqliteStore {
         })
     }
 
+    fn note(&self, id: TaskId, record: &plugin_api::LogRecord) -> Result<bool, StoreError> {
+        self.write(&format_args!("add a note to task {id}"), |c| {
+            admin::note(c, id, record)
+        })
+    }
+
+    fn notes(&self, id: TaskId) -> Result<Vec<plugin_api::LogRecord>, StoreError> {
+        self.read(&format_args!("read the notes of task {id}"), |c| {
+            admin::notes(c, id)
+        })
+    }
+
+    fn counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        self.read(&"count tasks by status", admin::counts)
+    }
+
     fn prune(&self, before_unix_ms: u64, keep_max: u64) -> Result<u64, StoreError> {
         self.write(&"delete old tasks", |c| {
             prune::prune(c, before_unix_ms, keep_max)

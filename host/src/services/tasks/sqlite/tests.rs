@@ -891,8 +891,8 @@ fn a_database_of_a_newer_host_is_refused() {
     assert_eq!(
         err.0,
         format!(
-            "task database {}: its schema version is 7, this host knows 2 at most \
-             (was it written by a newer host?)",
+            "task database {}: its schema version is 7, this host knows {SCHEMA_VERSION} at \
+             most (was it written by a newer host?)",
             path.display()
         )
     );
@@ -1200,4 +1200,42 @@ fn a_database_of_schema_version_1_is_migrated_and_keeps_its_tasks() {
         record.error.as_deref(),
         Some("the host stopped during this attempt 1 times")
     );
+}
+
+#[test]
+fn notes_outlive_a_retry_and_an_attempt_are_capped_and_go_with_their_task() {
+    let store = store();
+    let id = queue(&store, task("p", "1"));
+    let note = |n: u64| LogRecord {
+        level: Level::Info,
+        message: format!("retry: reason {n}"),
+        unix_ms: n,
+    };
+    assert!(store.note(id, &note(0)).unwrap());
+    assert!(!store.note(id + 100, &note(0)).unwrap(), "no such task");
+    assert_eq!(claim_ids(&store, 1_000, 1, &[]), vec![id]);
+    store
+        .finish(id, &ended(TaskStatus::Success, 2_000), &[])
+        .unwrap();
+    store.requeue(id, 3_000).unwrap();
+    let notes = store.notes(id).unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].message, "retry: reason 0");
+    for n in 1..=25 {
+        store.note(id, &note(n)).unwrap();
+    }
+    let notes = store.notes(id).unwrap();
+    assert_eq!(notes.len(), 20, "the newest 20 are kept");
+    assert_eq!(notes[0].unix_ms, 6);
+    assert_eq!(notes[19].unix_ms, 25);
+    let counts = store.counts().unwrap();
+    assert_eq!(counts, vec![(TaskStatus::Queued, 1)]);
+    store.cancel(id, 4_000).unwrap();
+    assert_eq!(store.prune(5_000, 0).unwrap(), 1);
+    let left: i64 = store
+        .read(&"count notes", |c| {
+            Ok(c.query_row("SELECT count(*) FROM task_notes", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert_eq!(left, 0, "deleted with their task");
 }

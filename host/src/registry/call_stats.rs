@@ -1,0 +1,174 @@
+//! Counters the registry keeps for monitoring (`/metrics`): every call through the one
+//! call path ([`Host::invoke`] and [`Host::invoke_async`], so socket, task and HTTP calls
+//! alike) by plugin, callback and outcome, with a latency histogram; and loads, failed
+//! loads and rollbacks by plugin. Readers take a snapshot ([`Host::call_stats`]).
+//!
+//! Bounded: at most [`MAX_CALL_SERIES`] (plugin, callback) pairs are kept. Names a caller
+//! made up (an unknown plugin or callback) are counted under `(unknown)`, and pairs past
+//! the limit under `(other)`, with one warning.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::types::call::{CallError, CallErrorKind, CallOutcome};
+
+use super::{lock, Host};
+
+/// Upper bounds of the call latency histogram's buckets, in microseconds (the last
+/// bucket, `+Inf`, is implied).
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000, 30_000_000,
+];
+
+/// The most (plugin, callback) pairs counted apart.
+pub const MAX_CALL_SERIES: usize = 4096;
+
+/// What the label of a name nobody serves reads.
+pub const UNKNOWN: &str = "(unknown)";
+
+/// The calls of one plugin's callback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallSeries {
+    /// Calls by outcome: `ok`, `plugin_error`, or a call error kind (`timeout`, `busy` ...).
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Calls per latency bucket (not cumulative), [`LATENCY_BUCKETS_US`] then `+Inf`.
+    pub buckets: Vec<u64>,
+    /// Latency of all calls together, in microseconds.
+    pub sum_us: u64,
+}
+
+/// A snapshot of the registry's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallStats {
+    /// By (plugin, callback).
+    pub calls: BTreeMap<(String, String), CallSeries>,
+    /// Versions loaded, by plugin (first loads and reloads).
+    pub loads: BTreeMap<String, u64>,
+    /// Loads refused, by plugin (by file name when the plugin is not known).
+    pub failed_loads: BTreeMap<String, u64>,
+    /// Rollbacks, automatic and asked for, by plugin.
+    pub rollbacks: BTreeMap<String, u64>,
+}
+
+/// The registry's counters, behind one short lock taken once per call.
+#[derive(Default)]
+pub(crate) struct Counters {
+    stats: Mutex<CallStats>,
+    warned: AtomicBool,
+}
+
+/// What a load, a failed load or a rollback was, for [`Counters::note`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Event {
+    Load,
+    FailedLoad,
+    Rollback,
+}
+
+impl Counters {
+    /// Counts one call of `plugin`'s `callback` that took `elapsed`.
+    pub(crate) fn call(
+        &self,
+        plugin: &str,
+        callback: &str,
+        result: &Result<CallOutcome, CallError>,
+        elapsed: Duration,
+    ) {
+        let unknown_callback = |o: &CallOutcome| {
+            o.error
+                .as_ref()
+                .is_some_and(|e| e.kind() == plugin_api::ErrorKind::UnknownCallback)
+        };
+        let outcome = match result {
+            Ok(outcome) if unknown_callback(outcome) => "unknown_callback",
+            Ok(outcome) if outcome.error.is_some() => "plugin_error",
+            Ok(_) => "ok",
+            Err(err) => err.kind.as_str(),
+        };
+        let (plugin, callback) = match result {
+            Err(err) if err.kind == CallErrorKind::UnknownPlugin => (UNKNOWN, UNKNOWN),
+            Err(err) if err.kind == CallErrorKind::UnknownCallback => (plugin, UNKNOWN),
+            Err(err) if err.kind == CallErrorKind::InvalidRequest => (plugin, UNKNOWN),
+            Ok(outcome) if unknown_callback(outcome) => (plugin, UNKNOWN),
+            _ => (plugin, callback),
+        };
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        let mut stats = lock(&self.stats);
+        let key = (plugin.to_owned(), callback.to_owned());
+        let full = stats.calls.len() >= MAX_CALL_SERIES && !stats.calls.contains_key(&key);
+        let key = if full {
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "call metrics: {MAX_CALL_SERIES} plugin and callback pairs counted; \
+                     further ones are counted as (other)"
+                );
+            }
+            ("(other)".to_owned(), "(other)".to_owned())
+        } else {
+            key
+        };
+        let series = stats.calls.entry(key).or_default();
+        if series.buckets.is_empty() {
+            series.buckets = vec![0; LATENCY_BUCKETS_US.len() + 1];
+        }
+        series.buckets[bucket] += 1;
+        series.sum_us = series.sum_us.saturating_add(us);
+        *series.outcomes.entry(outcome).or_default() += 1;
+    }
+
+    /// Counts a load, a failed load or a rollback of `plugin`.
+    pub(crate) fn note(&self, plugin: &str, event: Event) {
+        let mut stats = lock(&self.stats);
+        let map = match event {
+            Event::Load => &mut stats.loads,
+            Event::FailedLoad => &mut stats.failed_loads,
+            Event::Rollback => &mut stats.rollbacks,
+        };
+        // Plugin names come from the host's own files; still bounded.
+        if map.len() < MAX_CALL_SERIES || map.contains_key(plugin) {
+            *map.entry(plugin.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+impl Host {
+    /// The counters of every call made through [`Host::invoke`] and
+    /// [`Host::invoke_async`], and of loads and rollbacks, since the host started.
+    pub fn call_stats(&self) -> CallStats {
+        lock(&self.inner.counters.stats).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_counted_by_outcome_and_bucket_and_made_up_names_are_folded() {
+        let counters = Counters::default();
+        let unknown = Err(CallError::new(CallErrorKind::UnknownPlugin, "no"));
+        for n in 0..3 {
+            counters.call(&format!("made-up-{n}"), "x", &unknown, Duration::ZERO);
+        }
+        let timeout = Err(CallError::new(CallErrorKind::Timeout, "late"));
+        counters.call("p", "cb", &timeout, Duration::from_millis(2));
+        counters.note("p", Event::Load);
+        let stats = lock(&counters.stats).clone();
+        let folded = &stats.calls[&(UNKNOWN.to_owned(), UNKNOWN.to_owned())];
+        assert_eq!(folded.outcomes["unknown_plugin"], 3);
+        let p = &stats.calls[&("p".to_owned(), "cb".to_owned())];
+        assert_eq!(p.outcomes["timeout"], 1);
+        assert_eq!(p.buckets[5], 1, "2 ms is in the <= 2.5 ms bucket");
+        assert_eq!(p.sum_us, 2_000);
+        assert_eq!(stats.loads["p"], 1);
+    }
+}
