@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use host::control::Client;
 
+pub mod browser;
+
 /// The workspace root.
 pub fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

@@ -6,9 +6,10 @@
 //! One concept per file: `server` (listening, connections, the router, the token check and
 //! the time limit), `auth` (tokens), `limits` (`[http]` and reading bodies within them),
 //! `error` (error answers), `routes_calls`, `routes_tasks`, `routes_plugins`, `events`
-//! (SSE feeds), `metrics`.
+//! (SSE feeds), `metrics`; `dashboard` (the static pages at `/`).
 
 mod auth;
+mod dashboard;
 mod error;
 mod events;
 mod limits;

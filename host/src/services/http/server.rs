@@ -166,7 +166,8 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(routes_plugins::readyz))
         .merge(timed)
         .merge(streams)
-        // The dashboard's routes (`/` and its assets) are merged here.
+        // The dashboard's routes (`/` and its assets): open, they hold no data.
+        .merge(super::dashboard::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
