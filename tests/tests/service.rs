@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
@@ -257,7 +257,13 @@ fn spawn_with_fd3(
     plugins: &Path,
     env: &[(&str, &str)],
 ) -> Server {
-    let fd = fd.as_raw_fd();
+    spawn_with_fds(&[fd.as_raw_fd()], socket, plugins, env)
+}
+
+/// Starts `host serve` with `fds` as descriptors 3, 4, ... and `env` set, through
+/// [`WITH_OWN_PID`].
+fn spawn_with_fds(fds: &[RawFd], socket: &Path, plugins: &Path, env: &[(&str, &str)]) -> Server {
+    let fds = fds.to_vec();
     Server::spawn_via(
         &["sh", "-c", WITH_OWN_PID],
         Some(socket),
@@ -265,23 +271,26 @@ fn spawn_with_fd3(
         &[],
         |command: &mut Command| {
             command.envs(env.iter().copied());
-            // SAFETY: the closure runs in the forked child before exec and calls only
-            // dup2 and fcntl, which are async-signal-safe; it touches no memory shared with
-            // the parent. dup2 leaves the copy without close-on-exec, so descriptor 3
-            // survives exec (and the original, close-on-exec, does not); if the listener is
-            // descriptor 3 already, its close-on-exec flag is cleared instead.
+            // SAFETY: the closure runs in the forked child before exec and calls only fcntl
+            // and dup2, which are async-signal-safe; it reads `fds` (allocated before the
+            // fork) and allocates nothing. Each descriptor is first copied above 100 (close-
+            // on-exec), so that moving one into place never overwrites another; dup2 then
+            // leaves its copy at 3 + i without close-on-exec, so it survives exec.
             unsafe {
                 command.pre_exec(move || {
-                    let ok = if fd == 3 {
-                        libc::fcntl(3, libc::F_SETFD, 0) == 0
-                    } else {
-                        libc::dup2(fd, 3) == 3
-                    };
-                    if ok {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
+                    let mut high = [0; 8];
+                    for (i, fd) in fds.iter().enumerate() {
+                        high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                        if high[i] < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
+                    for (i, fd) in high[..fds.len()].iter().enumerate() {
+                        if libc::dup2(*fd, 3 + i as RawFd) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
                 });
             }
         },
@@ -391,6 +400,37 @@ fn children_inherit_neither_the_passed_socket_nor_the_variables() {
     );
 }
 
+/// A TCP socket passed beside the control socket (`control:http`), or alone without a name,
+/// is taken as the HTTP listener, not refused; the control socket is served.
+#[test]
+fn a_passed_tcp_socket_is_taken_for_http() {
+    let plugins = with_hello();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("host.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let env = [("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "control:http")];
+    let fds = [listener.as_raw_fd(), tcp.as_raw_fd()];
+    let mut server = spawn_with_fds(&fds, &socket, plugins.path(), &env);
+    wait_for_a_call(&server);
+    assert!(server.stop(), "{}", server.log());
+    assert!(socket.exists());
+
+    // Unnamed, by type: the TCP socket is the HTTP one, and the host binds its own control
+    // socket.
+    let own = dir.path().join("own.sock");
+    let mut server = spawn_with_fds(
+        &[tcp.as_raw_fd()],
+        &own,
+        plugins.path(),
+        &[("LISTEN_FDS", "1")],
+    );
+    wait_for_a_call(&server);
+    assert!(server.stop(), "{}", server.log());
+    // The host's own socket: removed at exit.
+    assert!(!own.exists());
+}
+
 /// Runs `host serve` with `fd` as descriptor 3 and `env`; its exit within `WAIT` and log.
 fn refused(fd: &impl AsRawFd, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let plugins = with_hello();
@@ -410,7 +450,9 @@ fn bad_passed_descriptors_are_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let listener = UnixListener::bind(dir.path().join("passed.sock")).unwrap();
     let file = fs::File::create(dir.path().join("not-a-socket")).unwrap();
-    let cases: [(&dyn AsRawFd, &[Env], &str); 3] = [
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let datagram = UnixDatagram::unbound().unwrap();
+    let cases: [(&dyn AsRawFd, &[Env], &str); 5] = [
         (
             &listener,
             &[("LISTEN_FDS", "one")],
@@ -427,6 +469,18 @@ fn bad_passed_descriptors_are_refused_in_one_line() {
             &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "metrics")],
             "error: socket activation: descriptor 3 (named \"metrics\"): unknown name: the \
              host takes `control` and `http` (FileDescriptorName=)\n",
+        ),
+        (
+            &tcp,
+            &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "control")],
+            "error: socket activation: descriptor 3 (named \"control\"): the control socket \
+             must be a listening Unix stream socket, not a TCP socket\n",
+        ),
+        (
+            &datagram,
+            &[("LISTEN_FDS", "1")],
+            "error: socket activation: descriptor 3: not a stream socket: the host takes a \
+             listening Unix stream socket (control) or TCP socket (http)\n",
         ),
     ];
     for (fd, env, line) in cases {
