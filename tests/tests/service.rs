@@ -108,7 +108,8 @@ impl FakeManager {
 
 #[test]
 fn a_service_manager_hears_ready_watchdog_status_reloading_and_stopping() {
-    let plugins = with_hello();
+    let plugins = plugins_dir();
+    install(hello_slow_spawning(), plugins.path(), "libhello.so");
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify");
     let mut manager = FakeManager::bind(&notify);
@@ -125,15 +126,18 @@ fn a_service_manager_hears_ready_watchdog_status_reloading_and_stopping() {
         },
     );
 
-    // READY=1 means serving, with the plugins present at start loaded: a call at once works.
+    // READY=1 means serving, with the plugins present at start loaded (this one's init
+    // takes a second): a call at once works.
     manager.wait_for("READY=1", &server);
-    let answer = server.call("hello", "greet", r#"{"name":"Ada"}"#);
-    assert_eq!(
-        answer.unwrap()["message"],
-        "Hello, Ada!",
-        "{}",
-        server.log()
+    // Logged before READY=1 was sent, so in the log by the time it arrives. (A call alone
+    // would not tell: a client connecting early waits in the socket's backlog.)
+    let log = server.log();
+    assert!(
+        log.contains("loaded hello"),
+        "READY=1 before the load:\n{log}"
     );
+    let answer = server.call("hello", "greet", r#"{"name":"Ada"}"#);
+    assert!(answer.is_ok(), "{answer:?}\n{}", server.log());
     let status = manager.wait_for("STATUS=", &server);
     assert!(
         status.contains("STATUS=serving 1 plugin, 0 tasks queued"),
@@ -334,12 +338,19 @@ fn a_passed_control_socket_is_served_and_left_in_place() {
     }
 }
 
-/// hello whose `greet` answers with what a process it starts inherited: the targets of its
-/// descriptors and its environment.
-fn hello_spawning() -> &'static Path {
+/// hello whose `init` takes a second (so that `READY=1` is seen to wait for the plugins
+/// present at start), and whose `greet` answers with what a process it starts inherited: the
+/// targets of its descriptors and its environment.
+fn hello_slow_spawning() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         Variant::of("example-plugins/hello")
+            .edit(
+                "src/lib.rs",
+                "let config: Config = ctx.config()?;",
+                "let config: Config = ctx.config()?;\
+                 std::thread::sleep(std::time::Duration::from_secs(1));",
+            )
             .edit(
                 "src/lib.rs",
                 "message: format!(\"{}, {}!\", self.greeting, input.name),",
@@ -358,7 +369,7 @@ fn hello_spawning() -> &'static Path {
 fn children_inherit_neither_the_passed_socket_nor_the_variables() {
     use std::os::unix::fs::MetadataExt;
     let plugins = plugins_dir();
-    install(hello_spawning(), plugins.path(), "libhello.so");
+    install(hello_slow_spawning(), plugins.path(), "libhello.so");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("host.sock");
     let notify = dir.path().join("notify");
