@@ -77,3 +77,36 @@ fn a_bad_log_format_is_one_line_naming_the_flag_or_the_field() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("key `log_format`"), "{stderr}");
 }
+
+#[test]
+fn rust_log_still_filters_json_logs() {
+    let plugins = with_hello();
+    let mut server = Server::start_with_env(
+        plugins.path(),
+        &["--log-format", "json"],
+        &[("RUST_LOG", "warn,plugin=info")],
+    );
+    assert!(server.call("hello", "greet", r#"{"name":"Ada"}"#).is_ok());
+    assert!(server.stop());
+    let log = server.log();
+    let levels: Vec<(String, String)> = log
+        .lines()
+        .map(|line| {
+            let value: Value =
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+            (
+                value["level"].as_str().unwrap_or_default().to_owned(),
+                value["target"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    // The plugin's records at info, the host's own only from warn up.
+    assert!(
+        levels.iter().any(|(l, t)| l == "INFO" && t == "plugin"),
+        "{log}"
+    );
+    assert!(
+        !levels.iter().any(|(l, t)| l == "INFO" && t != "plugin"),
+        "{log}"
+    );
+}
