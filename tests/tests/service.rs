@@ -442,6 +442,26 @@ fn a_passed_tcp_socket_is_taken_for_http() {
     assert!(!own.exists());
 }
 
+/// Variables inherited from a socket-activated parent (LISTEN_PID is another process's):
+/// the descriptors are not the host's; it binds its own socket and says why in the log.
+#[test]
+fn another_process_s_descriptors_are_left_alone() {
+    let plugins = with_hello();
+    let mut server = Server::start_with_env(
+        plugins.path(),
+        &[],
+        &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")],
+    );
+    assert!(server.call("hello", "greet", r#"{"name":"Gus"}"#).is_ok());
+    let log = server.log();
+    assert!(
+        log.contains("socket activation: LISTEN_PID=1 is not this host's pid"),
+        "{log}"
+    );
+    assert!(server.stop(), "{}", server.log());
+    assert!(!server.socket.exists(), "its own socket is removed at exit");
+}
+
 /// Runs `host serve` with `fd` as descriptor 3 and `env`; its exit within `WAIT` and log.
 fn refused(fd: &impl AsRawFd, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let plugins = with_hello();

@@ -55,6 +55,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         None => HostConfig::default(),
     };
     crate::init_logging("info", log_format.unwrap_or(config.log_format));
+    if let Some(ignored) = &activated.ignored {
+        tracing::warn!("socket activation: {ignored}");
+    }
     // Paths in host.toml are relative to the file's directory.
     let config_dir = config_path
         .as_deref()
