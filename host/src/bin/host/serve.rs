@@ -188,6 +188,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 server
                     .runtime_handle()
                     .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
+                Some(Box::new(RuntimeProbe::call_pool(&host)) as _),
                 Some(Box::new(watcher.probe()) as _),
             ]
             .into_iter()
