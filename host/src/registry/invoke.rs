@@ -204,6 +204,12 @@ impl Host {
         self.inner.running.list()
     }
 
+    /// The call pool's runtime, whose one worker runs the timers that answer `timeout`: for
+    /// a liveness probe (the systemd watchdog's), never for work.
+    pub(crate) fn call_pool_handle(&self) -> tokio::runtime::Handle {
+        self.inner.pool.handle().clone()
+    }
+
     /// The call path itself, on the pool's runtime; counted for monitoring
     /// ([`Host::call_stats`]).
     async fn serve(self, request: CallRequest) -> Result<CallOutcome, CallError> {

@@ -56,6 +56,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         None => HostConfig::default(),
     };
     crate::init_logging("info", log_format.unwrap_or(config.log_format));
+    if let Some(ignored) = &activated.ignored {
+        tracing::warn!("socket activation: {ignored}");
+    }
     // Paths in host.toml are relative to the file's directory.
     let config_dir = config_path
         .as_deref()
@@ -208,6 +211,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 server
                     .runtime_handle()
                     .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
+                Some(Box::new(RuntimeProbe::call_pool(&host)) as _),
                 Some(Box::new(watcher.probe()) as _),
             ]
             .into_iter()

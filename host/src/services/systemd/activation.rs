@@ -25,6 +25,9 @@ pub struct Activated {
     pub control: Option<UnixListener>,
     /// The HTTP listener, for the HTTP front end.
     pub http: Option<TcpListener>,
+    /// Why descriptors that were announced were not taken (they were another process's),
+    /// for the log: this is read before logging is set up.
+    pub ignored: Option<String>,
 }
 
 /// Passed descriptors that cannot be used: one line naming the variable or descriptor.
@@ -108,9 +111,16 @@ impl Activated {
                 reason: format!("more than {MAX_LISTEN_FDS} descriptors; the host takes at most a control and an http socket"),
             });
         }
+        let ignored = |why: String| Activated {
+            ignored: Some(why),
+            ..Activated::default()
+        };
         let Some(pid) = pid.filter(|v| !v.is_empty()) else {
-            tracing::warn!("LISTEN_FDS is set without LISTEN_PID: the descriptors are not for this host; ignored");
-            return Ok(Activated::default());
+            return Ok(ignored(
+                "LISTEN_FDS is set without LISTEN_PID: the descriptors are not this host's; \
+                 ignored"
+                    .to_owned(),
+            ));
         };
         let pid: u32 = pid
             .trim()
@@ -121,10 +131,10 @@ impl Activated {
                 reason: "not a process id".to_owned(),
             })?;
         if pid != own_pid {
-            tracing::warn!(
-                "LISTEN_PID={pid} is not this host's pid ({own_pid}): the passed descriptors are another process's; ignored"
-            );
-            return Ok(Activated::default());
+            return Ok(ignored(format!(
+                "LISTEN_PID={pid} is not this host's pid ({own_pid}): the passed descriptors \
+                 are another process's; ignored"
+            )));
         }
         let names: Vec<Option<&str>> = match names.filter(|v| !v.is_empty()) {
             Some(names) => {
@@ -296,6 +306,14 @@ mod tests {
         // Another process's descriptors (an inherited environment): left alone.
         let other = Activated::take(Some("1"), Some("6"), None, 7).unwrap();
         assert!(other.control.is_none());
+        assert_eq!(
+            other.ignored.as_deref(),
+            Some(
+                "LISTEN_PID=6 is not this host's pid (7): the passed descriptors are another \
+                 process's; ignored"
+            )
+        );
+        assert!(none.ignored.is_none());
     }
 
     #[test]

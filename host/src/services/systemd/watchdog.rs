@@ -1,11 +1,11 @@
-//! The service manager's watchdog and status line: one thread that sends `WATCHDOG=1`
-//! every half `WATCHDOG_USEC`, but only while the host's own loops answer (each a
-//! [`Probe`]: the control server's tokio runtime, the directory watcher's thread), and a
-//! `STATUS=` line when it changes, at most once per [`STATUS_EVERY`].
+//! The service manager's watchdog and status line: a thread that sends `WATCHDOG=1` every
+//! half `WATCHDOG_USEC`, but only while the host's own loops answer (each a [`Probe`]: the
+//! control server's and the call pool's tokio runtimes, the directory watcher's thread), and
+//! another that sends a `STATUS=` line when it changes, at most once per [`STATUS_EVERY`].
 //!
-//! A loop that does not answer within its share of the interval withholds the ping; systemd
-//! then kills and restarts the host at `WatchdogSec=`. Each probe keeps at most one ping in
-//! flight, so a wedged loop never piles up pings.
+//! The loops must all answer within half the interval; one that does not withholds the
+//! ping, and systemd kills and restarts the host at `WatchdogSec=`. Each probe keeps at most
+//! one ping in flight, so a wedged loop never piles up pings.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -77,6 +77,14 @@ impl RuntimeProbe {
             handle,
             pending: None,
         }
+    }
+}
+
+impl RuntimeProbe {
+    /// Probes `host`'s call pool: the runtime whose one worker answers calls `timeout` at
+    /// their deadline (plugin code runs on its blocking threads, never on the worker).
+    pub fn call_pool(host: &crate::registry::Host) -> RuntimeProbe {
+        RuntimeProbe::new("the call pool's runtime", host.call_pool_handle())
     }
 }
 
@@ -209,9 +217,9 @@ fn ping(
     mut probes: Vec<Box<dyn Probe>>,
     stopped: &mpsc::Receiver<()>,
 ) {
-    // Each loop gets a share of half the interval, so the ping (if any) is sent well before
-    // the service manager's deadline.
-    let share = interval / (2 * probes.len().max(1) as u32);
+    // All loops must answer within half the interval, so the ping (if any) is sent well
+    // before the service manager's deadline.
+    let budget = interval / 2;
     let mut next = Instant::now();
     // Which probe failed last, so the log says it once, not at every interval.
     let mut failing: Option<String> = None;
@@ -222,9 +230,10 @@ fn ping(
             _ => return,
         }
         next += interval;
+        let deadline = Instant::now() + budget;
         let mut wedged = None;
         for probe in &mut probes {
-            if !probe.answers_within(share) {
+            if !probe.answers_within(deadline.saturating_duration_since(Instant::now())) {
                 wedged = Some(probe.name().to_owned());
                 break;
             }
@@ -241,7 +250,7 @@ fn ping(
                     tracing::error!(
                         "watchdog: {name} did not answer within {} ms; WATCHDOG=1 withheld \
                          (the service manager restarts the host at WatchdogSec)",
-                        share.as_millis()
+                        budget.as_millis()
                     );
                 }
                 failing = Some(name);

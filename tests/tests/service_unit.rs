@@ -1,0 +1,90 @@
+//! `host service unit` (issue 20, item 3): the printed units name this binary, set
+//! `Type=notify`, the watchdog and `KillMode=mixed`, and pass `systemd-analyze verify` where
+//! the tool exists (skipped, saying so, where it does not).
+
+use std::fs;
+use std::process::{Command, Output};
+
+use e2e::{built, host, install, plugins_dir, text};
+
+/// A plugins directory with hello in it.
+fn with_hello() -> tempfile::TempDir {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    dir
+}
+
+/// `systemd-analyze verify` on `units` (written into a directory under their names), with
+/// `--user` for a user unit; `None` (and a line saying so) where the tool is missing.
+fn verify(units: &[(&str, &str)], user: bool) -> Option<Output> {
+    let found = Command::new("sh")
+        .args(["-c", "command -v systemd-analyze"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        println!("SKIPPED: systemd-analyze is not installed; the units were not verified");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime");
+    fs::create_dir(&runtime).unwrap();
+    let mut command = Command::new("systemd-analyze");
+    if user {
+        // A user manager needs a runtime directory, which a test machine may not have.
+        command.arg("--user").env("XDG_RUNTIME_DIR", &runtime);
+    }
+    command.arg("verify");
+    for (name, text) in units {
+        let path = dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        command.arg(path);
+    }
+    Some(command.output().expect("systemd-analyze runs"))
+}
+
+fn unit(args: &[&str]) -> String {
+    let output = host(&[&["service", "unit"], args].concat());
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success(),
+        "host service unit {args:?}: {stderr}"
+    );
+    stdout
+}
+
+#[test]
+fn printed_units_pass_systemd_analyze_verify() {
+    let plugins = with_hello();
+    let dir = plugins.path().to_str().unwrap();
+    let binary = fs::canonicalize(&built().host).unwrap();
+    for user in [false, true] {
+        let mut args = vec!["--plugins", dir];
+        if user {
+            args.push("--user");
+        }
+        let service = unit(&args);
+        assert!(
+            service.contains(&format!("ExecStart={} serve --plugins ", binary.display())),
+            "{service}"
+        );
+        for line in ["Type=notify\n", "KillMode=mixed\n", "WatchdogSec=30\n"] {
+            assert!(service.contains(line), "{line}: {service}");
+        }
+        args.push("--socket-unit");
+        let socket = unit(&args);
+        assert!(socket.contains("FileDescriptorName=control\n"), "{socket}");
+        assert!(socket.contains("ListenStream=/"), "{socket}");
+        let units = [
+            ("plugin-host.service", service.as_str()),
+            ("plugin-host.socket", socket.as_str()),
+        ];
+        if let Some(output) = verify(&units, user) {
+            let (stdout, stderr) = text(&output);
+            // It exits 0 on a setting it ignores: what it says counts too.
+            assert!(
+                output.status.success() && stderr.is_empty(),
+                "user {user}: {stdout}{stderr}\n{service}\n{socket}"
+            );
+        }
+    }
+}
