@@ -311,3 +311,22 @@ fn adding_a_sandbox_to_an_in_process_plugin_is_refused_and_the_previous_version_
     // Still the unsandboxed in-process version: it reads what a sandbox would refuse.
     read(&server, &places.outside.join("file")).unwrap();
 }
+
+#[test]
+fn a_listed_path_that_does_not_exist_refuses_the_load_in_one_line_naming_it() {
+    let places = Places::new();
+    let missing = places.outside.join("not-there");
+    let config = isolated(&format!(
+        "[plugins.probe.sandbox]\nread = [{:?}]\n",
+        missing
+    ));
+    let (_dir, server) = serve(&config, false);
+    let wanted = format!("cannot open {}", missing.display());
+    server.wait_until(WAIT, "the refusal", |s| {
+        s.files()
+            .first()
+            .and_then(|f| f.last_error.clone())
+            .is_some_and(|e| e.contains(&wanted) && !e.contains('\n'))
+    });
+    assert!(server.call("probe", "execute", "null").is_err());
+}
