@@ -330,3 +330,31 @@ fn a_listed_path_that_does_not_exist_refuses_the_load_in_one_line_naming_it() {
     });
     assert!(server.call("probe", "execute", "null").is_err());
 }
+
+#[test]
+fn a_reloaded_sandboxed_plugin_runs_its_new_version_in_the_same_sandbox() {
+    let places = Places::new();
+    let (dir, server) = serve(&isolated(&places.sandbox("none", &[])), true);
+    let generation = |s: &Server| {
+        s.files()
+            .first()
+            .and_then(|f| f.serving.as_ref().map(|v| v.generation))
+    };
+    assert_eq!(generation(&server), Some(1));
+    // Another version: the same library with one byte more at its end (another content).
+    let mut bytes = fs::read(probe()).unwrap();
+    bytes.push(0);
+    let tmp = dir.path().join(".libprobe.so.tmp");
+    fs::write(&tmp, &bytes).unwrap();
+    fs::rename(&tmp, dir.path().join("libprobe.so")).unwrap();
+    server.wait_until(WAIT, "the new version", |s| generation(s) == Some(2));
+    assert_eq!(
+        read(&server, &places.readable.join("file")).unwrap(),
+        json!({ "bytes": 12 })
+    );
+    refused(
+        read(&server, &places.outside.join("file")),
+        "reading outside",
+    );
+    assert!(listed(&server).contains("sandbox: landlock abi"));
+}
