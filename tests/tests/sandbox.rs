@@ -311,3 +311,50 @@ fn adding_a_sandbox_to_an_in_process_plugin_is_refused_and_the_previous_version_
     // Still the unsandboxed in-process version: it reads what a sandbox would refuse.
     read(&server, &places.outside.join("file")).unwrap();
 }
+
+#[test]
+fn a_listed_path_that_does_not_exist_refuses_the_load_in_one_line_naming_it() {
+    let places = Places::new();
+    let missing = places.outside.join("not-there");
+    let config = isolated(&format!(
+        "[plugins.probe.sandbox]\nread = [{:?}]\n",
+        missing
+    ));
+    let (_dir, server) = serve(&config, false);
+    let wanted = format!("cannot open {}", missing.display());
+    server.wait_until(WAIT, "the refusal", |s| {
+        s.files()
+            .first()
+            .and_then(|f| f.last_error.clone())
+            .is_some_and(|e| e.contains(&wanted) && !e.contains('\n'))
+    });
+    assert!(server.call("probe", "execute", "null").is_err());
+}
+
+#[test]
+fn a_reloaded_sandboxed_plugin_runs_its_new_version_in_the_same_sandbox() {
+    let places = Places::new();
+    let (dir, server) = serve(&isolated(&places.sandbox("none", &[])), true);
+    let generation = |s: &Server| {
+        s.files()
+            .first()
+            .and_then(|f| f.serving.as_ref().map(|v| v.generation))
+    };
+    assert_eq!(generation(&server), Some(1));
+    // Another version: the same library with one byte more at its end (another content).
+    let mut bytes = fs::read(probe()).unwrap();
+    bytes.push(0);
+    let tmp = dir.path().join(".libprobe.so.tmp");
+    fs::write(&tmp, &bytes).unwrap();
+    fs::rename(&tmp, dir.path().join("libprobe.so")).unwrap();
+    server.wait_until(WAIT, "the new version", |s| generation(s) == Some(2));
+    assert_eq!(
+        read(&server, &places.readable.join("file")).unwrap(),
+        json!({ "bytes": 12 })
+    );
+    refused(
+        read(&server, &places.outside.join("file")),
+        "reading outside",
+    );
+    assert!(listed(&server).contains("sandbox: landlock abi"));
+}

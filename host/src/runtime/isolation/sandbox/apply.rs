@@ -60,6 +60,15 @@ pub(crate) fn check(
 pub(crate) fn apply(settings: &SandboxSettings, copy: &Path) -> Result<Applied, String> {
     let kernel = landlock::kernel_abi();
     let missing = check(settings, kernel, &kernel_release())?;
+    // Landlock restricts the calling thread (and what it starts from now on): a thread
+    // already running would stay outside.
+    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |tasks| tasks.count());
+    if threads != 1 {
+        return Err(format!(
+            "the worker runs {threads} threads before its sandbox applies, where it must run \
+             one: the sandbox would not cover them"
+        ));
+    }
     sigsys::install().map_err(|e| format!("cannot install the SIGSYS handler: {e}"))?;
     // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and only sets a flag of this process.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
