@@ -216,6 +216,18 @@ fn runs_hello_greet_from_the_run_panel() {
     browser.type_into("#run-input", "{}");
     browser.click("#run-call");
     browser.wait_for_text("#run-output", "failed on purpose", WAIT);
+
+    // The plugins page counts them, with the latency /metrics gives.
+    browser.click(r#"#nav a[data-page="plugins"]"#);
+    let row = r#"#plugins tr[data-plugin="hello"]"#;
+    browser.wait_until(
+        WAIT,
+        "hello's calls, errors and p50 on the plugins page",
+        |b| {
+            let cell = |c: &str| b.text(&format!("{row} td.{c}")).unwrap_or_default();
+            cell("calls") == "2" && cell("errors") == "1" && cell("p50").ends_with('s')
+        },
+    );
 }
 
 #[test]
