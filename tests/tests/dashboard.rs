@@ -216,6 +216,18 @@ fn runs_hello_greet_from_the_run_panel() {
     browser.type_into("#run-input", "{}");
     browser.click("#run-call");
     browser.wait_for_text("#run-output", "failed on purpose", WAIT);
+
+    // The plugins page counts them, with the latency /metrics gives.
+    browser.click(r#"#nav a[data-page="plugins"]"#);
+    let row = r#"#plugins tr[data-plugin="hello"]"#;
+    browser.wait_until(
+        WAIT,
+        "hello's calls, errors and p50 on the plugins page",
+        |b| {
+            let cell = |c: &str| b.text(&format!("{row} td.{c}")).unwrap_or_default();
+            cell("calls") == "2" && cell("errors") == "1" && cell("p50").ends_with('s')
+        },
+    );
 }
 
 #[test]
@@ -319,4 +331,37 @@ fn rolls_a_plugin_back_from_its_history() {
         "the first version serves again"
     );
     assert!(is_png(&browser.screenshot("rollback")));
+}
+
+#[test]
+fn a_read_only_token_sees_the_pages_and_the_page_says_its_writes_are_refused() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let read = dir.path().join("read-token");
+    fs::write(&read, "reader-token\n").expect("write the read token");
+    fs::set_permissions(&read, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod the read token");
+    let conf = dir.path().join("host.toml");
+    fs::write(&conf, "[http]\nread_token_file = \"read-token\"\n").expect("write host.toml");
+    let conf = conf.display().to_string();
+    let dash = Dash::start(dir.path(), &["--config", &conf]);
+    let browser = Browser::start();
+    browser.goto(&dash.url("#token=reader-token"));
+    browser.wait_for_text("#plugins", "hello", WAIT);
+
+    browser.goto(&dash.url("#/run?plugin=hello&callback=greet"));
+    browser.wait_until(WAIT, "the run panel", |b| {
+        b.script(
+            "return document.querySelector('#run-callback')?.value;",
+            json!([]),
+        ) == json!("greet")
+    });
+    browser.type_into("#run-input", r#"{"name":"Ada"}"#);
+    browser.click("#run-call");
+    browser.wait_for_text("#run-output", "forbidden", WAIT);
+    assert!(
+        browser.text("#sign-in").is_none(),
+        "a refused write is not a refused token"
+    );
+    assert!(is_png(&browser.screenshot("read-only")));
 }

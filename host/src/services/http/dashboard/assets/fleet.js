@@ -10,9 +10,9 @@ export async function render(main, { signal }) {
   try {
     fleet = await get('/v1/fleet', { signal });
   } catch (err) {
-    if (err.status === 400 || err.status === 404) {
+    if (err.status === 400 || err.status === 404 || err.kind === 'not_configured') {
       main.append(h('p', { class: 'card muted', id: 'fleet-none' },
-        'No fleet is configured: this host runs alone.'));
+        `No fleet is configured: this host runs alone (${err.message}).`));
       return;
     }
     throw err;

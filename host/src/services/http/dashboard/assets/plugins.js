@@ -71,8 +71,8 @@ function pluginTable(files, histories, latency, selected) {
       h('td', { class: 'state' }, badge(state)),
       h('td', { class: 'num calls' }, serving.calls ?? '—'),
       h('td', { class: 'num errors' }, serving.errors ?? '—'),
-      h('td', { class: 'num' }, seconds(q.p50)),
-      h('td', { class: 'num' }, seconds(q.p99)),
+      h('td', { class: 'num p50' }, seconds(q.p50)),
+      h('td', { class: 'num p99' }, seconds(q.p99)),
       h('td', { class: 'actions' },
         h('a', { class: 'button', href: `#/run?plugin=${encodeURIComponent(name)}` }, 'Run'),
         h('a', { class: 'button', href: `#/plugins/${encodeURIComponent(name)}` }, 'History')));

@@ -134,6 +134,7 @@ async function follow(id, signal, liveState, live, changed, load, current) {
         lastEventId: lastId,
         signal,
         onEvent: (event) => {
+          if (event.id) lastId = event.id;
           live.append(eventLine(event));
           changed();
         },
