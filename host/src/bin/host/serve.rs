@@ -278,6 +278,7 @@ fn status_line(host: Host, tasks: Result<Tasks, String>) -> Box<dyn FnMut() -> S
                 filter.limit = COUNT_UP_TO;
                 match tasks.list(&filter) {
                     Ok(page) if page.next.is_some() => format!(", over {COUNT_UP_TO} tasks queued"),
+                    Ok(page) if page.tasks.len() == 1 => ", 1 task queued".to_owned(),
                     Ok(page) => format!(", {} tasks queued", page.tasks.len()),
                     Err(_) => ", tasks unavailable".to_owned(),
                 }
