@@ -180,22 +180,20 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     // Ready: the control socket serves (and the HTTP listener, once there is one, is bound
     // above), and the plugins present at start are loaded (`Watcher::start` returns after).
     notifier.ready();
+    let probes = [
+        server
+            .runtime_handle()
+            .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
+        Some(Box::new(RuntimeProbe::call_pool(&host)) as _),
+        Some(Box::new(watcher.probe()) as _),
+    ];
     let watchdog = Watchdog::start(
         notifier.clone(),
-        WatchdogOptions {
-            interval: watchdog_interval,
-            probes: [
-                server
-                    .runtime_handle()
-                    .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
-                Some(Box::new(RuntimeProbe::call_pool(&host)) as _),
-                Some(Box::new(watcher.probe()) as _),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            status: status_line(host.clone(), tasks.clone()),
-        },
+        WatchdogOptions::new(
+            watchdog_interval,
+            probes.into_iter().flatten().collect(),
+            status_line(host.clone(), tasks.clone()),
+        ),
     )
     .context("starting the watchdog thread")?;
 
