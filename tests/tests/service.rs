@@ -154,6 +154,15 @@ fn a_service_manager_hears_ready_watchdog_status_reloading_and_stopping() {
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
     manager.wait_for("READY=1", &server);
 
+    // The status line follows what is served.
+    fs::remove_file(plugins.path().join("libhello.so")).unwrap();
+    let status = manager.wait_for("STATUS=serving 0 plugins", &server);
+    assert_eq!(status, "STATUS=serving 0 plugins, 0 tasks queued");
+    // A task for a plugin not served waits, queued.
+    server.cli(&["submit", "hello", "greet", "--input", r#"{"name":"Ida"}"#]);
+    let status = manager.wait_for("STATUS=serving 0 plugins, 1", &server);
+    assert_eq!(status, "STATUS=serving 0 plugins, 1 task queued");
+
     server.signal(libc::SIGTERM);
     manager.wait_for("STOPPING=1", &server);
     let status = server.wait_timeout(WAIT).expect("the host stops");

@@ -88,3 +88,50 @@ fn printed_units_pass_systemd_analyze_verify() {
         }
     }
 }
+
+/// Paths with spaces, `%` (a specifier) and `$` (a variable on command lines) are escaped
+/// so that systemd reads them back as given.
+#[test]
+fn odd_paths_are_escaped() {
+    let base = plugins_dir();
+    let plugins = base.path().join("my plugins 100%$x");
+    fs::create_dir(&plugins).unwrap();
+    let socket = base.path().join("run dir/host.sock");
+    let args = [
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "--state-dir",
+        "/srv/state",
+    ];
+    let service = unit(&args);
+    let plugins_text = plugins.to_str().unwrap();
+    let on_command_line = plugins_text.replace('%', "%%").replace('$', "$$");
+    assert!(
+        service.contains(&format!("--plugins \"{on_command_line}\" ")),
+        "{service}"
+    );
+    // `$` is literal in ReadWritePaths=.
+    let listed = plugins_text.replace('%', "%%");
+    assert!(
+        service.contains(&format!("ReadWritePaths=\"{listed}\" /srv/state ")),
+        "{service}"
+    );
+    let socket_unit = unit(&[&args[..], &["--socket-unit"]].concat());
+    assert!(
+        socket_unit.contains(&format!("ListenStream={}\n", socket.display())),
+        "{socket_unit}"
+    );
+    let units = [
+        ("plugin-host.service", service.as_str()),
+        ("plugin-host.socket", socket_unit.as_str()),
+    ];
+    if let Some(output) = verify(&units, false) {
+        let (stdout, stderr) = text(&output);
+        assert!(
+            output.status.success() && stderr.is_empty(),
+            "{stdout}{stderr}\n{service}\n{socket_unit}"
+        );
+    }
+}

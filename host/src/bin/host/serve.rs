@@ -203,22 +203,20 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     // Ready: the control socket and the HTTP API (where configured) serve, and the plugins
     // present at start are loaded (`Watcher::start` returns after).
     notifier.ready();
+    let probes = [
+        server
+            .runtime_handle()
+            .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
+        Some(Box::new(RuntimeProbe::call_pool(&host)) as _),
+        Some(Box::new(watcher.probe()) as _),
+    ];
     let watchdog = Watchdog::start(
         notifier.clone(),
-        WatchdogOptions {
-            interval: watchdog_interval,
-            probes: [
-                server
-                    .runtime_handle()
-                    .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
-                Some(Box::new(RuntimeProbe::call_pool(&host)) as _),
-                Some(Box::new(watcher.probe()) as _),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            status: status_line(host.clone(), tasks.clone()),
-        },
+        WatchdogOptions::new(
+            watchdog_interval,
+            probes.into_iter().flatten().collect(),
+            status_line(host.clone(), tasks.clone()),
+        ),
     )
     .context("starting the watchdog thread")?;
 
@@ -307,6 +305,7 @@ fn status_line(host: Host, tasks: Result<Tasks, String>) -> Box<dyn FnMut() -> S
                 filter.limit = COUNT_UP_TO;
                 match tasks.list(&filter) {
                     Ok(page) if page.next.is_some() => format!(", over {COUNT_UP_TO} tasks queued"),
+                    Ok(page) if page.tasks.len() == 1 => ", 1 task queued".to_owned(),
                     Ok(page) => format!(", {} tasks queued", page.tasks.len()),
                     Err(_) => ", tasks unavailable".to_owned(),
                 }

@@ -65,20 +65,20 @@ impl UnitOptions {
 /// The `plugin-host.service` unit.
 pub fn service_unit(options: &UnitOptions) -> String {
     let mut args = vec![
-        quote(&options.binary.to_string_lossy()),
+        exec_word(&options.binary.to_string_lossy()),
         "serve".to_owned(),
         "--plugins".to_owned(),
-        quote_path(&options.plugins),
+        exec_path(&options.plugins),
         "--socket".to_owned(),
-        quote_path(&options.socket),
+        exec_path(&options.socket),
         "--state-dir".to_owned(),
-        quote_path(&options.state_dir),
+        exec_path(&options.state_dir),
     ];
     if let Some(config) = &options.config {
-        args.extend(["--config".to_owned(), quote_path(config)]);
+        args.extend(["--config".to_owned(), exec_path(config)]);
     }
     if let Some(format) = &options.log_format {
-        args.extend(["--log-format".to_owned(), quote(format)]);
+        args.extend(["--log-format".to_owned(), exec_word(format)]);
     }
     let mut unit = String::new();
     let target = if options.user {
@@ -95,7 +95,7 @@ pub fn service_unit(options: &UnitOptions) -> String {
     let _ = writeln!(
         unit,
         "Description=Plugin host serving {}",
-        quote_path(&options.plugins)
+        specifiers(&options.plugins.to_string_lossy())
     );
     let _ = writeln!(unit, "After=network.target");
     let _ = writeln!(unit);
@@ -155,12 +155,12 @@ pub fn service_unit(options: &UnitOptions) -> String {
             .chain(options.config.as_deref())
             .collect();
         let _ = writeln!(unit, "ProtectSystem=strict");
-        let mut rw: Vec<String> = vec![quote_path(&options.plugins)];
+        let mut rw: Vec<String> = vec![list_path(&options.plugins)];
         if state.is_none() {
-            rw.push(quote_path(&options.state_dir));
+            rw.push(list_path(&options.state_dir));
         }
         if runtime.is_none() {
-            rw.push(quote_path(socket_dir(&options.socket)));
+            rw.push(list_path(socket_dir(&options.socket)));
         }
         rw.dedup();
         let _ = writeln!(unit, "ReadWritePaths={}", rw.join(" "));
@@ -208,7 +208,11 @@ pub fn socket_unit(options: &UnitOptions) -> String {
     let _ = writeln!(unit, "Description=Plugin host control socket");
     let _ = writeln!(unit);
     let _ = writeln!(unit, "[Socket]");
-    let _ = writeln!(unit, "ListenStream={}", quote_path(&options.socket));
+    let _ = writeln!(
+        unit,
+        "ListenStream={}",
+        specifiers(&options.socket.to_string_lossy())
+    );
     let _ = writeln!(unit, "FileDescriptorName=control");
     let _ = writeln!(unit, "SocketMode=0600");
     let _ = writeln!(unit, "DirectoryMode=0700");
@@ -238,22 +242,38 @@ fn seconds(duration: Duration) -> u64 {
     duration.as_secs_f64().ceil() as u64
 }
 
-fn quote_path(path: &Path) -> String {
-    quote(&path.to_string_lossy())
+/// A setting's value as it is, with `%` escaped (systemd expands specifiers in most
+/// settings: `Description=`, `ListenStream=`).
+fn specifiers(value: &str) -> String {
+    value.replace('%', "%%")
 }
 
-/// One word of a unit file: `%` and `$` escaped (specifiers, variables), quoted when it
-/// holds spaces, quotes or backslashes.
-fn quote(word: &str) -> String {
-    let escaped = word.replace('%', "%%").replace('$', "$$");
-    if escaped.is_empty()
-        || escaped
+/// One path of a space-separated list (`ReadWritePaths=`): `%` escaped, quoted when it
+/// holds spaces, quotes or backslashes. (`$` is literal there.)
+fn list_path(path: &Path) -> String {
+    quoted(specifiers(&path.to_string_lossy()))
+}
+
+/// One path on a command line (`ExecStart=`).
+fn exec_path(path: &Path) -> String {
+    exec_word(&path.to_string_lossy())
+}
+
+/// One word of a command line (`ExecStart=`): `%` and `$` escaped (specifiers, variables),
+/// quoted when it holds spaces, quotes or backslashes.
+fn exec_word(word: &str) -> String {
+    quoted(specifiers(word).replace('$', "$$"))
+}
+
+fn quoted(word: String) -> String {
+    if word.is_empty()
+        || word
             .chars()
             .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\' || c == ';')
     {
-        format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
+        format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
-        escaped
+        word
     }
 }
 
@@ -299,10 +319,13 @@ mod tests {
 
     #[test]
     fn words_are_escaped_for_systemd() {
-        assert_eq!(quote("/srv/plugins"), "/srv/plugins");
-        assert_eq!(quote("/srv/my plugins"), "\"/srv/my plugins\"");
-        assert_eq!(quote("/srv/100%/$HOME"), "/srv/100%%/$$HOME");
-        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+        assert_eq!(exec_word("/srv/plugins"), "/srv/plugins");
+        assert_eq!(exec_word("/srv/my plugins"), "\"/srv/my plugins\"");
+        assert_eq!(exec_word("/srv/100%/$HOME"), "/srv/100%%/$$HOME");
+        assert_eq!(exec_word("a\"b"), "\"a\\\"b\"");
+        // `$` is literal outside command lines.
+        assert_eq!(list_path(Path::new("/srv/100% $x")), "\"/srv/100%% $x\"");
+        assert_eq!(specifiers("/run/a b%"), "/run/a b%%");
     }
 
     #[test]

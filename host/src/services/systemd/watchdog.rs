@@ -124,7 +124,8 @@ impl Probe for crate::services::watch::WatcherProbe {
     }
 }
 
-/// What the watchdog thread is given.
+/// What the watchdog threads are given.
+#[non_exhaustive]
 pub struct WatchdogOptions {
     /// How often to send `WATCHDOG=1` (half of `WATCHDOG_USEC`); `None`: no watchdog, only
     /// the status line.
@@ -133,6 +134,22 @@ pub struct WatchdogOptions {
     pub probes: Vec<Box<dyn Probe>>,
     /// The status line now (`serving 3 plugins, 0 tasks queued`).
     pub status: Box<dyn FnMut() -> String + Send>,
+}
+
+impl WatchdogOptions {
+    /// Pings every `interval` (none: only the status line) while `probes` answer; the
+    /// status line from `status`.
+    pub fn new(
+        interval: Option<Duration>,
+        probes: Vec<Box<dyn Probe>>,
+        status: Box<dyn FnMut() -> String + Send>,
+    ) -> WatchdogOptions {
+        WatchdogOptions {
+            interval,
+            probes,
+            status,
+        }
+    }
 }
 
 impl std::fmt::Debug for WatchdogOptions {
