@@ -358,3 +358,41 @@ fn a_reloaded_sandboxed_plugin_runs_its_new_version_in_the_same_sandbox() {
     );
     assert!(listed(&server).contains("sandbox: landlock abi"));
 }
+
+#[test]
+fn a_bad_sandbox_setting_stops_host_serve_in_one_line_naming_the_field() {
+    for (setting, key, says) in [
+        ("net = \"lan\"", "plugins.probe.sandbox.net", "lan"),
+        (
+            "write = [\"out\"]",
+            "plugins.probe.sandbox.write[0]",
+            "relative path",
+        ),
+        ("reads = []", "plugins.probe.sandbox.reads", "unknown field"),
+    ] {
+        let dir = plugins_dir();
+        install(probe(), dir.path(), "libprobe.so");
+        let conf = dir.path().join("host.toml");
+        fs::write(
+            &conf,
+            isolated(&format!("[plugins.probe.sandbox]\n{setting}\n")),
+        )
+        .unwrap();
+        let mut server = Server::spawn(
+            None,
+            dir.path(),
+            &["--config", conf.to_str().unwrap()],
+            |_| {},
+        );
+        let status = server
+            .wait_timeout(WAIT)
+            .expect("host serve exits on a bad host.toml");
+        assert!(!status.success());
+        let log = server.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("key `{key}`")))
+            .unwrap_or_else(|| panic!("{setting}: no line names {key}:\n{log}"));
+        assert!(line.contains(says), "{setting}: {line}");
+    }
+}
