@@ -19,6 +19,7 @@ const DENIED: &str = "Permission denied (os error 13)";
 /// A program every machine has, and one it may run when its sandbox lists it.
 const TRUE: &str = "/usr/bin/true";
 const LS: &str = "/usr/bin/ls";
+const CAT: &str = "/usr/bin/cat";
 
 /// Files and directories the probe is pointed at: one it may read, one it may write, and
 /// one outside both lists.
@@ -127,7 +128,7 @@ fn listed(server: &Server) -> String {
 fn a_sandboxed_plugin_reads_writes_and_runs_only_what_its_lists_allow_and_has_no_network() {
     let places = Places::new();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (_dir, server) = serve(&isolated(&places.sandbox("none", &[TRUE])), true);
+    let (_dir, server) = serve(&isolated(&places.sandbox("none", &[TRUE, CAT])), true);
 
     // Inside its lists.
     assert_eq!(
@@ -147,6 +148,13 @@ fn a_sandboxed_plugin_reads_writes_and_runs_only_what_its_lists_allow_and_has_no
         json!({ "bytes": 7 })
     );
     assert_eq!(run(&server, TRUE).unwrap(), json!({ "status": 0 }));
+    // A program it runs is in the sandbox too: cat reads the readable file, not the other.
+    let cat = |file: &Path| {
+        let input = json!({ "program": CAT, "args": [path(file)] });
+        server.call("probe", "run", &input.to_string()).unwrap()
+    };
+    assert_eq!(cat(&places.readable.join("file")), json!({ "status": 0 }));
+    assert_eq!(cat(&places.outside.join("file")), json!({ "status": 1 }));
 
     // Outside them: the plugin's ordinary error, the worker keeps serving.
     let err = refused(
@@ -357,4 +365,42 @@ fn a_reloaded_sandboxed_plugin_runs_its_new_version_in_the_same_sandbox() {
         "reading outside",
     );
     assert!(listed(&server).contains("sandbox: landlock abi"));
+}
+
+#[test]
+fn a_bad_sandbox_setting_stops_host_serve_in_one_line_naming_the_field() {
+    for (setting, key, says) in [
+        ("net = \"lan\"", "plugins.probe.sandbox.net", "lan"),
+        (
+            "write = [\"out\"]",
+            "plugins.probe.sandbox.write[0]",
+            "relative path",
+        ),
+        ("reads = []", "plugins.probe.sandbox.reads", "unknown field"),
+    ] {
+        let dir = plugins_dir();
+        install(probe(), dir.path(), "libprobe.so");
+        let conf = dir.path().join("host.toml");
+        fs::write(
+            &conf,
+            isolated(&format!("[plugins.probe.sandbox]\n{setting}\n")),
+        )
+        .unwrap();
+        let mut server = Server::spawn(
+            None,
+            dir.path(),
+            &["--config", conf.to_str().unwrap()],
+            |_| {},
+        );
+        let status = server
+            .wait_timeout(WAIT)
+            .expect("host serve exits on a bad host.toml");
+        assert!(!status.success());
+        let log = server.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("key `{key}`")))
+            .unwrap_or_else(|| panic!("{setting}: no line names {key}:\n{log}"));
+        assert!(line.contains(says), "{setting}: {line}");
+    }
 }
