@@ -433,6 +433,8 @@ fn a_passed_tcp_socket_is_taken_for_http() {
     let fds = [listener.as_raw_fd(), tcp.as_raw_fd()];
     let mut server = spawn_with_fds(&fds, &socket, plugins.path(), &env);
     wait_for_a_call(&server);
+    let port = tcp.local_addr().unwrap().port();
+    assert_eq!(healthz(port), "HTTP/1.1 200 OK", "{}", server.log());
     assert!(server.stop(), "{}", server.log());
     assert!(socket.exists());
 
@@ -446,9 +448,23 @@ fn a_passed_tcp_socket_is_taken_for_http() {
         &[("LISTEN_FDS", "1")],
     );
     wait_for_a_call(&server);
+    assert_eq!(healthz(port), "HTTP/1.1 200 OK", "{}", server.log());
     assert!(server.stop(), "{}", server.log());
     // The host's own socket: removed at exit.
     assert!(!own.exists());
+}
+
+/// The status line of `GET /healthz` on the loopback `port`.
+fn healthz(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_owned()
 }
 
 /// Variables inherited from a socket-activated parent (LISTEN_PID is another process's):

@@ -89,6 +89,31 @@ fn printed_units_pass_systemd_analyze_verify() {
     }
 }
 
+/// With `--http`, the service passes it on and the socket unit binds the address too, with
+/// no name: the host tells the two sockets by type.
+#[test]
+fn an_http_address_is_passed_on_and_bound_by_the_socket_unit() {
+    let plugins = with_hello();
+    let dir = plugins.path().to_str().unwrap();
+    let args = ["--plugins", dir, "--http", "127.0.0.1:8080"];
+    let service = unit(&args);
+    assert!(service.contains(" --http 127.0.0.1:8080\n"), "{service}");
+    let socket = unit(&[&args[..], &["--socket-unit"]].concat());
+    assert!(socket.contains("ListenStream=127.0.0.1:8080\n"), "{socket}");
+    assert!(!socket.contains("FileDescriptorName="), "{socket}");
+    let units = [
+        ("plugin-host.service", service.as_str()),
+        ("plugin-host.socket", socket.as_str()),
+    ];
+    if let Some(output) = verify(&units, false) {
+        let (stdout, stderr) = text(&output);
+        assert!(
+            output.status.success() && stderr.is_empty(),
+            "{stdout}{stderr}\n{service}\n{socket}"
+        );
+    }
+}
+
 /// Paths with spaces, `%` (a specifier) and `$` (a variable on command lines) are escaped
 /// so that systemd reads them back as given.
 #[test]

@@ -105,6 +105,10 @@ pub struct UnitArgs {
     /// WatchdogSec=: a host that stops answering is restarted after this long (`30s`).
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub watchdog: String,
+    /// The HTTP API's address, passed as `--http` (and bound by the socket unit too)
+    /// [default: [http] listen of --config].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 /// The running host's control socket: `--socket`, or the `socket` of `--config` (or of

@@ -89,6 +89,7 @@ fn unit(args: UnitArgs) -> Result<ExitCode> {
     options.watchdog = watchdog;
     options.shutdown_timeout = Duration::from_millis(config.shutdown_timeout_ms);
     options.user = args.user;
+    options.http = args.http.or_else(|| config.http.listen.clone());
     if args.socket_unit {
         print!("{}", socket_unit(&options));
     } else {

@@ -43,6 +43,8 @@ pub struct UnitOptions {
     pub shutdown_timeout: Duration,
     /// A unit for the user's manager (`systemctl --user`).
     pub user: bool,
+    /// The HTTP API's address (`--http`, and a second `ListenStream=` of the socket unit).
+    pub http: Option<String>,
 }
 
 impl UnitOptions {
@@ -58,6 +60,7 @@ impl UnitOptions {
             watchdog: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
             user: false,
+            http: None,
         }
     }
 }
@@ -79,6 +82,9 @@ pub fn service_unit(options: &UnitOptions) -> String {
     }
     if let Some(format) = &options.log_format {
         args.extend(["--log-format".to_owned(), exec_word(format)]);
+    }
+    if let Some(http) = &options.http {
+        args.extend(["--http".to_owned(), exec_word(http)]);
     }
     let mut unit = String::new();
     let target = if options.user {
@@ -196,7 +202,9 @@ pub fn service_unit(options: &UnitOptions) -> String {
 }
 
 /// The `plugin-host.socket` unit: systemd binds the control socket and passes it as
-/// `control`, so a restart loses no connection attempt.
+/// `control`, so a restart loses no connection attempt. With an HTTP address it binds that
+/// too; systemd names every socket of a unit alike, so both are then passed under the
+/// unit's name and the host tells them by type (the Unix one is the control socket).
 pub fn socket_unit(options: &UnitOptions) -> String {
     let mut unit = String::new();
     let _ = writeln!(
@@ -213,7 +221,14 @@ pub fn socket_unit(options: &UnitOptions) -> String {
         "ListenStream={}",
         specifiers(&options.socket.to_string_lossy())
     );
-    let _ = writeln!(unit, "FileDescriptorName=control");
+    match &options.http {
+        Some(http) => {
+            let _ = writeln!(unit, "ListenStream={}", specifiers(http));
+        }
+        None => {
+            let _ = writeln!(unit, "FileDescriptorName=control");
+        }
+    }
     let _ = writeln!(unit, "SocketMode=0600");
     let _ = writeln!(unit, "DirectoryMode=0700");
     let _ = writeln!(unit, "Service={UNIT_NAME}.service");
