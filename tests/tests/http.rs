@@ -689,3 +689,24 @@ fn busy_and_shutting_down_calls_get_503() {
     assert!(text.contains("waited_ms"), "{text}");
     assert!(server.wait_timeout(WAIT).is_some_and(|s| s.success()));
 }
+
+#[test]
+fn an_address_other_than_loopback_is_served_and_warned_about() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let args = ["--http", "0.0.0.0:0"];
+    let server = Server::start_with_env(dir.path(), &args, &[("HOST_HTTP_TOKEN", TOKEN)]);
+    let api = Api::of(&server);
+    let port = api.addr().rsplit(':').next().unwrap_or_default().to_owned();
+    let local = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        agent: api.agent.clone(),
+    };
+    assert_eq!(local.get("/healthz", None).status, 200);
+    let log = server.log();
+    assert_eq!(
+        log.matches("reachable from other machines").count(),
+        1,
+        "{log}"
+    );
+}
