@@ -672,7 +672,20 @@ fn busy_and_shutting_down_calls_get_503() {
     assert_eq!((busy.status, kind(&busy)), (503, "busy"), "{}", busy.text);
     assert_eq!(busy.retry_after.as_deref(), Some("1"));
 
-    // Shutting down: the call in flight finishes, new ones get 503 shutting_down.
+    // Shutting down: the call in flight finishes, new ones get 503 shutting_down, and an
+    // open event stream does not hold the host up.
+    let task = json!({"plugin": "hello", "callback": "greet", "input": {}, "at": "+1h"});
+    let id = api.post("/v1/tasks", t, &task.to_string()).body["id"]
+        .as_u64()
+        .unwrap();
+    let stream = api
+        .agent
+        .get(format!("{}/v1/tasks/{id}/events", api.base))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let stopping = Instant::now();
     server.signal(libc::SIGTERM);
     server.wait_until(WAIT, "the shutdown line", |s| {
         s.log().contains("received signal")
@@ -688,6 +701,12 @@ fn busy_and_shutting_down_calls_get_503() {
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("waited_ms"), "{text}");
     assert!(server.wait_timeout(WAIT).is_some_and(|s| s.success()));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    drop(stream);
 }
 
 #[test]

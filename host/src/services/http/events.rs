@@ -146,9 +146,9 @@ impl Feed {
     }
 
     /// Appends what changed between what was seen and `record`.
-    fn update(&self, record: &TaskRecord) {
+    pub(super) fn update(&self, record: &TaskRecord) {
         let mut log = lock(&self.log);
-        if log.ended {
+        if log.ended && !record.status.is_active() {
             return;
         }
         let (logs_sent, changed) = match log.seen {
@@ -279,6 +279,15 @@ mod tests {
         assert!(ended);
         let (kept, _) = feed.after(0);
         assert_eq!(kept.len(), 3, "at most max_events_per_task kept");
+        feed.update(&record(TaskStatus::Success, 1, &["a", "b"]));
+        assert_eq!(
+            feed.after(5).0.len(),
+            0,
+            "an ended task's feed stays as it was"
+        );
+        feed.update(&record(TaskStatus::Queued, 0, &[]));
+        let (events, ended) = feed.after(5);
+        assert_eq!((events.len(), ended), (1, false), "retried: active again");
 
         let id = format!("{}-2", feed.epoch);
         assert_eq!(resume_after(Some(&id), &feed), 2);
