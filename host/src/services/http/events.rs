@@ -71,11 +71,13 @@ impl Feeds {
     pub(super) fn new(max_feeds: usize, max_events: usize) -> Feeds {
         Feeds {
             feeds: Mutex::new(HashMap::new()),
-            // Epochs differ across host restarts too, so an old id never matches a new feed.
+            // Epochs differ across host restarts too (the start's second, then a count of
+            // up to 2^20 feeds), so an old id never matches a new feed.
             next_epoch: AtomicU64::new(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_secs()),
+                    .map_or(1, |d| d.as_secs())
+                    << 20,
             ),
             clock: AtomicU64::new(0),
             max_feeds: max_feeds.max(1),
