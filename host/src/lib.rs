@@ -47,7 +47,7 @@ pub use services::{config, control, http, systemd, tasks, watch};
 pub use registry::{
     CallRequest, CallSeries, CallStats, Ended, FileStatus, HistoryEntry, Host, HostError,
     HostOptions, LoadEvent, Pinned, PluginHandle, RunningCall, Serving, TypedCall, TypedError,
-    DEFAULT_MAX_CALL_THREADS,
+    DEFAULT_MAX_CALL_THREADS, LATENCY_BUCKETS_US,
 };
 pub use runtime::generation::TypedOutcome;
 pub use runtime::loader::{

@@ -411,7 +411,7 @@ fn limits_cut_large_bodies_slow_clients_and_long_requests() {
     let dir = plugins_dir();
     install(&built().hello, dir.path(), "libhello.so");
     let config = "[http]\nmax_body_bytes = 1024\nheader_read_timeout_ms = 300\n\
-                  request_timeout_ms = 700\nmax_sse_streams = 1\n";
+                  body_read_timeout_ms = 300\nrequest_timeout_ms = 700\nmax_sse_streams = 1\n";
     let (server, api) = serve(dir.path(), config, &[("HOST_HTTP_TOKEN", TOKEN)]);
     let t = Some(TOKEN);
 
@@ -462,6 +462,20 @@ fn limits_cut_large_bodies_slow_clients_and_long_requests() {
         "{:?}",
         started.elapsed()
     );
+    // A body that does not arrive in time: 408.
+    let mut slow = TcpStream::connect(api.addr()).unwrap();
+    let head = format!(
+        "POST /v1/plugins/hello/greet HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: 100\r\n\r\n{{\"name\""
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("http.body_read_timeout_ms"), "{answer}");
+
     // ... and the server still answers others.
     assert_eq!(api.get("/healthz", None).status, 200);
 
@@ -624,4 +638,131 @@ fn an_event_stream_resumes_with_last_event_id_and_metrics_count_socket_and_task_
     ] {
         assert!(metrics.contains(line), "no {line} in:\n{metrics}");
     }
+}
+
+#[test]
+fn busy_and_shutting_down_calls_get_503() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let config = "shutdown_timeout_ms = 20000\n[plugins.hello]\nmax_concurrent_calls = 1\n";
+    let (mut server, api) = serve(dir.path(), config, &[("HOST_HTTP_TOKEN", TOKEN)]);
+    let t = Some(TOKEN);
+
+    // One call holds hello's only slot: the next is busy, with Retry-After.
+    let long = std::thread::spawn({
+        let (base, agent) = (api.base.clone(), api.agent.clone());
+        move || {
+            let mut answer = agent
+                .post(format!("{base}/v1/plugins/hello/wait"))
+                .header("Authorization", format!("Bearer {TOKEN}"))
+                .send(r#"{"ms":1500}"#)
+                .expect("an answer");
+            (
+                answer.status().as_u16(),
+                answer.body_mut().read_to_string().unwrap_or_default(),
+            )
+        }
+    });
+    server.wait_until(WAIT, "the long call to run", |s| {
+        s.files()
+            .iter()
+            .any(|f| f.serving.as_ref().is_some_and(|s| s.in_flight > 0))
+    });
+    let busy = api.post("/v1/plugins/hello/greet", t, "{}");
+    assert_eq!((busy.status, kind(&busy)), (503, "busy"), "{}", busy.text);
+    assert_eq!(busy.retry_after.as_deref(), Some("1"));
+
+    // Shutting down: the call in flight finishes, new ones get 503 shutting_down, and an
+    // open event stream does not hold the host up.
+    let task = json!({"plugin": "hello", "callback": "greet", "input": {}, "at": "+1h"});
+    let id = api.post("/v1/tasks", t, &task.to_string()).body["id"]
+        .as_u64()
+        .unwrap();
+    let stream = api
+        .agent
+        .get(format!("{}/v1/tasks/{id}/events", api.base))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let stopping = Instant::now();
+    server.signal(libc::SIGTERM);
+    server.wait_until(WAIT, "the shutdown line", |s| {
+        s.log().contains("received signal")
+    });
+    let refused = api.post("/v1/plugins/hello/greet", t, "{}");
+    assert_eq!(
+        (refused.status, kind(&refused)),
+        (503, "shutting_down"),
+        "{}",
+        refused.text
+    );
+    let (status, text) = long.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("waited_ms"), "{text}");
+    assert!(server.wait_timeout(WAIT).is_some_and(|s| s.success()));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    drop(stream);
+}
+
+#[test]
+fn an_address_other_than_loopback_is_served_and_warned_about() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let args = ["--http", "0.0.0.0:0"];
+    let server = Server::start_with_env(dir.path(), &args, &[("HOST_HTTP_TOKEN", TOKEN)]);
+    let api = Api::of(&server);
+    let port = api.addr().rsplit(':').next().unwrap_or_default().to_owned();
+    let local = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        agent: api.agent.clone(),
+    };
+    assert_eq!(local.get("/healthz", None).status, 200);
+    let log = server.log();
+    assert_eq!(
+        log.matches("reachable from other machines").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_connection_past_max_connections_gets_503_and_is_closed() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let config = "[http]\nmax_connections = 2\n";
+    let (server, api) = serve(dir.path(), config, &[("HOST_HTTP_TOKEN", TOKEN)]);
+    // Two connections, each with a request answered (so both are surely accepted).
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(api.addr()).unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = stream.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            stream
+        })
+        .collect();
+    let mut third = TcpStream::connect(api.addr()).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = third.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("http.max_connections"), "{answer}");
+    drop(held);
+    // Once they are gone, connections are served again.
+    let start = Instant::now();
+    while api.get("/healthz", None).status != 200 {
+        assert!(start.elapsed() < WAIT, "never served again");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(server.log().contains("refusing more"), "{}", server.log());
 }

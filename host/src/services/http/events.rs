@@ -71,11 +71,13 @@ impl Feeds {
     pub(super) fn new(max_feeds: usize, max_events: usize) -> Feeds {
         Feeds {
             feeds: Mutex::new(HashMap::new()),
-            // Epochs differ across host restarts too, so an old id never matches a new feed.
+            // Epochs differ across host restarts too (the start's second, then a count of
+            // up to 2^20 feeds), so an old id never matches a new feed.
             next_epoch: AtomicU64::new(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_secs()),
+                    .map_or(1, |d| d.as_secs())
+                    << 20,
             ),
             clock: AtomicU64::new(0),
             max_feeds: max_feeds.max(1),
@@ -146,9 +148,9 @@ impl Feed {
     }
 
     /// Appends what changed between what was seen and `record`.
-    fn update(&self, record: &TaskRecord) {
+    pub(super) fn update(&self, record: &TaskRecord) {
         let mut log = lock(&self.log);
-        if log.ended {
+        if log.ended && !record.status.is_active() {
             return;
         }
         let (logs_sent, changed) = match log.seen {
@@ -238,4 +240,67 @@ pub(super) fn resume_after(last_event_id: Option<&str>, feed: &Feed) -> u64 {
         .filter(|(epoch, _)| epoch.parse() == Ok(feed.epoch))
         .and_then(|(_, seq)| seq.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: TaskStatus, attempts: u32, logs: &[&str]) -> TaskRecord {
+        let json = json!({
+            "id": 7, "plugin": "p", "callback": "c", "input": "null", "key": "k",
+            "priority": 0, "status": status, "attempts": attempts, "max_attempts": 3,
+            "retry_delays_ms": [], "not_before_unix_ms": 0, "created_unix_ms": 0,
+            "started_unix_ms": null, "finished_unix_ms": null, "result": null, "error": null,
+            "logs": logs.iter().map(|m| json!({"level": "info", "message": m, "unix_ms": 1}))
+                .collect::<Vec<_>>(),
+            "parent": null, "depth": 0, "schedule": null, "generation": null,
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_feed_keeps_what_changed_bounded_and_resumes_only_its_own_ids() {
+        let feeds = Feeds::new(2, 3);
+        let feed = feeds.watch(7);
+        feed.update(&record(TaskStatus::Queued, 0, &[]));
+        feed.update(&record(TaskStatus::Queued, 0, &[]));
+        feed.update(&record(TaskStatus::Running, 1, &[]));
+        let (events, ended) = feed.after(0);
+        let names: Vec<_> = events.iter().map(|e| (e.seq, e.name)).collect();
+        assert_eq!(
+            names,
+            [(1, "status"), (2, "status")],
+            "nothing new, no event"
+        );
+        assert!(!ended);
+        feed.update(&record(TaskStatus::Success, 1, &["a", "b"]));
+        let (events, ended) = feed.after(2);
+        let names: Vec<_> = events.iter().map(|e| (e.seq, e.name)).collect();
+        assert_eq!(names, [(3, "log"), (4, "log"), (5, "status")]);
+        assert!(ended);
+        let (kept, _) = feed.after(0);
+        assert_eq!(kept.len(), 3, "at most max_events_per_task kept");
+        feed.update(&record(TaskStatus::Success, 1, &["a", "b"]));
+        assert_eq!(
+            feed.after(5).0.len(),
+            0,
+            "an ended task's feed stays as it was"
+        );
+        feed.update(&record(TaskStatus::Queued, 0, &[]));
+        let (events, ended) = feed.after(5);
+        assert_eq!((events.len(), ended), (1, false), "retried: active again");
+
+        let id = format!("{}-2", feed.epoch);
+        assert_eq!(resume_after(Some(&id), &feed), 2);
+        assert_eq!(resume_after(Some("1-2"), &feed), 0, "another feed's id");
+        assert_eq!(resume_after(Some("garbage"), &feed), 0);
+        assert!(
+            Arc::ptr_eq(&feeds.watch(7), &feed),
+            "the same feed while kept"
+        );
+        feeds.watch(8);
+        feeds.watch(9);
+        assert!(lock(&feeds.feeds).len() <= 2, "at most max_event_feeds");
+    }
 }

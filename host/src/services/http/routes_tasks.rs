@@ -213,10 +213,13 @@ pub(super) async fn events(
     })?;
     // A task that does not exist is a 404, not an empty stream.
     let probe = tasks.clone();
-    if blocking(move || probe.get(id)).await?.is_none() {
+    let Some(record) = blocking(move || probe.get(id)).await? else {
         return Err(ApiError::not_found(format!("no task {id}")));
-    }
+    };
     let feed = state.feeds.watch(id);
+    // Up to date before the stream reads it (a task retried since its feed ended is
+    // active again).
+    feed.update(&record);
     let newest = feed.subscribe(&tasks);
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let after = resume_after(last, &feed);

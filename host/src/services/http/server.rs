@@ -192,6 +192,11 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
             Access::Read | Access::Write => {}
         }
     }
+    // Event streams last as long as their task: shutdown does not wait for them (they end
+    // when the server is dropped).
+    if path.ends_with("/events") {
+        return next.run(request).await;
+    }
     state.answering.fetch_add(1, Ordering::SeqCst);
     let _answered = Answered(&state.answering);
     next.run(request).await
