@@ -365,3 +365,55 @@ fn a_read_only_token_sees_the_pages_and_the_page_says_its_writes_are_refused() {
     );
     assert!(is_png(&browser.screenshot("read-only")));
 }
+
+#[test]
+fn cancels_and_retries_a_task_from_its_page_and_filters_the_list() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let dash = Dash::start(dir.path(), &[]);
+    let browser = dash.signed_in();
+
+    browser.goto(&dash.url("#/run?plugin=hello&callback=wait"));
+    browser.wait_until(WAIT, "the run panel", |b| {
+        b.script(
+            "return document.querySelector('#run-callback')?.value;",
+            json!([]),
+        ) == json!("wait")
+    });
+    browser.type_into("#run-input", r#"{"ms": 20000}"#);
+    browser.click("#run-submit");
+    browser.wait_for_text("#task-status", "running", WAIT);
+    let id = browser
+        .script("return location.hash.split('/')[2];", json!([]))
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(id.parse::<u64>().is_ok(), "no task id in the address: {id}");
+
+    browser.type_into("#task-reason", "stuck on purpose");
+    browser.click("#task-cancel");
+    browser.wait_for_text("#task-status", "cancelled", WAIT);
+    browser.type_into("#task-reason", "once more");
+    browser.click("#task-retry");
+    browser.wait_until(WAIT, "the task queued again", |b| {
+        b.text("#task-status")
+            .is_some_and(|s| s.contains("queued") || s.contains("running"))
+    });
+    assert!(is_png(&browser.screenshot("task-retried")));
+
+    // The list, filtered by plugin, then by a status the task is not in.
+    let row = format!(r#"#tasks tr[data-task="{id}"]"#);
+    browser.goto(&dash.url("#/tasks?plugin=hello"));
+    browser.wait_until(WAIT, "the task in hello's list", |b| b.text(&row).is_some());
+    browser.script(
+        "const s = document.querySelector('#filter-status'); s.value = 'success'; \
+         s.dispatchEvent(new Event('change'));",
+        json!([]),
+    );
+    browser.wait_for_text("#tasks", "No task matches.", WAIT);
+    assert!(browser.text(&row).is_none());
+    assert_eq!(
+        browser.script("return location.hash;", json!([])),
+        json!("#/tasks?status=success&plugin=hello")
+    );
+}

@@ -2,7 +2,7 @@
 // history with rollback and restart (#/plugins/NAME).
 
 import { get, post, metrics, listOf } from './api.js';
-import { h, fill, badge, when, seconds, errorBox, notify } from './ui.js';
+import { h, fill, badge, head, when, seconds, notify } from './ui.js';
 
 const REFRESH_MS = 5000;
 
@@ -78,8 +78,8 @@ function pluginTable(files, histories, latency, selected) {
         h('a', { class: 'button', href: `#/plugins/${encodeURIComponent(name)}` }, 'History')));
   });
   return h('table', { class: 'grid' },
-    h('thead', {}, h('tr', {}, ['Plugin', 'Version', 'Generation', 'State', 'Calls', 'Errors', 'p50', 'p99', '']
-      .map((title) => h('th', {}, title)))),
+    head(['Plugin', 'Version', 'Generation', 'State', 'Calls', 'Errors', 'p50', 'p99', ''],
+      ['Generation', 'Calls', 'Errors', 'p50', 'p99']),
     h('tbody', {}, rows));
 }
 
@@ -126,8 +126,8 @@ function historyPanel(name, history, file, refresh, signal) {
   return h('section', { class: 'card', id: 'history' },
     h('div', { class: 'page-head' }, h('h2', {}, `History of ${name}`), restart),
     h('table', { class: 'grid' },
-      h('thead', {}, h('tr', {}, ['Generation', 'Version', 'Loaded', 'Retired', 'Calls', 'Errors', 'Ended', 'SHA-256', '']
-        .map((title) => h('th', {}, title)))),
+      head(['Generation', 'Version', 'Loaded', 'Retired', 'Calls', 'Errors', 'Ended', 'SHA-256', ''],
+        ['Generation', 'Calls', 'Errors']),
       h('tbody', {}, rows)));
 }
 

@@ -91,3 +91,9 @@ export function notify(text, kind = 'ok') {
   clearTimeout(notify.timer);
   notify.timer = setTimeout(() => { box.hidden = true; }, 6000);
 }
+
+/** A table head; the columns named in `numeric` are right-aligned like their cells. */
+export function head(titles, numeric = []) {
+  return h('thead', {}, h('tr', {}, titles.map((title) =>
+    h('th', { class: numeric.includes(title) ? 'num' : null }, title))));
+}
