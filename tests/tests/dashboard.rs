@@ -417,3 +417,52 @@ fn cancels_and_retries_a_task_from_its_page_and_filters_the_list() {
         json!("#/tasks?status=success&plugin=hello")
     );
 }
+
+#[test]
+fn shows_probation_and_quarantine_and_restarts_a_plugin_from_its_history() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    install(e2e::tough(), dir.path(), "libtough.so");
+    let conf = dir.path().join("host.toml");
+    fs::write(
+        &conf,
+        "[plugins.tough]\nisolation = \"process\"\nmax_restarts = 3\nrestart_window_ms = 60000\n",
+    )
+    .expect("write host.toml");
+    let conf = conf.display().to_string();
+    let dash = Dash::start(dir.path(), &["--config", &conf]);
+    dash.server.wait_until(WAIT, "tough in its worker", |s| {
+        s.call("tough", "greet", "null").is_ok()
+    });
+    let browser = dash.signed_in();
+    let hello = r#"#plugins tr[data-plugin="hello"]"#;
+    let tough = r#"#plugins tr[data-plugin="tough"]"#;
+
+    // A new version serves on probation (30 s by default).
+    install(hello_hi(), dir.path(), "libhello.so");
+    browser.wait_until(WAIT, "hello 0.2.0 on probation", |b| {
+        b.text(hello)
+            .is_some_and(|row| row.contains("0.2.0") && row.contains("on probation"))
+    });
+
+    // Three crashes in the window: quarantined.
+    for _ in 0..3 {
+        assert!(dash.server.call("tough", "segv", "null").is_err());
+    }
+    browser.wait_until(WAIT, "tough quarantined, with the reason", |b| {
+        b.text(tough).is_some_and(|row| {
+            row.contains("quarantined") && row.contains("3 crashes within 60000 ms")
+        })
+    });
+    assert!(is_png(&browser.screenshot("quarantined")));
+
+    browser.click(&format!("{tough} a.plugin-name"));
+    browser.click("#history button.restart");
+    browser.wait_until(WAIT, "tough serving again", |b| {
+        b.text(tough).is_some_and(|row| row.contains("serving"))
+    });
+    assert_eq!(
+        dash.server.call("tough", "greet", "null"),
+        Ok(json!("still here"))
+    );
+}

@@ -65,6 +65,7 @@ function pluginTable(files, histories, latency, selected) {
     return h('tr', { class: name === selected ? 'selected' : null, 'data-plugin': name },
       h('td', {}, h('a', { href: `#/plugins/${encodeURIComponent(name)}`, class: 'plugin-name' }, name),
         file.metadata?.description ? h('div', { class: 'muted small' }, file.metadata.description) : null,
+        serving.worker?.quarantined ? h('div', { class: 'error small quarantine' }, serving.worker.quarantined) : null,
         file.last_error ? h('div', { class: `${file.serving ? 'warn' : 'error'} small` }, file.last_error) : null),
       h('td', {}, file.metadata?.version ?? '—'),
       h('td', { class: 'num' }, serving.generation ?? '—'),

@@ -54,7 +54,10 @@ export function when(unixMs) {
 export function seconds(s) {
   if (s === undefined || s === null || Number.isNaN(s)) return '—';
   if (s < 0.001) return `${Math.round(s * 1e6)} µs`;
-  if (s < 1) return `${(s * 1000).toFixed(s < 0.01 ? 2 : 1)} ms`;
+  if (s < 1) {
+    const ms = s * 1000;
+    return `${ms < 10 ? ms.toFixed(2) : ms < 100 ? ms.toFixed(1) : Math.round(ms)} ms`;
+  }
   return `${s.toFixed(2)} s`;
 }
 
