@@ -6,6 +6,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -34,6 +35,10 @@ fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
+/// One browser at a time in a test process: a test binary's tests run in parallel, and
+/// several Chromiums on a small machine make every bounded wait a gamble.
+static TURN: Mutex<()> = Mutex::new(());
+
 /// A chromedriver process and one headless Chromium session; both end when it is dropped.
 pub struct Browser {
     driver: Child,
@@ -44,11 +49,14 @@ pub struct Browser {
     agent: ureq::Agent,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    /// Released last, once the browser is gone.
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl Browser {
     /// Starts chromedriver on a free port and opens a headless Chromium (1280x900).
     pub fn start() -> Browser {
+        let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
         let chromedriver = which("chromedriver")
             .expect("chromedriver is not on the PATH: install chromium-driver (.ci/test does)");
         let chromium = which("chromium")
@@ -76,6 +84,7 @@ impl Browser {
             agent,
             log,
             _dir: dir,
+            _turn: turn,
         };
         let start = Instant::now();
         loop {
