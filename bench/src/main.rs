@@ -10,7 +10,7 @@
 //! ```
 //!
 //! `--only` runs some groups of figures: in-process, socket, idle, reloads, runtime-reloads,
-//! startup, isolation, isolated-reloads, tasks.
+//! startup, isolation, isolated-reloads, tasks, http.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use host::control::Client;
 
+mod http;
 mod runtime_reloads;
 mod tasks;
 
@@ -821,6 +822,9 @@ fn main() {
     }
     if args.runs("tasks") {
         tasks::figures(&args, &mut rows);
+    }
+    if args.runs("http") {
+        http::figures(&args, &mut rows);
     }
     println!("| figure | measured | target | ok |");
     println!("|---|---|---|---|");

@@ -411,7 +411,7 @@ fn limits_cut_large_bodies_slow_clients_and_long_requests() {
     let dir = plugins_dir();
     install(&built().hello, dir.path(), "libhello.so");
     let config = "[http]\nmax_body_bytes = 1024\nheader_read_timeout_ms = 300\n\
-                  request_timeout_ms = 700\nmax_sse_streams = 1\n";
+                  body_read_timeout_ms = 300\nrequest_timeout_ms = 700\nmax_sse_streams = 1\n";
     let (server, api) = serve(dir.path(), config, &[("HOST_HTTP_TOKEN", TOKEN)]);
     let t = Some(TOKEN);
 
@@ -462,6 +462,20 @@ fn limits_cut_large_bodies_slow_clients_and_long_requests() {
         "{:?}",
         started.elapsed()
     );
+    // A body that does not arrive in time: 408.
+    let mut slow = TcpStream::connect(api.addr()).unwrap();
+    let head = format!(
+        "POST /v1/plugins/hello/greet HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: 100\r\n\r\n{{\"name\""
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("http.body_read_timeout_ms"), "{answer}");
+
     // ... and the server still answers others.
     assert_eq!(api.get("/healthz", None).status, 200);
 

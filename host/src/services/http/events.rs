@@ -239,3 +239,57 @@ pub(super) fn resume_after(last_event_id: Option<&str>, feed: &Feed) -> u64 {
         .and_then(|(_, seq)| seq.parse().ok())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: TaskStatus, attempts: u32, logs: &[&str]) -> TaskRecord {
+        let json = json!({
+            "id": 7, "plugin": "p", "callback": "c", "input": "null", "key": "k",
+            "priority": 0, "status": status, "attempts": attempts, "max_attempts": 3,
+            "retry_delays_ms": [], "not_before_unix_ms": 0, "created_unix_ms": 0,
+            "started_unix_ms": null, "finished_unix_ms": null, "result": null, "error": null,
+            "logs": logs.iter().map(|m| json!({"level": "info", "message": m, "unix_ms": 1}))
+                .collect::<Vec<_>>(),
+            "parent": null, "depth": 0, "schedule": null, "generation": null,
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_feed_keeps_what_changed_bounded_and_resumes_only_its_own_ids() {
+        let feeds = Feeds::new(2, 3);
+        let feed = feeds.watch(7);
+        feed.update(&record(TaskStatus::Queued, 0, &[]));
+        feed.update(&record(TaskStatus::Queued, 0, &[]));
+        feed.update(&record(TaskStatus::Running, 1, &[]));
+        let (events, ended) = feed.after(0);
+        let names: Vec<_> = events.iter().map(|e| (e.seq, e.name)).collect();
+        assert_eq!(
+            names,
+            [(1, "status"), (2, "status")],
+            "nothing new, no event"
+        );
+        assert!(!ended);
+        feed.update(&record(TaskStatus::Success, 1, &["a", "b"]));
+        let (events, ended) = feed.after(2);
+        let names: Vec<_> = events.iter().map(|e| (e.seq, e.name)).collect();
+        assert_eq!(names, [(3, "log"), (4, "log"), (5, "status")]);
+        assert!(ended);
+        let (kept, _) = feed.after(0);
+        assert_eq!(kept.len(), 3, "at most max_events_per_task kept");
+
+        let id = format!("{}-2", feed.epoch);
+        assert_eq!(resume_after(Some(&id), &feed), 2);
+        assert_eq!(resume_after(Some("1-2"), &feed), 0, "another feed's id");
+        assert_eq!(resume_after(Some("garbage"), &feed), 0);
+        assert!(
+            Arc::ptr_eq(&feeds.watch(7), &feed),
+            "the same feed while kept"
+        );
+        feeds.watch(8);
+        feeds.watch(9);
+        assert!(lock(&feeds.feeds).len() <= 2, "at most max_event_feeds");
+    }
+}

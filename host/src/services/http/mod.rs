@@ -21,5 +21,6 @@ mod server;
 
 pub use auth::{Access, TokenError, TokenSource, Tokens, TOKEN_ENV};
 pub use error::ApiError;
+pub use events::POLL as EVENT_POLL;
 pub use limits::HttpSettings;
 pub use server::{bind, HttpServer};

@@ -12,13 +12,19 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::limits::read_body;
 use super::server::AppState;
 use crate::registry::CallRequest;
+use crate::types::call::CallOutcome;
+
+/// A call's answer, written straight from the outcome.
+#[derive(Debug, Serialize)]
+pub(super) struct Answer {
+    outcome: CallOutcome,
+}
 
 /// The query of a call.
 #[derive(Debug, Default, Deserialize)]
@@ -32,7 +38,7 @@ pub(super) async fn call(
     Path((plugin, callback)): Path<(String, String)>,
     Query(query): Query<CallQuery>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Answer>, ApiError> {
     for (what, name) in [("plugin", &plugin), ("callback", &callback)] {
         if !plugin_api::is_valid_name(name) {
             return Err(ApiError::invalid(format!(
@@ -72,5 +78,5 @@ pub(super) async fn call(
             message,
         ));
     }
-    Ok(Json(json!({ "outcome": outcome })))
+    Ok(Json(Answer { outcome }))
 }
