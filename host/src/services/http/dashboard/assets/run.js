@@ -63,7 +63,7 @@ export async function render(main, { params, signal }) {
       const answer = await post(path, input.value, { signal });
       fill(output, outcomeView(answer?.outcome ?? answer));
     } catch (err) {
-      if (err.name !== 'AbortError') fill(output, h('h2', {}, 'Refused'), errorBox(err));
+      if (err.name !== 'AbortError') fill(output, refusal(err));
     } finally {
       run.disabled = false;
     }
@@ -78,7 +78,7 @@ export async function render(main, { params, signal }) {
       if (id !== undefined && id !== null) location.hash = `#/tasks/${id}`;
       else fill(output, h('h2', {}, 'Submitted'), h('pre', {}, pretty(answer)));
     } catch (err) {
-      if (err.name !== 'AbortError') fill(output, h('h2', {}, 'Refused'), errorBox(err));
+      if (err.name !== 'AbortError') fill(output, refusal(err));
     } finally {
       submit.disabled = false;
     }
@@ -104,4 +104,9 @@ function outcomeView(outcome) {
       ? [h('h3', {}, 'Follow-ups'), h('pre', { class: 'result' }, pretty(outcome.follow_ups))]
       : null,
   ];
+}
+
+function refusal(err) {
+  const status = err.status ? `The host answered ${err.status}` : 'The host did not answer';
+  return [h('div', { class: 'page-head' }, h('h2', {}, status), badge(err.kind ?? 'error', 'failed')), errorBox(err)];
 }

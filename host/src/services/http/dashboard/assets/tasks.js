@@ -8,6 +8,8 @@ const STATUSES = ['queued', 'running', 'success', 'failed', 'bad', 'skipped', 'r
 const ACTIVE = new Set(['queued', 'running']);
 const LIST_REFRESH_MS = 3000;
 const PAGE = 50;
+/** The live events a task's page keeps on screen (the oldest go first). */
+const MAX_EVENTS_SHOWN = 500;
 
 export async function render(main, { args, params, signal }) {
   if (args[0]) return detail(main, args[0], signal);
@@ -167,6 +169,7 @@ async function follow(id, signal, liveState, live, changed, load, current) {
           heard += 1;
           if (event.id) lastId = event.id;
           live.append(eventLine(event));
+          while (live.children.length > MAX_EVENTS_SHOWN) live.firstElementChild.remove();
           changed();
         },
       });
