@@ -639,3 +639,53 @@ fn an_event_stream_resumes_with_last_event_id_and_metrics_count_socket_and_task_
         assert!(metrics.contains(line), "no {line} in:\n{metrics}");
     }
 }
+
+#[test]
+fn busy_and_shutting_down_calls_get_503() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let config = "shutdown_timeout_ms = 20000\n[plugins.hello]\nmax_concurrent_calls = 1\n";
+    let (mut server, api) = serve(dir.path(), config, &[("HOST_HTTP_TOKEN", TOKEN)]);
+    let t = Some(TOKEN);
+
+    // One call holds hello's only slot: the next is busy, with Retry-After.
+    let long = std::thread::spawn({
+        let (base, agent) = (api.base.clone(), api.agent.clone());
+        move || {
+            let mut answer = agent
+                .post(format!("{base}/v1/plugins/hello/wait"))
+                .header("Authorization", format!("Bearer {TOKEN}"))
+                .send(r#"{"ms":1500}"#)
+                .expect("an answer");
+            (
+                answer.status().as_u16(),
+                answer.body_mut().read_to_string().unwrap_or_default(),
+            )
+        }
+    });
+    server.wait_until(WAIT, "the long call to run", |s| {
+        s.files()
+            .iter()
+            .any(|f| f.serving.as_ref().is_some_and(|s| s.in_flight > 0))
+    });
+    let busy = api.post("/v1/plugins/hello/greet", t, "{}");
+    assert_eq!((busy.status, kind(&busy)), (503, "busy"), "{}", busy.text);
+    assert_eq!(busy.retry_after.as_deref(), Some("1"));
+
+    // Shutting down: the call in flight finishes, new ones get 503 shutting_down.
+    server.signal(libc::SIGTERM);
+    server.wait_until(WAIT, "the shutdown line", |s| {
+        s.log().contains("received signal")
+    });
+    let refused = api.post("/v1/plugins/hello/greet", t, "{}");
+    assert_eq!(
+        (refused.status, kind(&refused)),
+        (503, "shutting_down"),
+        "{}",
+        refused.text
+    );
+    let (status, text) = long.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("waited_ms"), "{text}");
+    assert!(server.wait_timeout(WAIT).is_some_and(|s| s.success()));
+}
