@@ -232,7 +232,12 @@ impl Browser {
         let start = Instant::now();
         while !ready(self) {
             if start.elapsed() >= timeout {
-                let shot = self.screenshot("timed-out");
+                // Named after the test (its thread's name), so failures do not overwrite.
+                let test = std::thread::current()
+                    .name()
+                    .unwrap_or("test")
+                    .replace("::", "-");
+                let shot = self.screenshot(&format!("{test}-timed-out"));
                 let page = self.text("body").unwrap_or_default();
                 panic!(
                     "timed out after {timeout:?} waiting for {what}; screenshot {}; page:\n{page}",
