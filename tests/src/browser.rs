@@ -108,6 +108,7 @@ impl Browser {
         let profile = browser._dir.path().join("profile");
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
@@ -253,6 +254,22 @@ impl Browser {
         self.wait_until(timeout, &format!("{css} to show {expected:?}"), |b| {
             b.text(css).is_some_and(|t| t.contains(expected))
         });
+    }
+
+    /// The browser console's errors since the last time they were read (script errors,
+    /// Content-Security-Policy violations, failed loads), one line each.
+    pub fn console_errors(&self) -> Vec<String> {
+        let entries = self.command("POST", "/se/log", Some(json!({"type": "browser"})));
+        entries
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e["level"] == json!("SEVERE"))
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Saves a PNG of the page as `target/dashboard-screenshots/NAME.png`, prints and returns

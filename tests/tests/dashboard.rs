@@ -205,6 +205,8 @@ fn runs_hello_greet_from_the_run_panel() {
         json!([]),
     );
     assert_eq!(plugin, json!("hello"));
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows errors: {errors:?}");
     assert!(is_png(&browser.screenshot("run")));
 
     // A plugin's own error is shown as such, with its kind.
@@ -279,6 +281,8 @@ fn a_submitted_task_reaches_success_on_the_page_without_a_reload() {
         json!(true),
         "the page was reloaded"
     );
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows errors: {errors:?}");
     assert!(is_png(&browser.screenshot("task")));
 
     // Follow-ups as a tree: fanout's execute queues one measure per item.
@@ -330,6 +334,8 @@ fn rolls_a_plugin_back_from_its_history() {
         json!("Hello, Ada!"),
         "the first version serves again"
     );
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows errors: {errors:?}");
     assert!(is_png(&browser.screenshot("rollback")));
 }
 
@@ -399,6 +405,8 @@ fn cancels_and_retries_a_task_from_its_page_and_filters_the_list() {
         b.text("#task-status")
             .is_some_and(|s| s.contains("queued") || s.contains("running"))
     });
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows errors: {errors:?}");
     assert!(is_png(&browser.screenshot("task-retried")));
 
     // The list, filtered by plugin, then by a status the task is not in.
