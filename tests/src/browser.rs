@@ -15,6 +15,10 @@ use crate::target_dir;
 
 /// How long one WebDriver command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// WebDriver's code for the Control key (held until the end of the keys sent).
+pub const CONTROL: &str = "\u{E009}";
+/// WebDriver's code for the Enter key.
+pub const ENTER: &str = "\u{E007}";
 /// The W3C key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -219,6 +223,17 @@ impl Browser {
             "POST",
             &format!("/element/{id}/value"),
             Some(json!({ "text": text })),
+        );
+    }
+
+    /// Types `keys` into the element matching `css` as they are (WebDriver key codes such
+    /// as [`CONTROL`] and [`ENTER`] included), without clearing it.
+    pub fn keys(&self, css: &str, keys: &str) {
+        let id = self.element(css, Duration::from_secs(20));
+        self.command(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": keys })),
         );
     }
 

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::browser::{free_port, is_png, Browser};
+use e2e::browser::{free_port, is_png, Browser, CONTROL, ENTER};
 use e2e::{built, hello_hi, install, no_probation, plugins_dir, Server};
 use serde_json::{json, Value};
 
@@ -216,8 +216,18 @@ fn runs_hello_greet_from_the_run_panel() {
         json!([]),
     );
     browser.type_into("#run-input", "{}");
-    browser.click("#run-call");
+    browser.keys("#run-input", &format!("{CONTROL}{ENTER}"));
     browser.wait_for_text("#run-output", "failed on purpose", WAIT);
+
+    // The tab remembers the last input of each callback.
+    browser.goto(&dash.url("#/tasks"));
+    browser.goto(&dash.url("#/run?plugin=hello&callback=greet"));
+    browser.wait_until(WAIT, "greet's last input again", |b| {
+        b.script(
+            "return document.querySelector('#run-input')?.value;",
+            json!([]),
+        ) == json!(r#"{"name":"Ada"}"#)
+    });
 
     // The plugins page counts them, with the latency /metrics gives.
     browser.click(r#"#nav a[data-page="plugins"]"#);
