@@ -280,7 +280,7 @@ fn a_submitted_task_reaches_success_on_the_page_without_a_reload() {
     browser.wait_for_text("#task-result", "waited_ms", WAIT);
     let events = browser
         .script(
-            "return document.querySelectorAll('#task-events li').length;",
+            "return document.querySelectorAll('#task-events li.event').length;",
             json!([]),
         )
         .as_u64()

@@ -92,6 +92,7 @@ async function detail(main, id, signal) {
   const cancel = h('button', { type: 'button', id: 'task-cancel', hidden: true }, 'Cancel');
   const retry = h('button', { type: 'button', id: 'task-retry', hidden: true }, 'Retry');
   const view = h('div', { id: 'task-view' });
+  const side = h('div', { id: 'task-side' });
   const live = h('ol', { class: 'events', id: 'task-events' });
   const liveState = h('span', { class: 'muted small', id: 'task-live' }, 'connecting…');
   fill(main,
@@ -100,8 +101,10 @@ async function detail(main, id, signal) {
       h('h1', {}, `Task ${id} `, status),
       h('div', { class: 'buttons' }, reason, cancel, retry)),
     view,
-    h('section', { class: 'card' },
-      h('div', { class: 'page-head' }, h('h2', {}, 'Live events'), liveState), live));
+    h('div', { class: 'split' },
+      side,
+      h('section', { class: 'card' },
+        h('div', { class: 'page-head' }, h('h3', {}, 'Live events'), liveState), live)));
 
   let tree = null;
   const load = async () => {
@@ -112,6 +115,7 @@ async function detail(main, id, signal) {
     cancel.hidden = !active;
     retry.hidden = active;
     fill(view, taskView(tree));
+    fill(side, taskSide(tree));
     return tree;
   };
   const act = (button, what) => button.addEventListener('click', async () => {
@@ -151,6 +155,9 @@ async function follow(id, signal, liveState, live, changed, load, current) {
     if (!ACTIVE.has(current()?.task?.status)) {
       if (!anyActive(current())) {
         fill(liveState, 'ended');
+        if (live.children.length === 0) {
+          live.append(h('li', { class: 'muted' }, 'It had ended when this page opened.'));
+        }
         return;
       }
       // The task ended but follow-ups still run: their status comes from polling.
@@ -200,7 +207,7 @@ function eventLine(event) {
   const text = typeof data === 'object' && data !== null
     ? data.message ?? data.status ?? JSON.stringify(data)
     : String(data);
-  return h('li', {}, h('span', { class: 'level' }, event.event), h('span', { class: 'message' }, text));
+  return h('li', { class: 'event' }, h('span', { class: 'level' }, event.event), h('span', { class: 'message' }, text));
 }
 
 function taskView(tree) {
@@ -219,6 +226,13 @@ function taskView(tree) {
       h('section', { class: 'card' }, h('h3', {}, 'Input'), h('pre', { class: 'result' }, pretty(t.input))),
       h('section', { class: 'card' }, h('h3', {}, t.error ? 'Error' : 'Result'),
         t.error ? errorBox(t.error) : h('pre', { class: 'result', id: 'task-result' }, t.result ? pretty(t.result) : '—'))),
+  ];
+}
+
+/** The task's logs and follow-ups, beside its live events. */
+function taskSide(tree) {
+  const t = tree.task;
+  return [
     h('section', { class: 'card' }, h('h3', {}, 'Logs'), logList(t.logs)),
     h('section', { class: 'card' }, h('h3', {}, 'Follow-ups'),
       (tree.children ?? []).length ? h('ul', { class: 'tree', id: 'task-tree' }, (tree.children ?? []).map(node))
