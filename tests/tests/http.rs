@@ -689,3 +689,61 @@ fn busy_and_shutting_down_calls_get_503() {
     assert!(text.contains("waited_ms"), "{text}");
     assert!(server.wait_timeout(WAIT).is_some_and(|s| s.success()));
 }
+
+#[test]
+fn an_address_other_than_loopback_is_served_and_warned_about() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let args = ["--http", "0.0.0.0:0"];
+    let server = Server::start_with_env(dir.path(), &args, &[("HOST_HTTP_TOKEN", TOKEN)]);
+    let api = Api::of(&server);
+    let port = api.addr().rsplit(':').next().unwrap_or_default().to_owned();
+    let local = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        agent: api.agent.clone(),
+    };
+    assert_eq!(local.get("/healthz", None).status, 200);
+    let log = server.log();
+    assert_eq!(
+        log.matches("reachable from other machines").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_connection_past_max_connections_gets_503_and_is_closed() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let config = "[http]\nmax_connections = 2\n";
+    let (server, api) = serve(dir.path(), config, &[("HOST_HTTP_TOKEN", TOKEN)]);
+    // Two connections, each with a request answered (so both are surely accepted).
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(api.addr()).unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = stream.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            stream
+        })
+        .collect();
+    let mut third = TcpStream::connect(api.addr()).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = third.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("http.max_connections"), "{answer}");
+    drop(held);
+    // Once they are gone, connections are served again.
+    let start = Instant::now();
+    while api.get("/healthz", None).status != 200 {
+        assert!(start.elapsed() < WAIT, "never served again");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(server.log().contains("refusing more"), "{}", server.log());
+}

@@ -29,6 +29,9 @@ pub const MAX_CALL_SERIES: usize = 4096;
 /// What the label of a name nobody serves reads.
 pub const UNKNOWN: &str = "(unknown)";
 
+/// What the labels of pairs past [`MAX_CALL_SERIES`] read.
+const OTHER: &str = "(other)";
+
 /// The calls of one plugin's callback.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -45,8 +48,10 @@ pub struct CallSeries {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CallStats {
-    /// By (plugin, callback).
-    pub calls: BTreeMap<(String, String), CallSeries>,
+    /// By plugin, then callback.
+    pub calls: BTreeMap<String, BTreeMap<String, CallSeries>>,
+    /// (plugin, callback) pairs in `calls`.
+    pub series: usize,
     /// Versions loaded, by plugin (first loads and reloads).
     pub loads: BTreeMap<String, u64>,
     /// Loads refused, by plugin (by file name when the plugin is not known).
@@ -103,20 +108,38 @@ impl Counters {
             .position(|&bound| us <= bound)
             .unwrap_or(LATENCY_BUCKETS_US.len());
         let mut stats = lock(&self.stats);
-        let key = (plugin.to_owned(), callback.to_owned());
-        let full = stats.calls.len() >= MAX_CALL_SERIES && !stats.calls.contains_key(&key);
-        let key = if full {
+        // No allocation once a pair is known: the hot path is a lookup by borrowed names.
+        let stats = &mut *stats;
+        let known = stats
+            .calls
+            .get(plugin)
+            .is_some_and(|callbacks| callbacks.contains_key(callback));
+        let (plugin, callback) = if !known && stats.series >= MAX_CALL_SERIES {
             if !self.warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "call metrics: {MAX_CALL_SERIES} plugin and callback pairs counted; \
                      further ones are counted as (other)"
                 );
             }
-            ("(other)".to_owned(), "(other)".to_owned())
+            (OTHER, OTHER)
         } else {
-            key
+            (plugin, callback)
         };
-        let series = stats.calls.entry(key).or_default();
+        if !stats
+            .calls
+            .get(plugin)
+            .is_some_and(|c| c.contains_key(callback))
+        {
+            stats.series += 1;
+        }
+        let callbacks = match stats.calls.get_mut(plugin) {
+            Some(callbacks) => callbacks,
+            None => stats.calls.entry(plugin.to_owned()).or_default(),
+        };
+        let series = match callbacks.get_mut(callback) {
+            Some(series) => series,
+            None => callbacks.entry(callback.to_owned()).or_default(),
+        };
         if series.buckets.is_empty() {
             series.buckets = vec![0; LATENCY_BUCKETS_US.len() + 1];
         }
@@ -163,9 +186,10 @@ mod tests {
         counters.call("p", "cb", &timeout, Duration::from_millis(2));
         counters.note("p", Event::Load);
         let stats = lock(&counters.stats).clone();
-        let folded = &stats.calls[&(UNKNOWN.to_owned(), UNKNOWN.to_owned())];
+        let folded = &stats.calls[UNKNOWN][UNKNOWN];
         assert_eq!(folded.outcomes["unknown_plugin"], 3);
-        let p = &stats.calls[&("p".to_owned(), "cb".to_owned())];
+        let p = &stats.calls["p"]["cb"];
+        assert_eq!(stats.series, 2);
         assert_eq!(p.outcomes["timeout"], 1);
         assert_eq!(p.buckets[5], 1, "2 ms is in the <= 2.5 ms bucket");
         assert_eq!(p.sum_us, 2_000);

@@ -304,7 +304,8 @@ impl HostConfig {
             ));
         }
         if let Err(message) = config.http.check() {
-            return Err(refuse(String::new(), &message));
+            let (key, why) = message.split_once(": ").unwrap_or(("http", &message));
+            return Err(refuse(key.to_owned(), why));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, schedule) in config.schedule.iter().enumerate() {
@@ -450,5 +451,20 @@ mod tests {
         let err = parse("[tasks]\nmin_retry_delay = \"0s\"\n").unwrap_err();
         assert!(err.contains("key `tasks.min_retry_delay`"), "{err}");
         assert!(err.contains("hot loop"), "{err}");
+    }
+
+    #[test]
+    fn the_http_section_is_read_and_its_limits_checked() {
+        let config = parse("[http]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = 4096\n").unwrap();
+        assert_eq!(config.http.listen.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(config.http.max_body_bytes, 4096);
+        assert_eq!(parse("").unwrap().http.listen, None, "off unless asked");
+        let err = parse("[http]\nmax_connections = 0\n").unwrap_err();
+        assert_eq!(
+            err,
+            "host.toml: key `http.max_connections`: must be at least 1"
+        );
+        let err = parse("[http]\nlisten_on = \"x\"\n").unwrap_err();
+        assert!(err.contains("unknown field `listen_on`"), "{err}");
     }
 }

@@ -128,9 +128,15 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter, Gauge};
         let calls = &self.calls.calls;
-        let rows: Vec<_> = calls
-            .iter()
-            .flat_map(|((plugin, callback), series)| {
+        let pairs = || {
+            calls.iter().flat_map(|(plugin, callbacks)| {
+                callbacks
+                    .iter()
+                    .map(move |(callback, series)| (plugin, callback, series))
+            })
+        };
+        let rows: Vec<_> = pairs()
+            .flat_map(|(plugin, callback, series)| {
                 series.outcomes.iter().map(move |(outcome, n)| {
                     (
                         vec![
@@ -151,7 +157,7 @@ impl Collector for Snapshot {
                 None,
                 MetricType::Histogram,
             )?;
-            for ((plugin, callback), series) in calls {
+            for (plugin, callback, series) in pairs() {
                 let labels = vec![("plugin", plugin.as_str()), ("callback", callback.as_str())];
                 let count = series.buckets.iter().sum();
                 let buckets = histogram(&LATENCY_BUCKETS_US, &series.buckets, 1e6);
