@@ -6,6 +6,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -14,6 +15,10 @@ use crate::target_dir;
 
 /// How long one WebDriver command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// WebDriver's code for the Control key (held until the end of the keys sent).
+pub const CONTROL: &str = "\u{E009}";
+/// WebDriver's code for the Enter key.
+pub const ENTER: &str = "\u{E007}";
 /// The W3C key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -34,6 +39,10 @@ fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
+/// One browser at a time in a test process: a test binary's tests run in parallel, and
+/// several Chromiums on a small machine make every bounded wait a gamble.
+static TURN: Mutex<()> = Mutex::new(());
+
 /// A chromedriver process and one headless Chromium session; both end when it is dropped.
 pub struct Browser {
     driver: Child,
@@ -44,11 +53,14 @@ pub struct Browser {
     agent: ureq::Agent,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    /// Released last, once the browser is gone.
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl Browser {
     /// Starts chromedriver on a free port and opens a headless Chromium (1280x900).
     pub fn start() -> Browser {
+        let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
         let chromedriver = which("chromedriver")
             .expect("chromedriver is not on the PATH: install chromium-driver (.ci/test does)");
         let chromium = which("chromium")
@@ -76,6 +88,7 @@ impl Browser {
             agent,
             log,
             _dir: dir,
+            _turn: turn,
         };
         let start = Instant::now();
         loop {
@@ -99,6 +112,7 @@ impl Browser {
         let profile = browser._dir.path().join("profile");
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
@@ -212,6 +226,17 @@ impl Browser {
         );
     }
 
+    /// Types `keys` into the element matching `css` as they are (WebDriver key codes such
+    /// as [`CONTROL`] and [`ENTER`] included), without clearing it.
+    pub fn keys(&self, css: &str, keys: &str) {
+        let id = self.element(css, Duration::from_secs(20));
+        self.command(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": keys })),
+        );
+    }
+
     /// Polls `ready` every 50 ms; after `timeout`, saves a screenshot and panics with the
     /// page's text.
     pub fn wait_until(
@@ -223,7 +248,12 @@ impl Browser {
         let start = Instant::now();
         while !ready(self) {
             if start.elapsed() >= timeout {
-                let shot = self.screenshot("timed-out");
+                // Named after the test (its thread's name), so failures do not overwrite.
+                let test = std::thread::current()
+                    .name()
+                    .unwrap_or("test")
+                    .replace("::", "-");
+                let shot = self.screenshot(&format!("{test}-timed-out"));
                 let page = self.text("body").unwrap_or_default();
                 panic!(
                     "timed out after {timeout:?} waiting for {what}; screenshot {}; page:\n{page}",
@@ -239,6 +269,22 @@ impl Browser {
         self.wait_until(timeout, &format!("{css} to show {expected:?}"), |b| {
             b.text(css).is_some_and(|t| t.contains(expected))
         });
+    }
+
+    /// The browser console's errors since the last time they were read (script errors,
+    /// Content-Security-Policy violations, failed loads), one line each.
+    pub fn console_errors(&self) -> Vec<String> {
+        let entries = self.command("POST", "/se/log", Some(json!({"type": "browser"})));
+        entries
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e["level"] == json!("SEVERE"))
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Saves a PNG of the page as `target/dashboard-screenshots/NAME.png`, prints and returns

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::browser::{free_port, is_png, Browser};
+use e2e::browser::{free_port, is_png, Browser, CONTROL, ENTER};
 use e2e::{built, hello_hi, install, no_probation, plugins_dir, Server};
 use serde_json::{json, Value};
 
@@ -205,6 +205,8 @@ fn runs_hello_greet_from_the_run_panel() {
         json!([]),
     );
     assert_eq!(plugin, json!("hello"));
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows errors: {errors:?}");
     assert!(is_png(&browser.screenshot("run")));
 
     // A plugin's own error is shown as such, with its kind.
@@ -214,8 +216,18 @@ fn runs_hello_greet_from_the_run_panel() {
         json!([]),
     );
     browser.type_into("#run-input", "{}");
-    browser.click("#run-call");
+    browser.keys("#run-input", &format!("{CONTROL}{ENTER}"));
     browser.wait_for_text("#run-output", "failed on purpose", WAIT);
+
+    // The tab remembers the last input of each callback.
+    browser.goto(&dash.url("#/tasks"));
+    browser.goto(&dash.url("#/run?plugin=hello&callback=greet"));
+    browser.wait_until(WAIT, "greet's last input again", |b| {
+        b.script(
+            "return document.querySelector('#run-input')?.value;",
+            json!([]),
+        ) == json!(r#"{"name":"Ada"}"#)
+    });
 
     // The plugins page counts them, with the latency /metrics gives.
     browser.click(r#"#nav a[data-page="plugins"]"#);
@@ -268,7 +280,7 @@ fn a_submitted_task_reaches_success_on_the_page_without_a_reload() {
     browser.wait_for_text("#task-result", "waited_ms", WAIT);
     let events = browser
         .script(
-            "return document.querySelectorAll('#task-events li').length;",
+            "return document.querySelectorAll('#task-events li.event').length;",
             json!([]),
         )
         .as_u64()
@@ -279,6 +291,8 @@ fn a_submitted_task_reaches_success_on_the_page_without_a_reload() {
         json!(true),
         "the page was reloaded"
     );
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows errors: {errors:?}");
     assert!(is_png(&browser.screenshot("task")));
 
     // Follow-ups as a tree: fanout's execute queues one measure per item.
@@ -330,6 +344,8 @@ fn rolls_a_plugin_back_from_its_history() {
         json!("Hello, Ada!"),
         "the first version serves again"
     );
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows errors: {errors:?}");
     assert!(is_png(&browser.screenshot("rollback")));
 }
 
@@ -364,4 +380,107 @@ fn a_read_only_token_sees_the_pages_and_the_page_says_its_writes_are_refused() {
         "a refused write is not a refused token"
     );
     assert!(is_png(&browser.screenshot("read-only")));
+}
+
+#[test]
+fn cancels_and_retries_a_task_from_its_page_and_filters_the_list() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    let dash = Dash::start(dir.path(), &[]);
+    let browser = dash.signed_in();
+
+    browser.goto(&dash.url("#/run?plugin=hello&callback=wait"));
+    browser.wait_until(WAIT, "the run panel", |b| {
+        b.script(
+            "return document.querySelector('#run-callback')?.value;",
+            json!([]),
+        ) == json!("wait")
+    });
+    browser.type_into("#run-input", r#"{"ms": 20000}"#);
+    browser.click("#run-submit");
+    browser.wait_for_text("#task-status", "running", WAIT);
+    let id = browser
+        .script("return location.hash.split('/')[2];", json!([]))
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(id.parse::<u64>().is_ok(), "no task id in the address: {id}");
+
+    browser.type_into("#task-reason", "stuck on purpose");
+    browser.click("#task-cancel");
+    browser.wait_for_text("#task-status", "cancelled", WAIT);
+    browser.type_into("#task-reason", "once more");
+    browser.click("#task-retry");
+    browser.wait_until(WAIT, "the task queued again", |b| {
+        b.text("#task-status")
+            .is_some_and(|s| s.contains("queued") || s.contains("running"))
+    });
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "the console shows errors: {errors:?}");
+    assert!(is_png(&browser.screenshot("task-retried")));
+
+    // The list, filtered by plugin, then by a status the task is not in.
+    let row = format!(r#"#tasks tr[data-task="{id}"]"#);
+    browser.goto(&dash.url("#/tasks?plugin=hello"));
+    browser.wait_until(WAIT, "the task in hello's list", |b| b.text(&row).is_some());
+    browser.script(
+        "const s = document.querySelector('#filter-status'); s.value = 'success'; \
+         s.dispatchEvent(new Event('change'));",
+        json!([]),
+    );
+    browser.wait_for_text("#tasks", "No task matches.", WAIT);
+    assert!(browser.text(&row).is_none());
+    assert_eq!(
+        browser.script("return location.hash;", json!([])),
+        json!("#/tasks?status=success&plugin=hello")
+    );
+}
+
+#[test]
+fn shows_probation_and_quarantine_and_restarts_a_plugin_from_its_history() {
+    let dir = plugins_dir();
+    install(&built().hello, dir.path(), "libhello.so");
+    install(e2e::tough(), dir.path(), "libtough.so");
+    let conf = dir.path().join("host.toml");
+    fs::write(
+        &conf,
+        "[plugins.tough]\nisolation = \"process\"\nmax_restarts = 3\nrestart_window_ms = 60000\n",
+    )
+    .expect("write host.toml");
+    let conf = conf.display().to_string();
+    let dash = Dash::start(dir.path(), &["--config", &conf]);
+    dash.server.wait_until(WAIT, "tough in its worker", |s| {
+        s.call("tough", "greet", "null").is_ok()
+    });
+    let browser = dash.signed_in();
+    let hello = r#"#plugins tr[data-plugin="hello"]"#;
+    let tough = r#"#plugins tr[data-plugin="tough"]"#;
+
+    // A new version serves on probation (30 s by default).
+    install(hello_hi(), dir.path(), "libhello.so");
+    browser.wait_until(WAIT, "hello 0.2.0 on probation", |b| {
+        b.text(hello)
+            .is_some_and(|row| row.contains("0.2.0") && row.contains("on probation"))
+    });
+
+    // Three crashes in the window: quarantined.
+    for _ in 0..3 {
+        assert!(dash.server.call("tough", "segv", "null").is_err());
+    }
+    browser.wait_until(WAIT, "tough quarantined, with the reason", |b| {
+        b.text(tough).is_some_and(|row| {
+            row.contains("quarantined") && row.contains("3 crashes within 60000 ms")
+        })
+    });
+    assert!(is_png(&browser.screenshot("quarantined")));
+
+    browser.click(&format!("{tough} a.plugin-name"));
+    browser.click("#history button.restart");
+    browser.wait_until(WAIT, "tough serving again", |b| {
+        b.text(tough).is_some_and(|row| row.contains("serving"))
+    });
+    assert_eq!(
+        dash.server.call("tough", "greet", "null"),
+        Ok(json!("still here"))
+    );
 }

@@ -24,7 +24,7 @@ macro_rules! asset {
 }
 
 /// Every file, as compiled in.
-const FILES: [(&str, &[u8]); 9] = [
+const FILES: [(&str, &[u8]); 10] = [
     asset!("index.html"),
     asset!("style.css"),
     asset!("app.js"),
@@ -34,6 +34,7 @@ const FILES: [(&str, &[u8]); 9] = [
     asset!("run.js"),
     asset!("tasks.js"),
     asset!("fleet.js"),
+    asset!("icon.svg"),
 ];
 
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
@@ -102,6 +103,10 @@ mod tests {
         assert_eq!(
             find("style.css").map(|a| a.content_type),
             Some("text/css; charset=utf-8")
+        );
+        assert_eq!(
+            find("icon.svg").map(|a| a.content_type),
+            Some("image/svg+xml")
         );
         assert!(index.etag.starts_with('"') && index.etag.ends_with('"') && index.etag.len() == 18);
         assert_ne!(find("app.js").map(|a| &a.etag), Some(&index.etag));

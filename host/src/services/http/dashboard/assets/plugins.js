@@ -2,7 +2,7 @@
 // history with rollback and restart (#/plugins/NAME).
 
 import { get, post, metrics, listOf } from './api.js';
-import { h, fill, badge, when, seconds, errorBox, notify } from './ui.js';
+import { h, fill, badge, head, when, seconds, notify } from './ui.js';
 
 const REFRESH_MS = 5000;
 
@@ -65,6 +65,7 @@ function pluginTable(files, histories, latency, selected) {
     return h('tr', { class: name === selected ? 'selected' : null, 'data-plugin': name },
       h('td', {}, h('a', { href: `#/plugins/${encodeURIComponent(name)}`, class: 'plugin-name' }, name),
         file.metadata?.description ? h('div', { class: 'muted small' }, file.metadata.description) : null,
+        serving.worker?.quarantined ? h('div', { class: 'error small quarantine' }, serving.worker.quarantined) : null,
         file.last_error ? h('div', { class: `${file.serving ? 'warn' : 'error'} small` }, file.last_error) : null),
       h('td', {}, file.metadata?.version ?? '—'),
       h('td', { class: 'num' }, serving.generation ?? '—'),
@@ -78,8 +79,8 @@ function pluginTable(files, histories, latency, selected) {
         h('a', { class: 'button', href: `#/plugins/${encodeURIComponent(name)}` }, 'History')));
   });
   return h('table', { class: 'grid' },
-    h('thead', {}, h('tr', {}, ['Plugin', 'Version', 'Generation', 'State', 'Calls', 'Errors', 'p50', 'p99', '']
-      .map((title) => h('th', {}, title)))),
+    head(['Plugin', 'Version', 'Generation', 'State', 'Calls', 'Errors', 'p50', 'p99', ''],
+      ['Generation', 'Calls', 'Errors', 'p50', 'p99']),
     h('tbody', {}, rows));
 }
 
@@ -126,8 +127,8 @@ function historyPanel(name, history, file, refresh, signal) {
   return h('section', { class: 'card', id: 'history' },
     h('div', { class: 'page-head' }, h('h2', {}, `History of ${name}`), restart),
     h('table', { class: 'grid' },
-      h('thead', {}, h('tr', {}, ['Generation', 'Version', 'Loaded', 'Retired', 'Calls', 'Errors', 'Ended', 'SHA-256', '']
-        .map((title) => h('th', {}, title)))),
+      head(['Generation', 'Version', 'Loaded', 'Retired', 'Calls', 'Errors', 'Ended', 'SHA-256', ''],
+        ['Generation', 'Calls', 'Errors']),
       h('tbody', {}, rows)));
 }
 

@@ -16,7 +16,6 @@ export async function render(main, { params, signal }) {
     files.map((f) => h('option', { value: f.metadata.name }, f.metadata.name)));
   const callback = h('select', { id: 'run-callback' });
   const input = h('textarea', { id: 'run-input', rows: 10, spellcheck: 'false', class: 'mono' });
-  input.value = params.get('input') ?? '{}';
   const run = h('button', { id: 'run-call', type: 'submit', class: 'primary' }, 'Run');
   const submit = h('button', { id: 'run-submit', type: 'button' }, 'Submit as task');
   const output = h('section', { id: 'run-output', class: 'card' },
@@ -30,9 +29,21 @@ export async function render(main, { params, signal }) {
     if (keep && names.includes(keep)) callback.value = keep;
     else if (names.length > 1) callback.value = names[1];
   };
+  // The last input run for each plugin and callback, kept in this tab.
+  const remembered = () => `host.run.${plugin.value}.${callback.value}`;
+  const recall = () => { input.value = sessionStorage.getItem(remembered()) ?? '{}'; };
   if (params.get('plugin') && byName[params.get('plugin')]) plugin.value = params.get('plugin');
-  plugin.addEventListener('change', () => { callback.value = ''; callbacks(); });
+  plugin.addEventListener('change', () => { callback.value = ''; callbacks(); recall(); });
+  callback.addEventListener('change', recall);
   callbacks();
+  recall();
+  // Ctrl+Enter (or Cmd+Enter) runs.
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
 
   const parsed = () => {
     try {
@@ -50,12 +61,13 @@ export async function render(main, { params, signal }) {
     h('div', { class: 'row' },
       h('label', {}, 'Plugin', plugin),
       h('label', {}, 'Callback', callback)),
-    h('label', { for: 'run-input' }, 'Input (JSON)'),
+    h('label', { for: 'run-input' }, 'Input (JSON)', h('span', { class: 'hint' }, 'Ctrl+Enter runs')),
     input,
     h('div', { class: 'row buttons' }, run, submit));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (!parsed()) return;
+    sessionStorage.setItem(remembered(), input.value);
     run.disabled = true;
     fill(output, h('p', { class: 'muted' }, `Running ${plugin.value} ${callback.value}…`));
     try {
@@ -63,7 +75,7 @@ export async function render(main, { params, signal }) {
       const answer = await post(path, input.value, { signal });
       fill(output, outcomeView(answer?.outcome ?? answer));
     } catch (err) {
-      if (err.name !== 'AbortError') fill(output, h('h2', {}, 'Refused'), errorBox(err));
+      if (err.name !== 'AbortError') fill(output, refusal(err));
     } finally {
       run.disabled = false;
     }
@@ -78,7 +90,7 @@ export async function render(main, { params, signal }) {
       if (id !== undefined && id !== null) location.hash = `#/tasks/${id}`;
       else fill(output, h('h2', {}, 'Submitted'), h('pre', {}, pretty(answer)));
     } catch (err) {
-      if (err.name !== 'AbortError') fill(output, h('h2', {}, 'Refused'), errorBox(err));
+      if (err.name !== 'AbortError') fill(output, refusal(err));
     } finally {
       submit.disabled = false;
     }
@@ -104,4 +116,9 @@ function outcomeView(outcome) {
       ? [h('h3', {}, 'Follow-ups'), h('pre', { class: 'result' }, pretty(outcome.follow_ups))]
       : null,
   ];
+}
+
+function refusal(err) {
+  const status = err.status ? `The host answered ${err.status}` : 'The host did not answer';
+  return [h('div', { class: 'page-head' }, h('h2', {}, status), badge(err.kind ?? 'error', 'failed')), errorBox(err)];
 }

@@ -2,12 +2,14 @@
 // its logs and follow-ups as a tree, kept current by its event stream, with cancel and retry.
 
 import { get, post, events, listOf } from './api.js';
-import { h, fill, badge, when, pretty, errorBox, logList, notify } from './ui.js';
+import { h, fill, badge, head, when, pretty, errorBox, logList, notify } from './ui.js';
 
 const STATUSES = ['queued', 'running', 'success', 'failed', 'bad', 'skipped', 'refused', 'cancelled'];
 const ACTIVE = new Set(['queued', 'running']);
 const LIST_REFRESH_MS = 3000;
 const PAGE = 50;
+/** The live events a task's page keeps on screen (the oldest go first). */
+const MAX_EVENTS_SHOWN = 500;
 
 export async function render(main, { args, params, signal }) {
   if (args[0]) return detail(main, args[0], signal);
@@ -38,8 +40,7 @@ async function list(main, params, signal) {
   const more = h('button', { type: 'button', hidden: true }, 'Older tasks');
   fill(main, h('div', { class: 'page-head' }, h('h1', {}, 'Tasks'), form),
     h('table', { class: 'grid', id: 'tasks' },
-      h('thead', {}, h('tr', {}, ['ID', 'Plugin', 'Callback', 'Status', 'Attempts', 'Created', 'Finished']
-        .map((t) => h('th', {}, t)))),
+      head(['ID', 'Plugin', 'Callback', 'Status', 'Attempts', 'Created', 'Finished'], ['ID', 'Attempts']),
       body),
     h('div', { class: 'buttons' }, more));
 
@@ -84,22 +85,56 @@ async function list(main, params, signal) {
 }
 
 async function detail(main, id, signal) {
+  // The head (status, reason, buttons) stays while the body is redrawn on each change, so
+  // a reason being typed is kept.
+  const status = h('span', { id: 'task-status' });
+  const reason = h('input', { id: 'task-reason', placeholder: 'reason (recorded)' });
+  const cancel = h('button', { type: 'button', id: 'task-cancel', hidden: true }, 'Cancel');
+  const retry = h('button', { type: 'button', id: 'task-retry', hidden: true }, 'Retry');
   const view = h('div', { id: 'task-view' });
+  const side = h('div', { id: 'task-side' });
   const live = h('ol', { class: 'events', id: 'task-events' });
   const liveState = h('span', { class: 'muted small', id: 'task-live' }, 'connecting…');
   fill(main,
     h('p', {}, h('a', { href: '#/tasks' }, '← All tasks')),
+    h('div', { class: 'page-head' },
+      h('h1', {}, `Task ${id} `, status),
+      h('div', { class: 'buttons' }, reason, cancel, retry)),
     view,
-    h('section', { class: 'card' },
-      h('div', { class: 'page-head' }, h('h2', {}, 'Live events'), liveState), live));
+    h('div', { class: 'split' },
+      side,
+      h('section', { class: 'card' },
+        h('div', { class: 'page-head' }, h('h3', {}, 'Live events'), liveState), live)));
 
   let tree = null;
   const load = async () => {
     const answer = await get(`/v1/tasks/${encodeURIComponent(id)}`, { signal });
     tree = answer && answer.task && answer.task.task ? answer.task : answer;
-    fill(view, taskView(tree, signal, load));
+    const active = ACTIVE.has(tree.task.status);
+    fill(status, badge(tree.task.status));
+    cancel.hidden = !active;
+    retry.hidden = active;
+    fill(view, taskView(tree));
+    fill(side, taskSide(tree));
     return tree;
   };
+  const act = (button, what) => button.addEventListener('click', async () => {
+    button.disabled = true;
+    try {
+      const body = reason.value.trim() ? { reason: reason.value.trim() } : {};
+      const answer = await post(`/v1/tasks/${encodeURIComponent(id)}/${what}`, body, { signal });
+      notify(answer?.message ?? `task ${id}: ${what} asked`);
+      reason.value = '';
+      await load();
+      if (what === 'retry') following = following.then(() => follow(id, signal, liveState, live, soon, load, () => tree));
+    } catch (err) {
+      if (err.name !== 'AbortError') notify(`${err.kind ?? 'error'}: ${err.message}`, 'error');
+    } finally {
+      button.disabled = false;
+    }
+  });
+  act(cancel, 'cancel');
+  act(retry, 'retry');
   await load();
 
   let pending = null;
@@ -108,7 +143,7 @@ async function detail(main, id, signal) {
     pending = setTimeout(() => load().catch(() => {}), 100);
   };
   signal.addEventListener('abort', () => clearTimeout(pending));
-  follow(id, signal, liveState, live, soon, load, () => tree).catch(() => {});
+  let following = follow(id, signal, liveState, live, soon, load, () => tree).catch(() => {});
 }
 
 /** Follows the task's event stream until the task and its follow-ups have ended. */
@@ -120,6 +155,9 @@ async function follow(id, signal, liveState, live, changed, load, current) {
     if (!ACTIVE.has(current()?.task?.status)) {
       if (!anyActive(current())) {
         fill(liveState, 'ended');
+        if (live.children.length === 0) {
+          live.append(h('li', { class: 'muted' }, 'It had ended when this page opened.'));
+        }
         return;
       }
       // The task ended but follow-ups still run: their status comes from polling.
@@ -128,25 +166,33 @@ async function follow(id, signal, liveState, live, changed, load, current) {
       await load().catch(() => {});
       continue;
     }
+    let heard = 0;
     try {
       fill(liveState, badge('live', 'running'));
       lastId = await events(`/v1/tasks/${encodeURIComponent(id)}/events`, {
         lastEventId: lastId,
         signal,
         onEvent: (event) => {
+          heard += 1;
           if (event.id) lastId = event.id;
           live.append(eventLine(event));
+          while (live.children.length > MAX_EVENTS_SHOWN) live.firstElementChild.remove();
           changed();
         },
       });
-      delay = 500;
     } catch (err) {
       if (signal.aborted || err.status === 401) return;
       fill(liveState, `stream unavailable (${err.message}); polling`);
-      await wait(delay);
-      delay = Math.min(delay * 2, 5000);
     }
     await load().catch(() => {});
+    // A stream that ended or failed without news while the task is active: poll, backing
+    // off (0.5 s doubling to 5 s), rather than reconnect at once.
+    if (heard === 0 && ACTIVE.has(current()?.task?.status)) {
+      await wait(delay);
+      delay = Math.min(delay * 2, 5000);
+    } else {
+      delay = 500;
+    }
   }
 }
 
@@ -161,33 +207,12 @@ function eventLine(event) {
   const text = typeof data === 'object' && data !== null
     ? data.message ?? data.status ?? JSON.stringify(data)
     : String(data);
-  return h('li', {}, h('span', { class: 'level' }, event.event), h('span', { class: 'message' }, text));
+  return h('li', { class: 'event' }, h('span', { class: 'level' }, event.event), h('span', { class: 'message' }, text));
 }
 
-function taskView(tree, signal, reload) {
+function taskView(tree) {
   const t = tree.task;
-  const reason = h('input', { id: 'task-reason', placeholder: 'reason (recorded)' });
-  const act = (what) => {
-    const button = h('button', { type: 'button', id: `task-${what}` }, what === 'cancel' ? 'Cancel' : 'Retry');
-    button.addEventListener('click', async () => {
-      button.disabled = true;
-      try {
-        const body = reason.value.trim() ? { reason: reason.value.trim() } : {};
-        const answer = await post(`/v1/tasks/${t.id}/${what}`, body, { signal });
-        notify(answer?.message ?? `task ${t.id}: ${what} asked`);
-        await reload();
-      } catch (err) {
-        if (err.name !== 'AbortError') notify(`${err.kind ?? 'error'}: ${err.message}`, 'error');
-        button.disabled = false;
-      }
-    });
-    return button;
-  };
-  const active = ACTIVE.has(t.status);
   return [
-    h('div', { class: 'page-head' },
-      h('h1', {}, `Task ${t.id}`, ' ', h('span', { id: 'task-status' }, badge(t.status))),
-      h('div', { class: 'buttons' }, reason, active ? act('cancel') : act('retry'))),
     h('section', { class: 'card' },
       h('dl', { class: 'facts' },
         fact('Plugin', t.plugin), fact('Callback', t.callback),
@@ -201,6 +226,13 @@ function taskView(tree, signal, reload) {
       h('section', { class: 'card' }, h('h3', {}, 'Input'), h('pre', { class: 'result' }, pretty(t.input))),
       h('section', { class: 'card' }, h('h3', {}, t.error ? 'Error' : 'Result'),
         t.error ? errorBox(t.error) : h('pre', { class: 'result', id: 'task-result' }, t.result ? pretty(t.result) : '—'))),
+  ];
+}
+
+/** The task's logs and follow-ups, beside its live events. */
+function taskSide(tree) {
+  const t = tree.task;
+  return [
     h('section', { class: 'card' }, h('h3', {}, 'Logs'), logList(t.logs)),
     h('section', { class: 'card' }, h('h3', {}, 'Follow-ups'),
       (tree.children ?? []).length ? h('ul', { class: 'tree', id: 'task-tree' }, (tree.children ?? []).map(node))

@@ -54,7 +54,10 @@ export function when(unixMs) {
 export function seconds(s) {
   if (s === undefined || s === null || Number.isNaN(s)) return '—';
   if (s < 0.001) return `${Math.round(s * 1e6)} µs`;
-  if (s < 1) return `${(s * 1000).toFixed(s < 0.01 ? 2 : 1)} ms`;
+  if (s < 1) {
+    const ms = s * 1000;
+    return `${ms < 10 ? ms.toFixed(2) : ms < 100 ? ms.toFixed(1) : Math.round(ms)} ms`;
+  }
   return `${s.toFixed(2)} s`;
 }
 
@@ -90,4 +93,10 @@ export function notify(text, kind = 'ok') {
   box.hidden = false;
   clearTimeout(notify.timer);
   notify.timer = setTimeout(() => { box.hidden = true; }, 6000);
+}
+
+/** A table head; the columns named in `numeric` are right-aligned like their cells. */
+export function head(titles, numeric = []) {
+  return h('thead', {}, h('tr', {}, titles.map((title) =>
+    h('th', { class: numeric.includes(title) ? 'num' : null }, title))));
 }
