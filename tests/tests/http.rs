@@ -635,6 +635,8 @@ fn an_event_stream_resumes_with_last_event_id_and_metrics_count_socket_and_task_
         "host_task_run_seconds_count 1",
         "host_call_duration_seconds_count{plugin=\"hello\",callback=\"wait\"} 1",
         "host_plugin_loads_total{plugin=\"hello\"} 1",
+        "host_control_connections ",
+        "host_http_connections ",
     ] {
         assert!(metrics.contains(line), "no {line} in:\n{metrics}");
     }

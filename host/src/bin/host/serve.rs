@@ -357,6 +357,7 @@ fn start_http(
         .context("the control server stopped before the HTTP API started")?;
     let http = HttpServer::serve(listener, &runtime, host.clone(), tasks, settings, tokens)
         .context("starting the HTTP API")?;
+    http.count_control_connections(server.connection_counter());
     tracing::info!("http: listening on http://{}", http.local_addr());
     Ok(http)
 }

@@ -166,6 +166,20 @@ impl ControlServer {
         &self.path
     }
 
+    /// A counter of the control connections open, for monitoring (`/metrics`), that stays
+    /// valid as long as anyone holds it.
+    pub fn connection_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let (connections, max) = (
+            Arc::downgrade(&self.shared.connections),
+            self.shared.limits.max_connections,
+        );
+        move || {
+            connections
+                .upgrade()
+                .map_or(0, |c| max.saturating_sub(c.available_permits()))
+        }
+    }
+
     /// The server's tokio runtime, for other front ends to run on (the HTTP API); `None`
     /// once stopped.
     pub fn runtime(&self) -> Option<tokio::runtime::Handle> {

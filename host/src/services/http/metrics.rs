@@ -26,6 +26,7 @@ struct Snapshot {
     files: Vec<FileStatus>,
     tasks: Option<TaskNumbers>,
     connections: usize,
+    control_connections: Option<usize>,
     streams: usize,
     running_calls: usize,
 }
@@ -62,6 +63,7 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Result<Respon
         files,
         tasks,
         connections: state.connections.load(Ordering::Relaxed),
+        control_connections: state.control_connections.get().map(|count| count()),
         streams: state.settings.max_sse_streams - state.streams.available_permits(),
         running_calls,
     };
@@ -248,6 +250,15 @@ impl Collector for Snapshot {
             Gauge,
             &[(vec![], self.connections as f64)],
         )?;
+        if let Some(open) = self.control_connections {
+            family(
+                &mut encoder,
+                "host_control_connections",
+                "Control socket connections open",
+                Gauge,
+                &[(vec![], open as f64)],
+            )?;
+        }
         family(
             &mut encoder,
             "host_http_event_streams",

@@ -44,7 +44,12 @@ pub(super) struct AppState {
     pub(super) answering: AtomicUsize,
     pub(super) streams: Arc<Semaphore>,
     pub(super) feeds: Feeds,
+    /// Counts the control socket's connections, when given.
+    pub(super) control_connections: std::sync::OnceLock<ConnectionCounter>,
 }
+
+/// Counts connections of another front end, for `/metrics`.
+pub(super) type ConnectionCounter = Box<dyn Fn() -> usize + Send + Sync>;
 
 /// The HTTP API of a [`Host`], serving until dropped.
 pub struct HttpServer {
@@ -105,6 +110,7 @@ impl HttpServer {
             shutting_down: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             answering: AtomicUsize::new(0),
+            control_connections: std::sync::OnceLock::new(),
         });
         let (stop, stopped) = watch::channel(false);
         runtime.spawn(accept_loop(listener, state.clone(), stopped));
@@ -114,6 +120,12 @@ impl HttpServer {
     /// The address it listens on (with the port the system chose for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `/metrics` shows the control socket's open connections as `counter` counts them
+    /// (see `ControlServer::connection_counter`).
+    pub fn count_control_connections(&self, counter: impl Fn() -> usize + Send + Sync + 'static) {
+        let _ = self.state.control_connections.set(Box::new(counter));
     }
 
     /// New calls and changes are answered 503 `shutting_down` from now on; reads still are.
