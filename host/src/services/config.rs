@@ -57,6 +57,12 @@
 //! keep_max = 100000                # and beyond this many
 //! run_missed = true                # a schedule missed while the host was down fires once at start
 //!
+//! [catalogue]                      # the fleet's plugin catalogue (needs a fleet database)
+//! max_plugin_bytes = 67108864      # the largest file `host publish` accepts
+//! poll_ms = 2000                   # the agent looks without a notification this often
+//! pool_size = 2                    # database connections (and one that listens)
+//! alive_ms = 10000                 # hosts seen within this may be chosen as canaries
+//!
 //! [[schedule]]
 //! plugin = "sysinfo"
 //! callback = "execute"
@@ -75,6 +81,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::settings::MAX_RECORDS;
 
+use crate::services::catalogue::CatalogueSettings;
 use crate::services::tasks::schedule::parse_timezone;
 use crate::services::tasks::settings::{ScheduleConfig, TaskSettings};
 
@@ -125,6 +132,8 @@ pub struct HostConfig {
     pub tasks: TaskSettings,
     /// Calls the host makes periodically, as tasks (`[[schedule]]`).
     pub schedule: Vec<ScheduleConfig>,
+    /// The fleet's plugin catalogue (`[catalogue]`).
+    pub catalogue: CatalogueSettings,
 }
 
 /// The limits of the control server (top-level keys of `host.toml`). Every one bounds a
@@ -187,6 +196,7 @@ impl Default for HostConfig {
             state_dir: None,
             tasks: TaskSettings::default(),
             schedule: Vec::new(),
+            catalogue: CatalogueSettings::default(),
         }
     }
 }

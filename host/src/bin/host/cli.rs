@@ -58,6 +58,46 @@ pub enum Command {
     Cancel(TaskIdArgs),
     /// Queue a task that ended (failed, bad, cancelled, success ...) again.
     Retry(TaskIdArgs),
+    /// Publish a plugin file to the fleet's catalogue: the running host checks it as a load
+    /// would (without running its init) and stores it; every host of the fleet loads it.
+    Publish(PublishArgs),
+    /// Remove a plugin from the fleet's catalogue: every host removes its file.
+    Unpublish(UnpublishArgs),
+    /// List the fleet's catalogue: each plugin, its rollout, and what each host made of it.
+    Published(PublishedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The plugin file.
+    pub file: PathBuf,
+    /// The name to publish it under [default: the name the plugin declares; another one is
+    /// refused].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Load it on N hosts first (the lowest ids among those alive), and on the others only
+    /// once every one of them passed probation.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: u32,
+    #[command(flatten)]
+    pub socket: HostSocket,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpublishArgs {
+    /// Plugin name.
+    pub plugin: String,
+    #[command(flatten)]
+    pub socket: HostSocket,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishedArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: HostSocket,
 }
 
 /// The running host's control socket: `--socket`, or the `socket` of `--config` (or of

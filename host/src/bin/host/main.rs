@@ -3,6 +3,7 @@
 //! failure it was (see `exit`).
 
 mod admin;
+mod catalogue;
 mod cli;
 mod commands;
 mod exit;
@@ -54,6 +55,9 @@ fn main() -> ExitCode {
         Command::Task(args) => tasks::show(args),
         Command::Cancel(args) => tasks::cancel(args),
         Command::Retry(args) => tasks::retry(args),
+        Command::Publish(args) => catalogue::publish(args),
+        Command::Unpublish(args) => catalogue::unpublish(args),
+        Command::Published(args) => catalogue::published(args),
     };
     match result {
         Ok(code) => code,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use host::catalogue::Catalogue;
 use host::config::HostConfig;
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
 use host::isolation::IsolationOptions;
@@ -118,6 +119,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let tasks = start_tasks(&host, &config, state.as_ref());
     let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
         .with_context(|| format!("control socket {}", socket.display()))?;
+    let catalogue = start_catalogue(&host, &config, &dir);
+    if let Some(catalogue) = &catalogue {
+        server.attach_catalogue(catalogue.clone());
+    }
     tracing::info!(
         plugins = host.plugin_names().len(),
         "serving {} on {}",
@@ -145,6 +150,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             std::process::exit(128 + signal);
         }
     });
+    if let Some(catalogue) = &catalogue {
+        catalogue.stop();
+    }
     watcher.stop();
     if let Ok(tasks) = &tasks {
         if !tasks.stop(deadline.saturating_duration_since(Instant::now())) {
@@ -205,6 +213,34 @@ fn start_tasks(
         }
     }
     started
+}
+
+/// Starts the fleet's plugin catalogue and its agent when a fleet database is configured
+/// (`HOST_DATABASE_URL`); `None` otherwise, or when it cannot start (said in one line).
+fn start_catalogue(host: &Host, config: &HostConfig, dir: &Path) -> Option<Catalogue> {
+    let url = std::env::var("HOST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())?;
+    let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let host_id = format!("{hostname}-{}", std::process::id());
+    match Catalogue::start(
+        host.clone(),
+        &url,
+        config.catalogue.clone(),
+        dir,
+        host_id.clone(),
+    ) {
+        Ok(catalogue) => {
+            tracing::info!("catalogue: this host is {host_id} in the fleet");
+            Some(catalogue)
+        }
+        Err(err) => {
+            tracing::error!("catalogue: not started: {err}");
+            None
+        }
+    }
 }
 
 /// Removes the private copy directory when `run` returns, however it returns: threads
