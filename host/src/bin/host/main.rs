@@ -6,6 +6,7 @@ mod admin;
 mod cli;
 mod commands;
 mod exit;
+mod fleet;
 mod new;
 mod serve;
 mod tasks;
