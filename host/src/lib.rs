@@ -41,7 +41,7 @@ mod types;
 pub use files::private_dir::CopiesDir;
 pub use files::state_dir;
 pub use runtime::{isolation, loader};
-pub use services::{catalogue, config, control, tasks, watch};
+pub use services::{catalogue, config, control, postgres, tasks, watch};
 
 pub use registry::{
     CallRequest, Ended, FileStatus, HistoryEntry, Host, HostError, HostOptions, LoadEvent, Pinned,

@@ -56,6 +56,12 @@
 //! keep_days = 30                   # ended tasks are deleted after this
 //! keep_max = 100000                # and beyond this many
 //! run_missed = true                # a schedule missed while the host was down fires once at start
+//! # database = "postgres://host@db.example:5432/tasks"  # a fleet's shared store (default: SQLite
+//! #                                #   in state_dir); HOST_DATABASE_URL wins over it
+//! pool_size = 8                    # connections to `database`
+//! connect_timeout_ms = 5000
+//! lease_ms = 30000                 # a claimed task's lease, extended every third of it
+//! poll_interval_ms = 1000          # idle hosts look for tasks this often (NOTIFY wakes them sooner)
 //!
 //! [catalogue]                      # the fleet's plugin catalogue (needs a fleet database)
 //! max_plugin_bytes = 67108864      # the largest file `host publish` accepts
@@ -295,6 +301,10 @@ impl HostConfig {
                 tasks.max_running_per_plugin as u64,
             ),
             ("max_attempts", u64::from(tasks.max_attempts)),
+            ("pool_size", tasks.pool_size as u64),
+            ("lease_ms", tasks.lease_ms),
+            ("poll_interval_ms", tasks.poll_interval_ms),
+            ("connect_timeout_ms", tasks.connect_timeout_ms),
         ] {
             if value == 0 {
                 return Err(refuse(format!("tasks.{key}"), "must be at least 1"));
@@ -305,6 +315,11 @@ impl HostConfig {
                 "tasks.min_retry_delay".to_owned(),
                 "must be at least 1ms: without it a task failing at once retries in a hot loop",
             ));
+        }
+        if let Some(url) = &tasks.database {
+            if let Err(err) = crate::services::postgres::parse_url(url) {
+                return Err(refuse("tasks.database".to_owned(), &err.to_string()));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, schedule) in config.schedule.iter().enumerate() {

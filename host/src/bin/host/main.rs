@@ -7,6 +7,7 @@ mod catalogue;
 mod cli;
 mod commands;
 mod exit;
+mod fleet;
 mod new;
 mod serve;
 mod tasks;

@@ -116,6 +116,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         pid: std::process::id(),
         plugins_dir: dir.clone(),
     };
+    let fleet = crate::fleet::join(&host, &config.tasks)?;
     let tasks = start_tasks(&host, &config, state.as_ref());
     let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
         .with_context(|| format!("control socket {}", socket.display()))?;
@@ -180,6 +181,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(OTHER));
     }
+    drop(fleet);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

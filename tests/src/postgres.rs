@@ -1,0 +1,90 @@
+//! A real PostgreSQL server for the fleet's tests: the one `.ci/test` starts (it exports
+//! `E2E_DATABASE_URL`, `E2E_PG_BINDIR`, `E2E_PG_DATA`, `E2E_PG_USER`, `E2E_PG_PORT`). Each
+//! test gets a database of its own ([`fresh_database`]), and starts hosts on it
+//! ([`start_hosts`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::Server;
+
+/// An environment variable `.ci/test` exports; a clear panic when it is unset.
+pub fn env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: run the fleet's tests with `.ci/test -p e2e --test fleet`, \
+             which starts a throwaway PostgreSQL server and exports it"
+        ),
+    }
+}
+
+/// `psql` of the server's binaries.
+fn psql_path() -> PathBuf {
+    Path::new(&env("E2E_PG_BINDIR")).join("psql")
+}
+
+/// Runs `sql` on the database at `url` with psql; its output, unaligned, tuples only.
+pub fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new(psql_path())
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A new, empty database on the server (`t_<pid>_<n>`); its URL.
+pub fn fresh_database() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let admin = env("E2E_DATABASE_URL");
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    psql(&admin, &format!("CREATE DATABASE {name}"));
+    match admin.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("E2E_DATABASE_URL {admin:?} names no database"),
+    }
+}
+
+/// Hosts of one fleet: `host serve` processes on one database, each with its own socket
+/// and state directory, killed when dropped.
+pub struct Fleet {
+    pub hosts: Vec<Server>,
+    _config: tempfile::TempDir,
+}
+
+/// Starts `n` hosts serving `plugins` on the database at `url`, at once, with `tasks`
+/// added to their `[tasks]` table (e.g. `lease_ms = 2000`) and `rest` after it (e.g.
+/// `[[schedule]]` tables); waits until every one answers.
+pub fn start_hosts(n: usize, plugins: &Path, url: &str, tasks: &str, rest: &str) -> Fleet {
+    let config = tempfile::tempdir().expect("temp dir");
+    let toml = config.path().join("host.toml");
+    std::fs::write(
+        &toml,
+        format!("[tasks]\ndatabase = \"{url}\"\n{tasks}\n{rest}\n"),
+    )
+    .expect("write host.toml");
+    let toml = toml.to_str().expect("a UTF-8 path").to_owned();
+    let hosts: Vec<Server> = (0..n)
+        .map(|_| Server::spawn(None, plugins, &["--config", &toml], |_| {}))
+        .collect();
+    for host in &hosts {
+        host.wait_until(Duration::from_secs(30), "the host to answer", |s| {
+            s.client().and_then(|mut c| c.ping().ok()).is_some()
+        });
+    }
+    Fleet {
+        hosts,
+        _config: config,
+    }
+}
