@@ -5,42 +5,15 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use e2e::postgres::{fresh_database, psql};
 use e2e::{built, plugins_dir, text, Server, Variant};
 use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(60);
 const ADA: &str = r#"{"name":"Ada"}"#;
-
-/// A database of its own for one test, on the server `.ci/test` started.
-fn fresh_database() -> String {
-    let base = std::env::var("E2E_DATABASE_URL").expect(
-        "E2E_DATABASE_URL names a PostgreSQL server: run the catalogue tests with .ci/test \
-         (it starts one)",
-    );
-    static N: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "catalogue_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let psql = std::env::var_os("E2E_PG_BINDIR")
-        .map(|dir| PathBuf::from(dir).join("psql"))
-        .unwrap_or_else(|| PathBuf::from("psql"));
-    let output = Command::new(psql)
-        .arg(&base)
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .expect("psql runs");
-    assert!(output.status.success(), "{}", text(&output).1);
-    let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
-    format!("{prefix}/{name}")
-}
 
 fn sha256_hex(path: &Path) -> String {
     let bytes = fs::read(path).expect("read the plugin");
@@ -91,13 +64,9 @@ struct Member {
 }
 
 impl Member {
-    /// The host's id in the fleet (`hostname-pid`).
-    fn id(&self) -> String {
-        format!("-{}", self.server.pid())
-    }
-
+    /// Whether `host_id` (`hostname-pid-random`) is this host's.
     fn is(&self, host_id: &str) -> bool {
-        host_id.ends_with(&self.id())
+        host_id.contains(&format!("-{}-", self.server.pid()))
     }
 
     /// The SHA-256 of the hello it serves, if it serves one.
@@ -139,10 +108,16 @@ fn member(database: Option<&str>, config: &str) -> Member {
 
 const FLEET_CONFIG: &str = "[catalogue]\npoll_ms = 500\n\n[plugins.hello]\nprobation_ms = 1500\n";
 
+/// Three hosts on `database`, each with a plugins directory of its own, alive in the
+/// `hosts` table (so that any of them may be chosen as a canary).
 fn fleet(database: &str) -> Vec<Member> {
-    (0..3)
+    let hosts: Vec<Member> = (0..3)
         .map(|_| member(Some(database), FLEET_CONFIG))
-        .collect()
+        .collect();
+    wait("three hosts alive in the hosts table", || {
+        psql(database, "SELECT count(*) FROM hosts") == "3"
+    });
+    hosts
 }
 
 fn published(server: &Server) -> serde_json::Value {

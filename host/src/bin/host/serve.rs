@@ -120,7 +120,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let tasks = start_tasks(&host, &config, state.as_ref());
     let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
         .with_context(|| format!("control socket {}", socket.display()))?;
-    let catalogue = start_catalogue(&host, &config, &dir);
+    let catalogue = fleet
+        .as_ref()
+        .map(|fleet| start_catalogue(&host, &config, &dir, fleet));
     if let Some(catalogue) = &catalogue {
         server.attach_catalogue(catalogue.clone());
     }
@@ -217,32 +219,24 @@ fn start_tasks(
     started
 }
 
-/// Starts the fleet's plugin catalogue and its agent when a fleet database is configured
-/// (`HOST_DATABASE_URL`); `None` otherwise, or when it cannot start (said in one line).
-fn start_catalogue(host: &Host, config: &HostConfig, dir: &Path) -> Option<Catalogue> {
-    let url = std::env::var("HOST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.is_empty())?;
-    let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    let host_id = format!("{hostname}-{}", std::process::id());
-    match Catalogue::start(
+/// Starts the fleet's plugin catalogue and this host's catalogue agent on the fleet's
+/// database.
+fn start_catalogue(
+    host: &Host,
+    config: &HostConfig,
+    dir: &Path,
+    fleet: &crate::fleet::Fleet,
+) -> Catalogue {
+    let host_id = fleet.membership.row().id.clone();
+    tracing::info!("catalogue: this host is {host_id} in the fleet");
+    Catalogue::start(
         host.clone(),
-        &url,
+        fleet.database.clone(),
         config.catalogue.clone(),
         dir,
-        host_id.clone(),
-    ) {
-        Ok(catalogue) => {
-            tracing::info!("catalogue: this host is {host_id} in the fleet");
-            Some(catalogue)
-        }
-        Err(err) => {
-            tracing::error!("catalogue: not started: {err}");
-            None
-        }
-    }
+        host_id,
+        config.tasks.lease_ms,
+    )
 }
 
 /// Removes the private copy directory when `run` returns, however it returns: threads

@@ -31,8 +31,8 @@ struct Local {
 
 /// Starts the agent and its listener on the catalogue's runtime.
 pub(super) fn start(inner: &Arc<Inner>) {
-    inner.handle.spawn(listen(inner.clone()));
-    inner.handle.spawn(run(inner.clone()));
+    inner.db.handle().spawn(listen(inner.clone()));
+    inner.db.handle().spawn(run(inner.clone()));
 }
 
 async fn run(inner: Arc<Inner>) {
@@ -106,8 +106,7 @@ async fn pass(
     inner: &Arc<Inner>,
     local: &mut HashMap<String, Local>,
 ) -> Result<(), CatalogueError> {
-    let mut client = inner.client().await?;
-    store::heartbeat(&client, &inner.host_id).await?;
+    let mut client = inner.client("agent").await?;
     let wanted = store::wanted(&client).await?;
     let dir = &inner.plugins_dir;
     for plugin in &wanted {
@@ -208,7 +207,7 @@ async fn listen(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     let retry = Duration::from_millis(inner.settings.poll_ms.max(10));
     loop {
-        if let Ok((client, mut connection)) = inner.pg.connect(tokio_postgres::NoTls).await {
+        if let Ok((client, mut connection)) = inner.db.dedicated("catalogue listen").await {
             let wake: Arc<Notify> = inner.wake.clone();
             let driver = async move {
                 while let Some(Ok(message)) = poll_fn(|cx| connection.poll_message(cx)).await {

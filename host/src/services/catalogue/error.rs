@@ -75,8 +75,8 @@ impl From<tokio_postgres::Error> for CatalogueError {
     }
 }
 
-impl From<deadpool_postgres::PoolError> for CatalogueError {
-    fn from(err: deadpool_postgres::PoolError) -> CatalogueError {
+impl From<crate::services::postgres::PgError> for CatalogueError {
+    fn from(err: crate::services::postgres::PgError) -> CatalogueError {
         CatalogueError::Database(crate::types::call::cut(
             &err.to_string().replace('\n', " "),
             300,

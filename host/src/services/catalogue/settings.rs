@@ -12,12 +12,6 @@ pub struct CatalogueSettings {
     /// How often the agent looks at the catalogue when no notification came, in
     /// milliseconds (default 2,000): the backstop for a lost NOTIFY.
     pub poll_ms: u64,
-    /// Connections the catalogue keeps to the database (default 2); the agent's listening
-    /// connection is one more.
-    pub pool_size: usize,
-    /// A host whose agent has not been seen for this long is not chosen as a canary
-    /// (default 10,000 ms).
-    pub alive_ms: u64,
 }
 
 impl Default for CatalogueSettings {
@@ -25,8 +19,6 @@ impl Default for CatalogueSettings {
         CatalogueSettings {
             max_plugin_bytes: 64 * 1024 * 1024,
             poll_ms: 2_000,
-            pool_size: 2,
-            alive_ms: 10_000,
         }
     }
 }

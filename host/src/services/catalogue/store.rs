@@ -6,8 +6,9 @@
 //!   load it; `everywhere`; `failed`, with the reason).
 //! * `catalogue_reports`: what each host made of each published plugin (`loading`,
 //!   `serving`, `passed`: served past its probation, `failed` with the reason).
-//! * `catalogue_agents`: each host's agent and when it was last seen; the canaries are the
-//!   lowest ids among those seen within `alive_ms`.
+//!
+//! The canaries are the lowest ids among the hosts alive (heartbeat within `lease_ms`, the
+//! foundation's `hosts` table). The tables are migration 2 (`postgres/migrations`).
 //!
 //! A change is announced with `NOTIFY catalogue`; the agents also poll.
 
@@ -19,42 +20,8 @@ use super::error::CatalogueError;
 /// The channel of the catalogue's notifications.
 pub(crate) const CHANNEL: &str = "catalogue";
 
-/// The catalogue's schema, applied under an advisory lock (two hosts starting at once
-/// create it once).
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS catalogue_plugins (
-    name text PRIMARY KEY,
-    sha256 text NOT NULL,
-    size bigint NOT NULL,
-    bytes bytea NOT NULL,
-    version text NOT NULL,
-    publisher text NOT NULL,
-    published_ms bigint NOT NULL,
-    canary integer NOT NULL,
-    canaries text[] NOT NULL,
-    rollout text NOT NULL,
-    reason text
-);
-CREATE TABLE IF NOT EXISTS catalogue_reports (
-    host_id text NOT NULL,
-    name text NOT NULL,
-    sha256 text NOT NULL,
-    state text NOT NULL,
-    reason text,
-    generation bigint,
-    updated_ms bigint NOT NULL,
-    PRIMARY KEY (host_id, name)
-);
-CREATE TABLE IF NOT EXISTS catalogue_agents (
-    host_id text PRIMARY KEY,
-    seen_ms bigint NOT NULL
-);
-";
-
-/// The advisory lock key the schema is created under ("catalog" in ASCII).
-const SCHEMA_LOCK: i64 = 0x63_61_74_61_6c_6f_67;
-
-const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// The database's clock, in milliseconds (migration 1).
+const NOW_MS: &str = "fleet_now_ms()";
 
 /// A published plugin, as `host published` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,16 +78,6 @@ pub(crate) struct Wanted {
     pub(crate) rollout: String,
 }
 
-/// Creates the tables if they are not there.
-pub(crate) async fn ensure_schema(client: &mut Client) -> Result<(), CatalogueError> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-        .await?;
-    tx.batch_execute(SCHEMA).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
 /// What `publish` stores.
 #[derive(Debug)]
 pub(crate) struct NewPlugin<'a> {
@@ -144,10 +101,7 @@ pub(crate) async fn publish(
         Vec::new()
     } else {
         tx.query(
-            &format!(
-                "SELECT host_id FROM catalogue_agents WHERE seen_ms > {NOW_MS} - $1 \
-                 ORDER BY host_id LIMIT $2"
-            ),
+            &format!("SELECT id FROM hosts WHERE heartbeat >= {NOW_MS} - $1 ORDER BY id LIMIT $2"),
             &[&(new.alive_ms as i64), &i64::from(new.canary)],
         )
         .await?
@@ -301,20 +255,6 @@ pub(crate) async fn bytes(
         )
         .await?;
     Ok(row.map(|row| row.get(0)))
-}
-
-/// Says this host's agent is alive.
-pub(crate) async fn heartbeat(client: &Client, host_id: &str) -> Result<(), CatalogueError> {
-    client
-        .execute(
-            &format!(
-                "INSERT INTO catalogue_agents (host_id, seen_ms) VALUES ($1, {NOW_MS}) \
-                 ON CONFLICT (host_id) DO UPDATE SET seen_ms = {NOW_MS}"
-            ),
-            &[&host_id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// What this host made of a published plugin.

@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order; `MIGRATIONS[n].version == n + 1`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "fleet",
-    sql: include_str!("migrations/0001_fleet.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "fleet",
+        sql: include_str!("migrations/0001_fleet.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "catalogue",
+        sql: include_str!("migrations/0002_catalogue.sql"),
+    },
+];
 
 /// The schema version this host writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
