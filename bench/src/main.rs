@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `--only` runs some groups of figures: in-process, socket, idle, reloads, runtime-reloads,
-//! startup, isolation, isolated-reloads, tasks.
+//! startup, isolation, isolated-reloads, tasks, catalogue (needs BENCH_DATABASE_URL: a
+//! PostgreSQL server).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use host::control::Client;
 
+mod catalogue;
 mod runtime_reloads;
 mod tasks;
 
@@ -821,6 +823,9 @@ fn main() {
     }
     if args.runs("tasks") {
         tasks::figures(&args, &mut rows);
+    }
+    if args.runs("catalogue") {
+        catalogue::figures(&args, &mut rows);
     }
     println!("| figure | measured | target | ok |");
     println!("|---|---|---|---|");

@@ -339,3 +339,39 @@ fn too_big_not_a_plugin_unknown_name_and_no_database_are_one_line_errors() {
          HOST_DATABASE_URL to a postgres:// URL"
     );
 }
+
+#[test]
+fn an_unreachable_database_is_logged_once_and_the_plugins_the_host_has_keep_serving() {
+    // A port nobody listens on: every connection is refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/nowhere");
+    let dir = plugins_dir();
+    // What an earlier run of the agent wrote.
+    fs::copy(&built().hello, dir.path().join("hello.catalogue.so")).expect("copy hello");
+    let conf = dir.path().join("host.toml");
+    fs::write(&conf, "[catalogue]\npoll_ms = 100\n").expect("write host.toml");
+    let server = Server::start_configured(
+        dir.path(),
+        &["--config", conf.to_str().expect("UTF-8")],
+        |command| {
+            command
+                .env("HOST_DATABASE_URL", &url)
+                .env("RUST_LOG", "info,host::services::catalogue=debug");
+        },
+    );
+    server.wait_until(WAIT, "five retries of the catalogue agent", |s| {
+        s.log().matches("catalogue: still unreachable").count() >= 5
+    });
+    let log = server.log();
+    assert_eq!(
+        log.matches("keeping the plugins this host has").count(),
+        1,
+        "{log}"
+    );
+    let host = Member { dir, server };
+    assert_eq!(host.greet().as_deref(), Ok("Hello, Ada!"));
+    assert!(host.dir.path().join("hello.catalogue.so").exists());
+}
