@@ -88,3 +88,28 @@ pub fn start_hosts(n: usize, plugins: &Path, url: &str, tasks: &str, rest: &str)
         _config: config,
     }
 }
+
+/// Queues `n` tasks of `plugin.callback` straight into the fleet's tasks table (as a
+/// host's submit would, without `n` CLI processes), with input `input` where `{i}` is the
+/// task's number; their ids, in order.
+pub fn insert_tasks(url: &str, n: usize, plugin: &str, callback: &str, input: &str) -> Vec<i64> {
+    let input = input.replace('\'', "''").replace("{i}", "' || i || '");
+    let ids = psql(
+        url,
+        &format!(
+            "INSERT INTO tasks (plugin, callback, input, key, priority, status, max_attempts, \
+             retry_delays_ms, not_before, created, depth) \
+             SELECT '{plugin}', '{callback}', '{input}', 'bulk:' || i || ':' || random(), 0, \
+             'queued', 4, '[1000]', 0, fleet_now_ms(), 0 FROM generate_series(1, {n}) i \
+             RETURNING id; NOTIFY host_tasks"
+        ),
+    );
+    ids.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// How many tasks of the fleet's database have `status` (all: `None`).
+pub fn count(url: &str, filter: &str) -> usize {
+    psql(url, &format!("SELECT count(*) FROM tasks WHERE {filter}"))
+        .parse()
+        .unwrap_or(0)
+}

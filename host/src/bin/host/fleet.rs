@@ -14,7 +14,6 @@ use crate::exit::{Failure, USAGE};
 
 /// This host in the fleet: its database and heartbeat (stopped when dropped).
 #[derive(Debug)]
-#[allow(dead_code)] // Held until shutdown; the task store on it comes next.
 pub struct Fleet {
     pub database: Database,
     pub membership: Membership,
