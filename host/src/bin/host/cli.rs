@@ -58,6 +58,23 @@ pub enum Command {
     Cancel(TaskIdArgs),
     /// Queue a task that ended (failed, bad, cancelled, success ...) again.
     Retry(TaskIdArgs),
+    /// List the hosts of the fleet on the PostgreSQL database (`[tasks] database` of
+    /// --config, or $HOST_DATABASE_URL, or --database), alive or gone by heartbeat.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The fleet's database [default: $HOST_DATABASE_URL, else `[tasks] database` of
+    /// --config].
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// host.toml: its `[tasks] database` and `lease_ms` [env: HOST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON (one object per host, with `"alive": true|false`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The running host's control socket: `--socket`, or the `socket` of `--config` (or of

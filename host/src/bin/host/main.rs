@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         Command::Task(args) => tasks::show(args),
         Command::Cancel(args) => tasks::cancel(args),
         Command::Retry(args) => tasks::retry(args),
+        Command::Fleet(args) => fleet::list(args),
     };
     match result {
         Ok(code) => code,

@@ -76,6 +76,7 @@ impl Tasks {
                 ..State::default()
             }),
             wake: Condvar::new(),
+            store_failing: std::sync::atomic::AtomicBool::new(false),
         });
         // A shared store's notifications (another host queued a task) wake the dispatcher.
         let weak = Arc::downgrade(&inner);
