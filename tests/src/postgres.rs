@@ -60,6 +60,8 @@ pub fn fresh_database() -> String {
 /// and state directory, killed when dropped.
 pub struct Fleet {
     pub hosts: Vec<Server>,
+    /// Their host.toml.
+    pub config: PathBuf,
     _config: tempfile::TempDir,
 }
 
@@ -74,6 +76,7 @@ pub fn start_hosts(n: usize, plugins: &Path, url: &str, tasks: &str, rest: &str)
         format!("[tasks]\ndatabase = \"{url}\"\n{tasks}\n{rest}\n"),
     )
     .expect("write host.toml");
+    let path = toml.clone();
     let toml = toml.to_str().expect("a UTF-8 path").to_owned();
     let hosts: Vec<Server> = (0..n)
         .map(|_| Server::spawn(None, plugins, &["--config", &toml], |_| {}))
@@ -85,6 +88,98 @@ pub fn start_hosts(n: usize, plugins: &Path, url: &str, tasks: &str, rest: &str)
     }
     Fleet {
         hosts,
+        config: path,
         _config: config,
     }
+}
+
+/// Queues `n` tasks of `plugin.callback` straight into the fleet's tasks table (as a
+/// host's submit would, without `n` CLI processes), with input `input` where `{i}` is the
+/// task's number; their ids, in order.
+pub fn insert_tasks(url: &str, n: usize, plugin: &str, callback: &str, input: &str) -> Vec<i64> {
+    let input = input.replace('\'', "''").replace("{i}", "' || i || '");
+    let ids = psql(
+        url,
+        &format!(
+            "INSERT INTO tasks (plugin, callback, input, key, priority, status, max_attempts, \
+             retry_delays_ms, not_before, created, depth) \
+             SELECT '{plugin}', '{callback}', '{input}', 'bulk:' || i || ':' || random(), 0, \
+             'queued', 4, '[1000]', 0, fleet_now_ms(), 0 FROM generate_series(1, {n}) i \
+             RETURNING id; NOTIFY host_tasks"
+        ),
+    );
+    ids.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// How many tasks of the fleet's database have `status` (all: `None`).
+pub fn count(url: &str, filter: &str) -> usize {
+    psql(url, &format!("SELECT count(*) FROM tasks WHERE {filter}"))
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The test server stopped (`pg_ctl stop`) until [`Outage::end`], or until dropped: the
+/// server is started again whatever the test does.
+pub struct Outage {
+    stopped: bool,
+}
+
+impl Outage {
+    /// Stops the server `.ci/test` started (fast shutdown: connections are cut).
+    pub fn begin() -> Outage {
+        pg_ctl(&["stop", "-m", "fast"]);
+        Outage { stopped: true }
+    }
+
+    /// Starts it again with the options `.ci/test` used, and waits until it answers.
+    pub fn end(&mut self) {
+        if !std::mem::replace(&mut self.stopped, false) {
+            return;
+        }
+        let data = PathBuf::from(env("E2E_PG_DATA"));
+        let dir = data.parent().unwrap_or(&data).to_owned();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=400 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off",
+            env("E2E_PG_PORT"),
+            dir.display()
+        );
+        let log = dir.join("server.log");
+        pg_ctl(&[
+            "start",
+            "-l",
+            log.to_str().expect("a UTF-8 path"),
+            "-o",
+            &options,
+        ]);
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// `pg_ctl -D DATA -w ARGS`, as the server's user (through runuser when root).
+fn pg_ctl(args: &[&str]) {
+    let pg_ctl = Path::new(&env("E2E_PG_BINDIR")).join("pg_ctl");
+    let data = env("E2E_PG_DATA");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut command = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &env("E2E_PG_USER"), "--"]).arg(&pg_ctl);
+        c
+    } else {
+        Command::new(&pg_ctl)
+    };
+    command.args(["-D", &data, "-w"]).args(args);
+    let output = command.output().expect("pg_ctl runs");
+    assert!(
+        output.status.success(),
+        "pg_ctl {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -65,6 +65,9 @@ pub enum Command {
     Unpublish(UnpublishArgs),
     /// List the fleet's catalogue: each plugin, its rollout, and what each host made of it.
     Published(PublishedArgs),
+    /// List the hosts of the fleet on the PostgreSQL database (`[tasks] database` of
+    /// --config, or $HOST_DATABASE_URL, or --database), alive or gone by heartbeat.
+    Fleet(FleetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +101,20 @@ pub struct PublishedArgs {
     pub json: bool,
     #[command(flatten)]
     pub socket: HostSocket,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The fleet's database [default: $HOST_DATABASE_URL, else `[tasks] database` of
+    /// --config].
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// host.toml: its `[tasks] database` and `lease_ms` [env: HOST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON (one object per host, with `"alive": true|false`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The running host's control socket: `--socket`, or the `socket` of `--config` (or of

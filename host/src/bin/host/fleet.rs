@@ -5,16 +5,21 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::io::Write;
+use std::process::ExitCode;
+
 use anyhow::Result;
+use host::config::HostConfig;
 use host::postgres::{database_url, Database, HostRow, Membership, PgError};
 use host::tasks::TaskSettings;
 use host::Host;
 
-use crate::exit::{Failure, USAGE};
+use crate::cli::FleetArgs;
+use crate::commands::{age, write_rows};
+use crate::exit::{Failure, OTHER, USAGE};
 
 /// This host in the fleet: its database and heartbeat (stopped when dropped).
 #[derive(Debug)]
-#[allow(dead_code)] // Held until shutdown; the task store on it comes next.
 pub struct Fleet {
     pub database: Database,
     pub membership: Membership,
@@ -56,9 +61,74 @@ pub fn join(host: &Host, settings: &TaskSettings) -> Result<Option<Fleet>> {
         row,
         settings.lease_ms,
         migrated,
+        // The task runner says when the database is down; without it, the heartbeat does.
+        settings.enabled,
     );
     Ok(Some(Fleet {
         database,
         membership,
     }))
+}
+
+/// `host fleet`: the hosts of the fleet's database, alive (a heartbeat within `lease_ms`)
+/// or gone (rows of hosts gone for a day are deleted).
+pub fn list(args: FleetArgs) -> Result<ExitCode> {
+    let config = match crate::cli::config_path(args.config.clone()) {
+        Some(path) => {
+            HostConfig::load(&path).map_err(|err| Failure::new(USAGE, err.to_string()))?
+        }
+        None => HostConfig::default(),
+    };
+    let url = match args.database {
+        Some(url) => Some(url),
+        None => database_url(config.tasks.database.as_deref())
+            .map_err(|err| Failure::new(USAGE, err.to_string()))?,
+    };
+    let Some(url) = url else {
+        return Err(Failure::new(
+            USAGE,
+            "no fleet: give --database URL, or set HOST_DATABASE_URL or [tasks] database in \
+             host.toml (--config)"
+                .to_owned(),
+        )
+        .into());
+    };
+    let database = Database::open(
+        &url,
+        1,
+        Duration::from_millis(config.tasks.connect_timeout_ms),
+    )
+    .map_err(|err| Failure::new(USAGE, err.to_string()))?;
+    let hosts = database
+        .block_on(database.fleet(config.tasks.lease_ms))
+        .map_err(|err| Failure::new(OTHER, err.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &hosts)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "STATE".to_owned(),
+        "VERSION".to_owned(),
+        "HEARTBEAT".to_owned(),
+        "PLUGINS".to_owned(),
+    ]];
+    for host in &hosts {
+        let plugins: Vec<String> = host
+            .plugins
+            .iter()
+            .map(|p| format!("{} (gen {})", p.name, p.generation))
+            .collect();
+        rows.push([
+            host.id.clone(),
+            if host.alive { "alive" } else { "gone" }.to_owned(),
+            host.version.clone(),
+            age(host.heartbeat_unix_ms),
+            plugins.join(", "),
+        ]);
+    }
+    write_rows(&mut out, &rows)?;
+    Ok(ExitCode::SUCCESS)
 }

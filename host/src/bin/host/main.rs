@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => catalogue::publish(args),
         Command::Unpublish(args) => catalogue::unpublish(args),
         Command::Published(args) => catalogue::published(args),
+        Command::Fleet(args) => fleet::list(args),
     };
     match result {
         Ok(code) => code,

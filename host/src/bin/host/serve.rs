@@ -22,7 +22,7 @@ use host::config::HostConfig;
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
 use host::isolation::IsolationOptions;
 use host::state_dir::{default_state_dir, StateDir};
-use host::tasks::{SqliteStore, Tasks};
+use host::tasks::{PgStore, SqliteStore, Tasks};
 use host::watch::Watcher;
 use host::{CopiesDir, Host, HostOptions, LoadOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -117,7 +117,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         plugins_dir: dir.clone(),
     };
     let fleet = crate::fleet::join(&host, &config.tasks)?;
-    let tasks = start_tasks(&host, &config, state.as_ref());
+    let tasks = start_tasks(&host, &config, state.as_ref(), fleet.as_ref());
     let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
         .with_context(|| format!("control socket {}", socket.display()))?;
     let catalogue = fleet
@@ -194,10 +194,33 @@ fn start_tasks(
     host: &Host,
     config: &HostConfig,
     state: Option<&StateDir>,
+    fleet: Option<&crate::fleet::Fleet>,
 ) -> Result<Tasks, String> {
     let Some(state) = state.filter(|_| config.tasks.enabled) else {
         return Err("[tasks] enabled = false in host.toml".to_owned());
     };
+    if let Some(fleet) = fleet {
+        // The fleet's store: a database down now is not an error (the runner retries).
+        let store = PgStore::new(
+            fleet.database.clone(),
+            &fleet.membership.row().id,
+            config.tasks.lease_ms,
+        );
+        let started = Tasks::start(
+            host.clone(),
+            Arc::new(store),
+            config.tasks.clone(),
+            config.schedule.clone(),
+        )
+        .map_err(|err| err.message);
+        match &started {
+            Ok(_) => tracing::info!("tasks: {}", fleet.database.url()),
+            Err(reason) => {
+                tracing::error!("tasks are unavailable, direct calls are served: {reason}")
+            }
+        }
+        return started;
+    }
     let db = state.tasks_db();
     let started = SqliteStore::open(&db)
         .map_err(|err| err.to_string())

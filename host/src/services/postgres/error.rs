@@ -28,7 +28,12 @@ impl PgError {
     /// `err` from `what`, classified: a closed or refused connection is `Unreachable`.
     pub(crate) fn from_pg(what: &str, err: &tokio_postgres::Error) -> PgError {
         let text = one_line(err);
-        if err.is_closed() || err.as_db_error().is_none() {
+        // Shut down, starting up, or a broken connection: the database is not there.
+        let gone = err.code().is_some_and(|code| {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("57P")
+        });
+        if gone || err.is_closed() || err.as_db_error().is_none() {
             PgError::Unreachable(format!("{what}: database unreachable: {text}"))
         } else {
             PgError::Statement(format!("{what}: {text}"))

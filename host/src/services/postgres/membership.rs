@@ -22,13 +22,16 @@ pub struct Membership {
 
 impl Membership {
     /// Starts the heartbeat of `row` on `db`, listing the plugins `host` serves, every third
-    /// of `lease_ms`; `migrated`: whether the schema is known to be up to date already.
+    /// of `lease_ms`; `migrated`: whether the schema is known to be up to date already;
+    /// `quiet`: an outage is said by someone else (the task runner), the heartbeat logs it
+    /// at debug level only.
     pub fn start(
         db: Database,
         host: Host,
         row: HostRow,
         lease_ms: u64,
         migrated: bool,
+        quiet: bool,
     ) -> Membership {
         let flag = Arc::new(AtomicBool::new(migrated));
         let every = Duration::from_millis((lease_ms / 3).max(10));
@@ -36,8 +39,11 @@ impl Membership {
             db.clone(),
             host,
             row.clone(),
-            lease_ms,
-            every,
+            Beat {
+                lease_ms,
+                every,
+                quiet,
+            },
             flag.clone(),
         ));
         Membership {
@@ -64,14 +70,18 @@ impl Drop for Membership {
     }
 }
 
-async fn beat(
-    db: Database,
-    host: Host,
-    row: HostRow,
+struct Beat {
     lease_ms: u64,
     every: Duration,
-    migrated: Arc<AtomicBool>,
-) {
+    quiet: bool,
+}
+
+async fn beat(db: Database, host: Host, row: HostRow, beat: Beat, migrated: Arc<AtomicBool>) {
+    let Beat {
+        lease_ms,
+        every,
+        quiet,
+    } = beat;
     let mut failing = false;
     loop {
         let done: Result<(), PgError> = async {
@@ -98,9 +108,13 @@ async fn beat(
                 tracing::error!("{message}; this host stays out of the fleet");
                 return;
             }
-            Err(err) if !failing => {
+            Err(err) if !failing && !quiet => {
                 failing = true;
                 tracing::error!("{err} (retrying; direct calls are served)");
+            }
+            Err(err) if !failing => {
+                failing = true;
+                tracing::debug!("{err}");
             }
             Err(err) => tracing::debug!("{err}"),
         }

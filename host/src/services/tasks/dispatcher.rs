@@ -76,7 +76,7 @@ impl Inner {
                 |task, name| self.submit(task, Some(name)),
             );
             if let Err(err) = fired {
-                tracing::error!("schedules: {err}");
+                self.store_failed("schedules", &err);
             }
             if next_prune <= Instant::now() {
                 next_prune = Instant::now() + PRUNE_EVERY;
@@ -88,13 +88,14 @@ impl Inner {
                         self.count(&plugin, -i64::try_from(n).unwrap_or(i64::MAX));
                     }
                 }
-                Err(err) => tracing::error!("tasks: cannot fail the orphaned tasks: {err}"),
+                Err(err) => self.store_failed("tasks: cannot fail the orphaned tasks", &err),
             }
             let mut claimed = 0;
             if cap > 0 {
                 match self.store.claim(now, cap, &only) {
                     Ok(tasks) => {
                         store_failing = false;
+                        self.store_answered();
                         claimed = tasks.len();
                         let mut state = lock(&self.state);
                         for task in tasks {
@@ -110,9 +111,7 @@ impl Inner {
                         }
                     }
                     Err(err) => {
-                        if !store_failing {
-                            tracing::error!("tasks are not run: {err}");
-                        }
+                        self.store_failed("tasks are not run", &err);
                         store_failing = true;
                     }
                 }
@@ -161,7 +160,7 @@ impl Inner {
                 self.settings.keep_days,
                 self.settings.keep_max
             ),
-            Err(err) => tracing::error!("tasks: cannot delete old tasks: {err}"),
+            Err(err) => self.store_failed("tasks: cannot delete old tasks", &err),
         }
     }
 }

@@ -34,6 +34,7 @@ mod dispatcher;
 mod follow_ups;
 mod input_key;
 mod orphans;
+mod postgres;
 mod recording;
 mod retry;
 mod runner;
@@ -46,6 +47,7 @@ pub mod task;
 mod timetable;
 mod zoned_cron;
 
+pub use postgres::PgStore;
 pub use service::{TaskTree, Tasks};
 pub use settings::{ScheduleConfig, TaskSettings};
 pub use sqlite::SqliteStore;
