@@ -247,6 +247,17 @@ fn a_canary_whose_self_test_fails_stops_the_rollout_and_the_others_never_load_it
         table.contains("failed: canary") && table.contains("self_test failed"),
         "{table}"
     );
+    let fleet = e2e::host(&["fleet", "--database", &database]);
+    let (stdout, stderr) = text(&fleet);
+    assert!(fleet.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "catalogue: hello 0.2.0 ({}): rollout failed: canary {}: ",
+            &sha256_hex(bad)[..12],
+            canaries[0]
+        )) && stdout.contains("self_test failed"),
+        "{stdout}"
+    );
 }
 
 #[test]

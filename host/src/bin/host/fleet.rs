@@ -130,5 +130,24 @@ pub fn list(args: FleetArgs) -> Result<ExitCode> {
         ]);
     }
     write_rows(&mut out, &rows)?;
+    // The catalogue's rollouts that have not reached every host, and why (a database of
+    // an older schema has no catalogue: nothing to say).
+    let published = database
+        .block_on(host::catalogue::list_published(&database))
+        .unwrap_or_default();
+    for plugin in published.iter().filter(|p| p.rollout != "everywhere") {
+        let state = match (&plugin.reason, plugin.rollout.as_str()) {
+            (Some(reason), _) => format!("rollout failed: {reason}"),
+            (None, "canary") => format!("canary rollout on {}", plugin.canaries.join(", ")),
+            (None, other) => format!("rollout {other}"),
+        };
+        writeln!(
+            out,
+            "catalogue: {} {} ({}): {state}",
+            plugin.name,
+            plugin.version,
+            &plugin.sha256[..plugin.sha256.len().min(12)]
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,6 @@ mod store;
 
 pub use check::{check_file, Checked};
 pub use error::CatalogueError;
-pub use service::Catalogue;
+pub use service::{list_published, Catalogue};
 pub use settings::CatalogueSettings;
 pub use store::{HostReport, PublishedPlugin};

@@ -163,6 +163,13 @@ impl Catalogue {
     }
 }
 
+/// What the catalogue on `db` holds, with each host's state (for `host fleet`, which reads
+/// the database directly).
+pub async fn list_published(db: &Database) -> Result<Vec<PublishedPlugin>, CatalogueError> {
+    let client = db.client("catalogue list").await?;
+    store::list(&client, None).await
+}
+
 impl Inner {
     /// A connection from the fleet's pool, for `what`.
     pub(super) async fn client(
