@@ -97,12 +97,16 @@ fn fresh_database(server: &str) -> String {
             .client("bench")
             .await
             .expect("the bench database answers");
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-            ))
-            .await
-            .expect("create the bench database");
+        // One statement each: DROP and CREATE DATABASE refuse to run in a transaction.
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            client
+                .batch_execute(&statement)
+                .await
+                .expect("create the bench database");
+        }
     });
     let (prefix, _) = server.rsplit_once('/').expect("a URL with a database");
     format!("{prefix}/{name}")

@@ -16,6 +16,9 @@ CREATE TABLE catalogue_plugins (
     rollout text NOT NULL,
     reason text
 );
+-- Plugin files are stored as they are: pglz compressing (and every fetch decompressing)
+-- megabytes of machine code cost more than the bytes it saves.
+ALTER TABLE catalogue_plugins ALTER COLUMN bytes SET STORAGE EXTERNAL;
 CREATE TABLE catalogue_reports (
     host_id text NOT NULL,
     name text NOT NULL,
