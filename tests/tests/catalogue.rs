@@ -302,6 +302,58 @@ fn a_good_canary_rollout_reaches_every_host_after_probation() {
 }
 
 #[test]
+fn a_canary_that_dies_before_it_passed_fails_the_rollout_and_the_others_never_load_it() {
+    let database = fresh_database();
+    // A short lease: a host is gone 2 s after its last heartbeat. A long probation: the
+    // canary cannot pass before it is killed.
+    let config = "[tasks]\nlease_ms = 2000\n\n[catalogue]\npoll_ms = 200\n\n\
+                  [plugins.hello]\nprobation_ms = 600000\n";
+    let mut hosts: Vec<Member> = (0..3).map(|_| member(Some(&database), config)).collect();
+    wait("three hosts alive in the hosts table", || {
+        psql(&database, "SELECT count(*) FROM hosts") == "3"
+    });
+    let v1 = &built().hello;
+    let v2 = passing_self_test();
+    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(v2));
+    publish(&hosts[0].server, v1, &[]);
+    wait("every host to serve 0.1.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
+    });
+    publish(&hosts[0].server, v2, &["--canary", "1"]);
+    let canaries: Vec<String> =
+        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
+    let at = hosts
+        .iter()
+        .position(|h| h.is(&canaries[0]))
+        .expect("the canary is one of the three");
+    let mut canary = hosts.remove(at);
+    wait("the canary to serve 0.2.0 on probation", || {
+        canary.serving_sha256().as_deref() == Some(sha2.as_str())
+    });
+    canary.server.signal(libc::SIGKILL);
+    canary.server.wait();
+    wait("the rollout to fail", || {
+        published(&hosts[0].server)[0]["rollout"] == "failed"
+    });
+    let reason = published(&hosts[1].server)[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        reason,
+        format!(
+            "canary {} is gone (no heartbeat within 2000 ms) before it passed probation",
+            canaries[0]
+        )
+    );
+    for host in &hosts {
+        assert_eq!(host.serving_sha256().as_deref(), Some(sha1.as_str()));
+    }
+}
+
+#[test]
 fn too_big_not_a_plugin_unknown_name_and_no_database_are_one_line_errors() {
     let database = fresh_database();
     let host = member(

@@ -156,6 +156,11 @@ async fn pass(
             }
         }
     }
+    if wanted.iter().any(|w| w.rollout == "canary") {
+        for name in store::fail_gone_canaries(&client, inner.alive_ms).await? {
+            tracing::warn!(plugin = %name, "catalogue: a canary is gone before it passed: the rollout failed");
+        }
+    }
     let gone: Vec<String> = local
         .keys()
         .filter(|name| !wanted.iter().any(|w| &&w.name == name))

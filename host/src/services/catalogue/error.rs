@@ -45,6 +45,9 @@ pub enum CatalogueError {
     /// The name given does not match what the plugin calls itself, or is invalid.
     #[error("{0}")]
     BadName(String),
+    /// This host is already publishing a file.
+    #[error("{0}")]
+    Busy(String),
     /// No plugin of that name is published.
     #[error("no plugin named {0} is published")]
     UnknownName(String),
@@ -57,6 +60,7 @@ impl From<CatalogueError> for CallError {
     fn from(err: CatalogueError) -> CallError {
         let kind = match err {
             CatalogueError::UnknownName(_) => CallErrorKind::UnknownPlugin,
+            CatalogueError::Busy(_) => CallErrorKind::Busy,
             CatalogueError::Database(_) | CatalogueError::NoDatabase => CallErrorKind::Internal,
             _ => CallErrorKind::InvalidRequest,
         };

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use super::check::{check_file, Checked};
 use super::error::CatalogueError;
@@ -41,6 +41,8 @@ pub(super) struct Inner {
     pub(super) alive_ms: u64,
     pub(super) stop: watch::Sender<bool>,
     pub(super) wake: Arc<Notify>,
+    /// One publish at a time on this host: each holds up to `max_plugin_bytes` in memory.
+    publishing: Semaphore,
 }
 
 impl Catalogue {
@@ -66,6 +68,7 @@ impl Catalogue {
             alive_ms,
             stop,
             wake: Arc::new(Notify::new()),
+            publishing: Semaphore::new(1),
         });
         super::agent::start(&inner);
         Catalogue { inner }
@@ -88,6 +91,13 @@ impl Catalogue {
     ) -> Result<PublishedPlugin, CatalogueError> {
         let inner = self.inner.clone();
         self.on_runtime(async move {
+            let _one_at_a_time = inner.publishing.try_acquire().map_err(|_| {
+                CatalogueError::Busy(
+                    "another publish is running on this host (one at a time: each holds up \
+                     to max_plugin_bytes in memory): try again when it is done"
+                        .into(),
+                )
+            })?;
             let (max, copy_dir) = (
                 inner.settings.max_plugin_bytes,
                 inner.host.copy_dir_path().to_owned(),

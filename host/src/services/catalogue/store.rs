@@ -342,3 +342,43 @@ pub(crate) async fn forget(
         .await?;
     Ok(())
 }
+
+/// Fails the canary rollouts one of whose canaries is gone (no heartbeat within
+/// `alive_ms`, or no row any more) before it passed: the rollout would otherwise wait for
+/// it for ever. Announces each one; returns their names.
+pub(crate) async fn fail_gone_canaries(
+    client: &Client,
+    alive_ms: u64,
+) -> Result<Vec<String>, CatalogueError> {
+    let rows = client
+        .query(
+            &format!(
+                "WITH gone AS (
+                     SELECT DISTINCT ON (p.name) p.name, p.sha256, c.id
+                     FROM catalogue_plugins p, unnest(p.canaries) AS c(id)
+                     WHERE p.rollout = 'canary'
+                       AND NOT EXISTS (SELECT 1 FROM hosts h
+                                       WHERE h.id = c.id AND h.heartbeat >= {NOW_MS} - $1::bigint)
+                       AND NOT EXISTS (SELECT 1 FROM catalogue_reports r
+                                       WHERE r.host_id = c.id AND r.name = p.name
+                                         AND r.sha256 = p.sha256 AND r.state = 'passed')
+                     ORDER BY p.name, c.id)
+                 UPDATE catalogue_plugins p
+                 SET rollout = 'failed',
+                     reason = 'canary ' || gone.id || ' is gone (no heartbeat within ' || $1::bigint::text ||
+                              ' ms) before it passed probation'
+                 FROM gone
+                 WHERE p.name = gone.name AND p.sha256 = gone.sha256 AND p.rollout = 'canary'
+                 RETURNING p.name"
+            ),
+            &[&(alive_ms as i64)],
+        )
+        .await?;
+    let names: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    for name in &names {
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, name])
+            .await?;
+    }
+    Ok(names)
+}
