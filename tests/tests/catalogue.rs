@@ -52,6 +52,21 @@ fn failing_self_test() -> &'static Path {
     })
 }
 
+/// hello 0.2.0 whose `greet` panics every time (its probation trips a rollback).
+fn panicking_greet() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        Variant::of("example-plugins/hello")
+            .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
+            .edit(
+                "src/lib.rs",
+                "        if input.name.trim().is_empty() {",
+                "        panic!(\"greet is broken in 0.2.0\");\n        if input.name.trim().is_empty() {",
+            )
+            .build()
+    })
+}
+
 fn passing_self_test() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| hello_v2("Yo", "Ok(())"))
@@ -347,6 +362,54 @@ fn a_canary_that_dies_before_it_passed_fails_the_rollout_and_the_others_never_lo
             "canary {} is gone (no heartbeat within 2000 ms) before it passed probation",
             canaries[0]
         )
+    );
+    for host in &hosts {
+        assert_eq!(host.serving_sha256().as_deref(), Some(sha1.as_str()));
+    }
+}
+
+#[test]
+fn a_canary_whose_probation_trips_a_rollback_fails_the_rollout() {
+    let database = fresh_database();
+    let config = "[catalogue]\npoll_ms = 200\n\n[plugins.hello]\nprobation_ms = 600000\n";
+    let hosts: Vec<Member> = (0..3).map(|_| member(Some(&database), config)).collect();
+    wait("three hosts alive in the hosts table", || {
+        psql(&database, "SELECT count(*) FROM hosts") == "3"
+    });
+    let v1 = &built().hello;
+    let bad = panicking_greet();
+    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(bad));
+    publish(&hosts[0].server, v1, &[]);
+    wait("every host to serve 0.1.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
+    });
+    publish(&hosts[0].server, bad, &["--canary", "1"]);
+    let canaries: Vec<String> =
+        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
+    let canary = hosts
+        .iter()
+        .find(|h| h.is(&canaries[0]))
+        .expect("the canary is one of the three");
+    wait("the canary to serve 0.2.0 on probation", || {
+        canary.serving_sha256().as_deref() == Some(sha2.as_str())
+    });
+    // Three panics within the probation roll it back (rollback_after = 3).
+    wait("the canary to roll back", || {
+        let _ = canary.greet();
+        canary.serving_sha256().as_deref() == Some(sha1.as_str())
+    });
+    wait("the rollout to fail", || {
+        published(&hosts[0].server)[0]["rollout"] == "failed"
+    });
+    let reason = published(&hosts[1].server)[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.starts_with(&format!("canary {}: ", canaries[0])) && reason.contains("rolled back"),
+        "{reason}"
     );
     for host in &hosts {
         assert_eq!(host.serving_sha256().as_deref(), Some(sha1.as_str()));
