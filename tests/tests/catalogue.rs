@@ -414,6 +414,12 @@ fn a_canary_whose_probation_trips_a_rollback_fails_the_rollout() {
     for host in &hosts {
         assert_eq!(host.serving_sha256().as_deref(), Some(sha1.as_str()));
     }
+    // The canary goes back to the last good version on disk too: a restart would not load
+    // the failed file afresh.
+    let file = canary.dir.path().join("hello.catalogue.so");
+    wait("the canary's file to be 0.1.0 again", || {
+        fs::read(&file).ok() == fs::read(v1).ok()
+    });
 }
 
 #[test]

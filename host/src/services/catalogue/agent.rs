@@ -112,41 +112,45 @@ async fn pass(
     for plugin in &wanted {
         let mine = plugin.rollout == "everywhere"
             || (plugin.rollout == "canary" && plugin.canaries.contains(&inner.host_id));
-        let have = local
-            .get(&plugin.name)
-            .is_some_and(|l| l.sha256 == plugin.sha256);
-        if !mine || have {
+        let have = local.get(&plugin.name).map(|l| l.sha256.as_str());
+        // What this host should have: the published version, or, where it was a canary of
+        // a rollout that failed, the last good one (so that a restart does not load the
+        // failed file afresh).
+        let (sha256, good) = if mine {
+            (plugin.sha256.as_str(), false)
+        } else if plugin.rollout == "failed" && have == Some(plugin.sha256.as_str()) {
+            match &plugin.good_sha256 {
+                Some(good) => (good.as_str(), true),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
+        if have == Some(sha256) {
             continue;
         }
         // Published again meanwhile: the next pass takes the new one.
-        let Some(bytes) = store::bytes(&client, &plugin.name, &plugin.sha256).await? else {
+        let bytes = if good {
+            store::good_bytes(&client, &plugin.name, sha256).await?
+        } else {
+            store::bytes(&client, &plugin.name, sha256).await?
+        };
+        let Some(bytes) = bytes else {
             continue;
         };
-        let (name, sha256, dir) = (plugin.name.clone(), plugin.sha256.clone(), dir.clone());
-        let host = inner.host.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let actual = hex(&Digest::sha256_of(&bytes));
-            if actual != sha256 {
-                return Err(format!(
-                    "its bytes' SHA-256 is {actual}, not the published {sha256}: not written"
-                ));
-            }
-            // Pinned first: whatever the watcher loads for this name from now on must be
-            // exactly these bytes.
-            host.pin_published(&name, Some(sha256));
-            local::write(&dir, &name, &bytes)
-                .map_err(|err| format!("cannot write it into {}: {err}", dir.display()))
-        })
-        .await
-        .unwrap_or_else(|_| Err("the writing thread failed".into()));
-        match written {
+        match write(inner, &plugin.name, sha256, bytes).await {
             Ok(path) => {
-                tracing::info!(plugin = %plugin.name, sha256 = %plugin.sha256,
-                    "catalogue: wrote {}", path.display());
+                let what = if good {
+                    "its rollout failed: went back to the last good version,"
+                } else {
+                    "wrote"
+                };
+                tracing::info!(plugin = %plugin.name, sha256 = %sha256,
+                    "catalogue: {what} {}", path.display());
                 local.insert(
                     plugin.name.clone(),
                     Local {
-                        sha256: plugin.sha256.clone(),
+                        sha256: sha256.to_owned(),
                         reported: None,
                     },
                 );
@@ -203,6 +207,37 @@ async fn pass(
         }
     }
     Ok(())
+}
+
+/// Checks that `bytes` are those of `sha256`, pins `name` to it, and writes them into the
+/// plugins directory; the file's path, or why not.
+async fn write(
+    inner: &Arc<Inner>,
+    name: &str,
+    sha256: &str,
+    bytes: Vec<u8>,
+) -> Result<std::path::PathBuf, String> {
+    let (name, sha256, dir) = (
+        name.to_owned(),
+        sha256.to_owned(),
+        inner.plugins_dir.clone(),
+    );
+    let host = inner.host.clone();
+    tokio::task::spawn_blocking(move || {
+        let actual = hex(&Digest::sha256_of(&bytes));
+        if actual != sha256 {
+            return Err(format!(
+                "its bytes' SHA-256 is {actual}, not the published {sha256}: not written"
+            ));
+        }
+        // Pinned first: whatever the watcher loads for this name from now on must be
+        // exactly these bytes.
+        host.pin_published(&name, Some(sha256));
+        local::write(&dir, &name, &bytes)
+            .map_err(|err| format!("cannot write it into {}: {err}", dir.display()))
+    })
+    .await
+    .unwrap_or_else(|_| Err("the writing thread failed".into()))
 }
 
 /// Listens for the catalogue's notifications on a connection of its own, waking the agent

@@ -76,6 +76,8 @@ pub(crate) struct Wanted {
     pub(crate) sha256: String,
     pub(crate) canaries: Vec<String>,
     pub(crate) rollout: String,
+    /// The last version whose rollout did not fail, if there is one.
+    pub(crate) good_sha256: Option<String>,
 }
 
 /// What `publish` stores.
@@ -121,7 +123,11 @@ pub(crate) async fn publish(
              VALUES ($1, $2, $3, $4, $5, $6, {NOW_MS}, $7, $8, $9, NULL) \
              ON CONFLICT (name) DO UPDATE SET sha256 = $2, size = $3, bytes = $4, \
              version = $5, publisher = $6, published_ms = {NOW_MS}, canary = $7, \
-             canaries = $8, rollout = $9, reason = NULL"
+             canaries = $8, rollout = $9, reason = NULL, \
+             good_sha256 = CASE WHEN catalogue_plugins.rollout = 'failed' \
+                 THEN catalogue_plugins.good_sha256 ELSE catalogue_plugins.sha256 END, \
+             good_bytes = CASE WHEN catalogue_plugins.rollout = 'failed' \
+                 THEN catalogue_plugins.good_bytes ELSE catalogue_plugins.bytes END"
         ),
         &[
             &new.name,
@@ -227,7 +233,8 @@ fn published(row: &Row, name: String, hosts: Vec<HostReport>) -> PublishedPlugin
 pub(crate) async fn wanted(client: &Client) -> Result<Vec<Wanted>, CatalogueError> {
     let rows = client
         .query(
-            "SELECT name, sha256, canaries, rollout FROM catalogue_plugins ORDER BY name",
+            "SELECT name, sha256, canaries, rollout, good_sha256 FROM catalogue_plugins \
+             ORDER BY name",
             &[],
         )
         .await?;
@@ -238,8 +245,24 @@ pub(crate) async fn wanted(client: &Client) -> Result<Vec<Wanted>, CatalogueErro
             sha256: row.get(1),
             canaries: row.get(2),
             rollout: row.get(3),
+            good_sha256: row.get(4),
         })
         .collect())
+}
+
+/// The bytes of the last good version of `name` if it is still `sha256`.
+pub(crate) async fn good_bytes(
+    client: &Client,
+    name: &str,
+    sha256: &str,
+) -> Result<Option<Vec<u8>>, CatalogueError> {
+    let row = client
+        .query_opt(
+            "SELECT good_bytes FROM catalogue_plugins WHERE name = $1 AND good_sha256 = $2",
+            &[&name, &sha256],
+        )
+        .await?;
+    Ok(row.and_then(|row| row.get(0)))
 }
 
 /// The bytes of `name` if its published SHA-256 is still `sha256`.

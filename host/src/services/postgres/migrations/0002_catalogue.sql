@@ -14,11 +14,16 @@ CREATE TABLE catalogue_plugins (
     canary integer NOT NULL,
     canaries text[] NOT NULL,
     rollout text NOT NULL,
-    reason text
+    reason text,
+    -- The last version whose rollout did not fail: what a canary goes back to when the
+    -- new one fails there (so that a restart does not load the failed file afresh).
+    good_sha256 text,
+    good_bytes bytea
 );
 -- Plugin files are stored as they are: pglz compressing (and every fetch decompressing)
 -- megabytes of machine code cost more than the bytes it saves.
 ALTER TABLE catalogue_plugins ALTER COLUMN bytes SET STORAGE EXTERNAL;
+ALTER TABLE catalogue_plugins ALTER COLUMN good_bytes SET STORAGE EXTERNAL;
 CREATE TABLE catalogue_reports (
     host_id text NOT NULL,
     name text NOT NULL,
