@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `--only` runs some groups of figures: in-process, socket, idle, reloads, runtime-reloads,
-//! startup, isolation, isolated-reloads, tasks.
+//! startup, isolation, isolated-reloads, tasks, fleet (on PostgreSQL: `--database URL` or
+//! `E2E_DATABASE_URL`; skipped without one).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use host::control::Client;
 
+mod fleet;
 mod runtime_reloads;
 mod tasks;
 
@@ -821,6 +823,9 @@ fn main() {
     }
     if args.runs("tasks") {
         tasks::figures(&args, &mut rows);
+    }
+    if args.runs("fleet") {
+        fleet::figures(&args, &mut rows);
     }
     println!("| figure | measured | target | ok |");
     println!("|---|---|---|---|");
