@@ -83,7 +83,12 @@ fn start_host(url: &str, plugin: Option<&Path>, runners: usize) -> FleetHost {
     let id = format!("{}-{}", row.id, fastrand_suffix());
     let mut row = row;
     row.id = id;
-    let store = Arc::new(PgStore::new(db.clone(), &row.id, settings.lease_ms));
+    let store = Arc::new(PgStore::new(
+        db.clone(),
+        &row.id,
+        settings.lease_ms,
+        settings.poll_interval_ms,
+    ));
     let membership = Membership::start(db, host.clone(), row, settings.lease_ms, true, true);
     let tasks = Tasks::start(host.clone(), store.clone(), settings, Vec::new()).expect("tasks");
     FleetHost {
