@@ -10,8 +10,9 @@
 //! ```
 //!
 //! `--only` runs some groups of figures: in-process, socket, idle, reloads, runtime-reloads,
-//! startup, isolation, isolated-reloads, tasks, catalogue (needs BENCH_DATABASE_URL: a
-//! PostgreSQL server).
+//! startup, isolation, isolated-reloads, tasks, fleet (on PostgreSQL: `--database URL` or
+//! `E2E_DATABASE_URL`; skipped without one), catalogue (the same server, or
+//! `BENCH_DATABASE_URL`).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use host::control::Client;
 
 mod catalogue;
+mod fleet;
 mod runtime_reloads;
 mod tasks;
 
@@ -823,6 +825,9 @@ fn main() {
     }
     if args.runs("tasks") {
         tasks::figures(&args, &mut rows);
+    }
+    if args.runs("fleet") {
+        fleet::figures(&args, &mut rows);
     }
     if args.runs("catalogue") {
         catalogue::figures(&args, &mut rows);

@@ -205,6 +205,7 @@ fn start_tasks(
             fleet.database.clone(),
             &fleet.membership.row().id,
             config.tasks.lease_ms,
+            config.tasks.poll_interval_ms,
         );
         let started = Tasks::start(
             host.clone(),

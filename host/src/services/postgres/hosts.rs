@@ -74,8 +74,8 @@ pub struct FleetHost {
 
 impl Database {
     /// Writes this host's row (inserted, or brought back after it was deleted), its
-    /// heartbeat now, and extends the leases of the tasks it runs to `lease_ms` from now, in
-    /// one round trip. Returns how many leases it extended.
+    /// heartbeat now, extends the leases of the tasks it runs to `lease_ms` from now, and
+    /// deletes the rows of hosts gone for a day, in one round trip. Returns how many leases it extended.
     pub async fn heartbeat(
         &self,
         row: &HostRow,
@@ -100,6 +100,9 @@ impl Database {
                      UPDATE tasks SET lease_until = fleet_now_ms() + $7
                      WHERE status = 'running' AND host_id = $1
                      RETURNING 1
+                 ), gone AS (
+                     DELETE FROM hosts WHERE heartbeat < fleet_now_ms() - $8 AND id <> $1
+                     RETURNING 1
                  )
                  SELECT (SELECT count(*) FROM h), (SELECT count(*) FROM l)",
             )
@@ -116,6 +119,7 @@ impl Database {
                     &started,
                     &plugins,
                     &lease,
+                    &GONE_ROWS_KEPT_MS,
                 ],
             )
             .await

@@ -4,6 +4,7 @@
 //! with backoff, quietly (the heartbeat says when the database is down).
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::services::postgres::Database;
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const LAST_DELAY: Duration = Duration::from_secs(5);
 
-pub(super) async fn run(db: Database, waker: Arc<Mutex<Option<Waker>>>) {
+pub(super) async fn run(db: Database, waker: Arc<Mutex<Option<Waker>>>, notified: Arc<AtomicBool>) {
     let mut delay = FIRST_DELAY;
     loop {
         match db.dedicated("listen for new tasks").await {
@@ -36,10 +37,10 @@ pub(super) async fn run(db: Database, waker: Arc<Mutex<Option<Waker>>>) {
                 if listening {
                     delay = FIRST_DELAY;
                     // Tasks may have been queued while no one listened.
-                    wake(&waker);
+                    wake(&waker, &notified);
                     while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
                         match message {
-                            Ok(AsyncMessage::Notification(_)) => wake(&waker),
+                            Ok(AsyncMessage::Notification(_)) => wake(&waker, &notified),
                             Ok(_) => {}
                             Err(err) => {
                                 tracing::debug!("listen for new tasks: {err}");
@@ -57,7 +58,8 @@ pub(super) async fn run(db: Database, waker: Arc<Mutex<Option<Waker>>>) {
     }
 }
 
-fn wake(waker: &Mutex<Option<Waker>>) {
+fn wake(waker: &Mutex<Option<Waker>>, notified: &AtomicBool) {
+    notified.store(true, Ordering::Release);
     let waker = waker.lock().unwrap_or_else(PoisonError::into_inner).clone();
     if let Some(waker) = waker {
         waker();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::super::store::StoreError;
@@ -29,6 +29,12 @@ pub struct PgStore {
     /// When expired leases were last looked for (database clock, ms).
     pub(super) last_takeover: AtomicU64,
     pub(super) waker: Arc<Mutex<Option<Waker>>>,
+    /// A notification arrived since the last claim that found nothing.
+    pub(super) notified: Arc<AtomicBool>,
+    /// When a claim last found nothing (0: the last one found tasks).
+    pub(super) last_empty: AtomicU64,
+    /// `poll_interval_ms`: an idle host without notifications claims this often.
+    pub(super) poll_ms: u64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -47,12 +53,17 @@ pub(super) const FINISH_QUEUE: usize = 4096;
 impl PgStore {
     /// The task store of host `host_id` on `db`, whose claims hold `lease_ms`. Connects to
     /// nothing yet (the database may be down); starts the finisher and the listener.
-    pub fn new(db: Database, host_id: &str, lease_ms: u64) -> PgStore {
+    /// An idle host without notifications looks for due tasks every `poll_ms`.
+    pub fn new(db: Database, host_id: &str, lease_ms: u64, poll_ms: u64) -> PgStore {
         let (send, receive) = tokio::sync::mpsc::channel(FINISH_QUEUE);
         db.handle().spawn(finisher::run(db.clone(), receive));
         let waker: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
-        db.handle()
-            .spawn(super::listen::run(db.clone(), waker.clone()));
+        let notified = Arc::new(AtomicBool::new(true));
+        db.handle().spawn(super::listen::run(
+            db.clone(),
+            waker.clone(),
+            notified.clone(),
+        ));
         PgStore {
             db,
             host_id: host_id.to_owned(),
@@ -61,6 +72,9 @@ impl PgStore {
             finisher: send,
             last_takeover: AtomicU64::new(0),
             waker,
+            notified,
+            last_empty: AtomicU64::new(0),
+            poll_ms: poll_ms.max(1),
         }
     }
 
@@ -101,6 +115,14 @@ impl PgStore {
 
     pub(super) fn set_waker_fn(&self, waker: Waker) {
         *self.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker);
+    }
+
+    /// Whether a claim at `now_ms` can be skipped: no notification since the last claim
+    /// found nothing, less than `poll_ms` ago (a lost notification costs one poll).
+    pub(super) fn quiet(&self, now_ms: u64) -> bool {
+        let notified = self.notified.swap(false, Ordering::AcqRel);
+        let last = self.last_empty.load(Ordering::Relaxed);
+        !notified && last != 0 && now_ms.saturating_sub(last) < self.poll_ms
     }
 
     /// Whether expired leases are due to be looked for again (every third of a lease),
