@@ -201,6 +201,24 @@ fn a_published_plugin_is_served_by_every_host_byte_for_byte_and_unpublish_remove
         reports.len() == 3 && reports.iter().all(|r| r["state"] == "passed")
     });
 
+    // Other bytes under the catalogue's name (by hand, a stray copy): refused by the pin,
+    // the published version keeps serving.
+    let file = hosts[2].dir.path().join("hello.catalogue.so");
+    let tmp = hosts[2].dir.path().join(".stray.tmp");
+    fs::copy(passing_self_test(), &tmp).unwrap();
+    fs::rename(&tmp, &file).unwrap();
+    hosts[2]
+        .server
+        .wait_until(WAIT, "the stray file to be refused", |s| {
+            s.files().iter().any(|f| {
+                f.path == file
+                    && f.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains(&format!("but the catalogue published {sha}")))
+            })
+        });
+    assert_eq!(hosts[2].serving_sha256().as_deref(), Some(sha.as_str()));
+
     let said = hosts[1].server.cli(&["unpublish", "hello"]);
     assert_eq!(said.trim(), "unpublished hello: every host removes it");
     wait(
