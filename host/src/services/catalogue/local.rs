@@ -96,6 +96,46 @@ pub(crate) fn state_of(files: &[FileStatus], path: &Path, sha256: &str, now_ms: 
 mod tests {
     use super::*;
 
+    fn file(
+        serving_sha: Option<&str>,
+        probation_until: Option<u64>,
+        error: Option<&str>,
+    ) -> FileStatus {
+        let mut json = serde_json::json!({ "path": "/p/hello.catalogue.so" });
+        if let Some(sha) = serving_sha {
+            json["serving"] = serde_json::json!({
+                "generation": 7, "loaded_at_unix_ms": 1, "calls": 0, "stuck": 0,
+                "sha256": sha, "probation_until_unix_ms": probation_until,
+            });
+        }
+        if let Some(error) = error {
+            json["last_error"] = error.into();
+        }
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_state_reported_follows_what_the_host_serves() {
+        let path = Path::new("/p/hello.catalogue.so");
+        let state = |files: &[FileStatus]| state_of(files, path, "aa", 1_000);
+        assert_eq!(state(&[]).state, "loading");
+        assert_eq!(
+            state(&[file(Some("aa"), Some(2_000), None)]).state,
+            "serving"
+        );
+        let passed = state(&[file(Some("aa"), None, None)]);
+        assert_eq!((passed.state, passed.generation), ("passed", Some(7)));
+        assert_eq!(state(&[file(Some("aa"), Some(500), None)]).state, "passed");
+        let failed = state(&[file(Some("bb"), None, Some("rolled back: 3 panics"))]);
+        assert_eq!(failed.state, "failed");
+        assert_eq!(failed.reason.as_deref(), Some("rolled back: 3 panics"));
+        assert_eq!(
+            state(&[file(None, None, Some("self_test failed"))]).state,
+            "failed"
+        );
+        assert_eq!(state(&[file(Some("bb"), None, None)]).state, "loading");
+    }
+
     #[test]
     fn a_written_file_is_whole_and_replaces_the_old_one_and_is_found_again() {
         let dir = tempfile::tempdir().unwrap();
