@@ -479,6 +479,23 @@ fn too_big_not_a_plugin_unknown_name_and_no_database_are_one_line_errors() {
     let err = line(&["unpublish", "nope"]);
     assert!(err.contains("no plugin named nope is published"), "{err}");
 
+    // The catalogue's size is bounded too.
+    let small = member(
+        Some(&database),
+        "[catalogue]\nmax_plugins = 1\npoll_ms = 500\n",
+    );
+    small.server.cli(&["publish", hello.to_str().unwrap()]);
+    let output = small
+        .server
+        .run(&["publish", e2e::counter().to_str().unwrap()]);
+    let (_, stderr) = text(&output);
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr.trim(),
+        "error: the catalogue holds 1 plugins, its limit ([catalogue] max_plugins): unpublish \
+         one first"
+    );
+
     let alone = member(None, "");
     let output = alone.server.run(&["publish", hello.to_str().unwrap()]);
     let (_, stderr) = text(&output);

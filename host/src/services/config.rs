@@ -66,8 +66,7 @@
 //! [catalogue]                      # the fleet's plugin catalogue (needs a fleet database)
 //! max_plugin_bytes = 67108864      # the largest file `host publish` accepts
 //! poll_ms = 2000                   # the agent looks without a notification this often
-//! pool_size = 2                    # database connections (and one that listens)
-//! alive_ms = 10000                 # hosts seen within this may be chosen as canaries
+//! max_plugins = 1000               # the most plugins the catalogue holds
 //!
 //! [[schedule]]
 //! plugin = "sysinfo"

@@ -45,6 +45,12 @@ pub enum CatalogueError {
     /// The name given does not match what the plugin calls itself, or is invalid.
     #[error("{0}")]
     BadName(String),
+    /// The catalogue holds `[catalogue] max_plugins` plugins already.
+    #[error(
+        "the catalogue holds {0} plugins, its limit ([catalogue] max_plugins): unpublish one \
+         first"
+    )]
+    Full(u32),
     /// This host is already publishing a file.
     #[error("{0}")]
     Busy(String),

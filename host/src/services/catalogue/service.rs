@@ -126,6 +126,7 @@ impl Catalogue {
                     publisher: &publisher,
                     canary,
                     alive_ms: inner.alive_ms,
+                    max_plugins: inner.settings.max_plugins,
                 },
             )
             .await

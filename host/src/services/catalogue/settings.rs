@@ -12,6 +12,9 @@ pub struct CatalogueSettings {
     /// How often the agent looks at the catalogue when no notification came, in
     /// milliseconds (default 2,000): the backstop for a lost NOTIFY.
     pub poll_ms: u64,
+    /// The most plugins the catalogue holds (default 1,000): publishing another name past
+    /// it is refused. Every agent lists them on each look.
+    pub max_plugins: u32,
 }
 
 impl Default for CatalogueSettings {
@@ -19,6 +22,7 @@ impl Default for CatalogueSettings {
         CatalogueSettings {
             max_plugin_bytes: 64 * 1024 * 1024,
             poll_ms: 2_000,
+            max_plugins: 1_000,
         }
     }
 }

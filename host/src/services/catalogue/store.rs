@@ -90,6 +90,7 @@ pub(crate) struct NewPlugin<'a> {
     pub(crate) publisher: &'a str,
     pub(crate) canary: u32,
     pub(crate) alive_ms: u64,
+    pub(crate) max_plugins: u32,
 }
 
 /// Stores a plugin (replacing what was published under its name), chooses its canaries
@@ -99,6 +100,22 @@ pub(crate) async fn publish(
     new: &NewPlugin<'_>,
 ) -> Result<PublishedPlugin, CatalogueError> {
     let tx = client.transaction().await?;
+    // Two publishes of new names at once must not both pass the limit.
+    tx.execute(
+        "LOCK TABLE catalogue_plugins IN SHARE ROW EXCLUSIVE MODE",
+        &[],
+    )
+    .await?;
+    let others: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM catalogue_plugins WHERE name <> $1",
+            &[&new.name],
+        )
+        .await?
+        .get(0);
+    if others >= i64::from(new.max_plugins) {
+        return Err(CatalogueError::Full(new.max_plugins));
+    }
     let canaries: Vec<String> = if new.canary == 0 {
         Vec::new()
     } else {
