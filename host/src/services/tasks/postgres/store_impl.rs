@@ -44,6 +44,15 @@ impl TaskStore for PgStore {
     }
 
     fn next_due(&self, only: &[String]) -> Result<Option<u64>, StoreError> {
+        // Between polls, an idle host asks nothing: a notification wakes it.
+        let last = self.last_empty.load(std::sync::atomic::Ordering::Relaxed);
+        let now = super::super::runner::now_ms();
+        if last != 0
+            && now.saturating_sub(last) < self.poll_ms
+            && !self.notified.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(Some(last.saturating_add(self.poll_ms)));
+        }
         self.block(async {
             let what = "find when the next task is due";
             let client = self.db.client(what).await?;
