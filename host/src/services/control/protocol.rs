@@ -413,6 +413,26 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_needs_an_absolute_path_and_a_valid_name() {
+        let err = |line: &str| decode_request(line.as_bytes()).unwrap_err().message;
+        assert!(err(r#"{"v":1,"op":"publish"}"#).contains("needs `publish`"));
+        assert!(
+            err(r#"{"v":1,"op":"publish","publish":{"path":"lib.so","publisher":"a@b"}}"#)
+                .contains("absolute path")
+        );
+        assert!(err(
+            r#"{"v":1,"op":"publish","publish":{"path":"/p/lib.so","name":"a/b","publisher":"a@b"}}"#
+        )
+        .contains("invalid plugin name for publish"));
+        assert!(err(r#"{"v":1,"op":"unpublish"}"#).contains("unpublish needs `plugin`"));
+        let ok = decode_request(
+            br#"{"v":1,"op":"publish","publish":{"path":"/p/lib.so","canary":2,"publisher":"a@b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.publish.unwrap().canary, 2);
+    }
+
+    #[test]
     fn requests_round_trip_and_input_stays_raw() {
         let line =
             r#"{"v":1,"op":"call","plugin":"hello","callback":"greet","input":{"name": "Ada"}}"#;
