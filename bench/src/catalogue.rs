@@ -92,7 +92,13 @@ pub(super) fn figures(args: &Args, rows: &mut Vec<Row>) {
         "p50 <= 2 s",
         Some(p50 <= 2000.0),
     ));
+    // Serve removes each host's plugins directory; its host.toml and state are ours.
+    let dirs: Vec<_> = hosts.iter().map(|h| h.dir.clone()).collect();
     drop(hosts);
+    for dir in dirs {
+        let _ = std::fs::remove_file(dir.with_extension("toml"));
+        let _ = std::fs::remove_dir_all(dir.with_extension("state"));
+    }
     let _ = std::fs::remove_dir_all(files);
 }
 
