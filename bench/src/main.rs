@@ -10,7 +10,9 @@
 //! ```
 //!
 //! `--only` runs some groups of figures: in-process, socket, idle, reloads, runtime-reloads,
-//! startup, isolation, isolated-reloads, sandbox, tasks, http.
+//! startup, isolation, isolated-reloads, sandbox, tasks, http, fleet (on PostgreSQL:
+//! `--database URL` or `E2E_DATABASE_URL`; skipped without one), catalogue (the same
+//! server, or `BENCH_DATABASE_URL`).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use host::control::Client;
 
+mod catalogue;
+mod fleet;
 mod http;
 mod runtime_reloads;
 mod sandbox;
@@ -829,6 +833,12 @@ fn main() {
     }
     if args.runs("http") {
         http::figures(&args, &mut rows);
+    }
+    if args.runs("fleet") {
+        fleet::figures(&args, &mut rows);
+    }
+    if args.runs("catalogue") {
+        catalogue::figures(&args, &mut rows);
     }
     println!("| figure | measured | target | ok |");
     println!("|---|---|---|---|");

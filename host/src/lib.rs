@@ -42,7 +42,7 @@ mod types;
 pub use files::private_dir::CopiesDir;
 pub use files::state_dir;
 pub use runtime::{isolation, loader};
-pub use services::{config, control, http, systemd, tasks, watch};
+pub use services::{catalogue, config, control, http, postgres, systemd, tasks, watch};
 
 pub use registry::{
     CallRequest, CallSeries, CallStats, Ended, FileStatus, HistoryEntry, Host, HostError,

@@ -1,6 +1,9 @@
 //! Helpers for the end-to-end tests: build the real binaries and plugins, build variants of
 //! a plugin from modified sources, run `host` commands and a `host serve` process.
 
+pub mod catalogue;
+pub mod postgres;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

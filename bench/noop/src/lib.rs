@@ -7,7 +7,11 @@
 //! * `noop_bytes`: a typed callback (bytes in, bytes out) that writes nothing;
 //! * `echo_bytes`: a typed callback that writes its input back;
 //! * `exit`: ends the process it runs in, for the crash-to-serving figure of isolated
-//!   plugins (never call it in-process).
+//!   plugins (never call it in-process);
+//! * `chain`: takes a number N and asks for `chain N-1` as a follow-up, down to 0 (the
+//!   sequential-chain figure of tasks);
+//! * `sleep`: takes milliseconds and sleeps that long (tasks in flight when a host is
+//!   killed).
 
 use plugin_api::{export_plugin, Callbacks, Context, InitContext, Plugin, PluginError};
 use serde::{Deserialize, Serialize};
@@ -44,6 +48,16 @@ impl Plugin for Noop {
             .add("echo", Noop::echo)
             .add("variant", Noop::variant)
             .add("exit", Noop::exit)
+            .add("chain", |_: &Noop, ctx: &Context<'_>, left: u32| {
+                if left > 0 {
+                    ctx.follow_up("bench-noop", "chain", left - 1)?;
+                }
+                Ok(left)
+            })
+            .add("sleep", |_: &Noop, _: &Context<'_>, ms: u64| {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(ms)
+            })
             .add_bytes("noop_bytes", |_, _, _, _| Ok(()))
             .add_bytes("echo_bytes", |_, _, input, out| {
                 out.extend_from_slice(input);

@@ -3,6 +3,7 @@
 //! load lock (`init` on a thread of its own, the self-test, a handover), and committed under
 //! the state mutex in a moment; and files removed, and unloads waited for.
 
+use super::published_pins::check_published_pin;
 use super::*;
 
 impl Host {
@@ -90,8 +91,14 @@ impl Host {
         let wants_sha256 = |declared: Option<&str>| {
             let state = self.state();
             match declared {
-                Some(name) => state.settings.get(name).is_some_and(|s| s.sha256.is_some()),
-                None => state.settings.values().any(|s| s.sha256.is_some()),
+                Some(name) => {
+                    state.settings.get(name).is_some_and(|s| s.sha256.is_some())
+                        || state.published_pins.contains_key(name)
+                }
+                None => {
+                    state.settings.values().any(|s| s.sha256.is_some())
+                        || !state.published_pins.is_empty()
+                }
             }
         };
         crate::files::plugin_file::stage(
@@ -181,10 +188,12 @@ impl Host {
         // Staging computed the SHA-256 if a pin wanted it; for a pin added since, it is
         // computed now, outside the lock.
         let pinned = || {
-            self.state()
+            let state = self.state();
+            state
                 .settings
                 .get(&name)
                 .is_some_and(|s| s.sha256.is_some())
+                || state.published_pins.contains_key(&name)
         };
         let sha256 = digest
             .sha256_now()
@@ -201,6 +210,7 @@ impl Host {
             state.files.claim(path, &name, Path::exists)?;
             let settings = state.settings.get(&name).cloned().unwrap_or_default();
             check_pin(path, &name, &settings, sha256)?;
+            check_published_pin(path, &name, state.published_pins.get(&name), sha256)?;
             if !settings.enabled {
                 let stopped = self.stop_serving(&mut state, path, &name, None);
                 let metadata = prepared

@@ -25,6 +25,7 @@ mod load;
 mod pinned;
 mod placement;
 mod pool;
+mod published_pins;
 mod rollback;
 mod settings;
 mod status;
@@ -192,6 +193,9 @@ struct State {
     /// Plugins that reached their `max_pinned_versions`, with the reason: they run in a
     /// worker process (or their reloads are refused) until the host restarts.
     pin_limits: HashMap<String, String>,
+    /// SHA-256s (hex) the plugin catalogue published, by plugin name: a file of that plugin
+    /// with other content is refused, like a host.toml pin (`published_pins.rs`).
+    published_pins: HashMap<String, String>,
 }
 
 /// What [`Host::load_file`] did.

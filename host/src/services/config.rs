@@ -63,6 +63,17 @@
 //! keep_days = 30                   # ended tasks are deleted after this
 //! keep_max = 100000                # and beyond this many
 //! run_missed = true                # a schedule missed while the host was down fires once at start
+//! # database = "postgres://host@db.example:5432/tasks"  # a fleet's shared store (default: SQLite
+//! #                                #   in state_dir); HOST_DATABASE_URL wins over it
+//! pool_size = 8                    # connections to `database`
+//! connect_timeout_ms = 5000
+//! lease_ms = 30000                 # a claimed task's lease, extended every third of it
+//! poll_interval_ms = 1000          # idle hosts look for tasks this often (NOTIFY wakes them sooner)
+//!
+//! [catalogue]                      # the fleet's plugin catalogue (needs a fleet database)
+//! max_plugin_bytes = 67108864      # the largest file `host publish` accepts
+//! poll_ms = 2000                   # the agent looks without a notification this often
+//! max_plugins = 1000               # the most plugins the catalogue holds
 //!
 //! [http]                           # the HTTP API: see host::http::HttpSettings
 //! listen = "127.0.0.1:8080"        # off unless given (or `host serve --http ADDR`)
@@ -86,6 +97,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::settings::MAX_RECORDS;
 
 use crate::services::http::HttpSettings;
+use crate::services::catalogue::CatalogueSettings;
 use crate::services::tasks::schedule::parse_timezone;
 use crate::services::tasks::settings::{ScheduleConfig, TaskSettings};
 
@@ -139,6 +151,8 @@ pub struct HostConfig {
     pub schedule: Vec<ScheduleConfig>,
     /// The HTTP API (`[http]`, see [`HttpSettings`]).
     pub http: HttpSettings,
+    /// The fleet's plugin catalogue (`[catalogue]`).
+    pub catalogue: CatalogueSettings,
 }
 
 /// The limits of the control server (top-level keys of `host.toml`). Every one bounds a
@@ -202,6 +216,7 @@ impl Default for HostConfig {
             tasks: TaskSettings::default(),
             schedule: Vec::new(),
             http: HttpSettings::default(),
+            catalogue: CatalogueSettings::default(),
         }
     }
 }
@@ -311,6 +326,10 @@ impl HostConfig {
                 tasks.max_running_per_plugin as u64,
             ),
             ("max_attempts", u64::from(tasks.max_attempts)),
+            ("pool_size", tasks.pool_size as u64),
+            ("lease_ms", tasks.lease_ms),
+            ("poll_interval_ms", tasks.poll_interval_ms),
+            ("connect_timeout_ms", tasks.connect_timeout_ms),
         ] {
             if value == 0 {
                 return Err(refuse(format!("tasks.{key}"), "must be at least 1"));
@@ -325,6 +344,11 @@ impl HostConfig {
         if let Err(message) = config.http.check() {
             let (key, why) = message.split_once(": ").unwrap_or(("http", &message));
             return Err(refuse(key.to_owned(), why));
+        }
+        if let Some(url) = &tasks.database {
+            if let Err(err) = crate::services::postgres::parse_url(url) {
+                return Err(refuse("tasks.database".to_owned(), &err.to_string()));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, schedule) in config.schedule.iter().enumerate() {

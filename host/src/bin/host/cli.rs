@@ -60,6 +60,16 @@ pub enum Command {
     Retry(TaskIdArgs),
     /// Run the host as a service: `host service unit` prints a systemd unit for it.
     Service(ServiceArgs),
+    /// Publish a plugin file to the fleet's catalogue: the running host checks it as a load
+    /// would (without running its init) and stores it; every host of the fleet loads it.
+    Publish(PublishArgs),
+    /// Remove a plugin from the fleet's catalogue: every host removes its file.
+    Unpublish(UnpublishArgs),
+    /// List the fleet's catalogue: each plugin, its rollout, and what each host made of it.
+    Published(PublishedArgs),
+    /// List the hosts of the fleet on the PostgreSQL database (`[tasks] database` of
+    /// --config, or $HOST_DATABASE_URL, or --database), alive or gone by heartbeat.
+    Fleet(FleetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +119,53 @@ pub struct UnitArgs {
     /// [default: [http] listen of --config].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The plugin file.
+    pub file: PathBuf,
+    /// The name to publish it under [default: the name the plugin declares; another one is
+    /// refused].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Load it on N hosts first (the lowest ids among those alive), and on the others only
+    /// once every one of them passed probation.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: u32,
+    #[command(flatten)]
+    pub socket: HostSocket,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpublishArgs {
+    /// Plugin name.
+    pub plugin: String,
+    #[command(flatten)]
+    pub socket: HostSocket,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishedArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: HostSocket,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The fleet's database [default: $HOST_DATABASE_URL, else `[tasks] database` of
+    /// --config].
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// host.toml: its `[tasks] database` and `lease_ms` [env: HOST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON (one object per host, with `"alive": true|false`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The running host's control socket: `--socket`, or the `socket` of `--config` (or of

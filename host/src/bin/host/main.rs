@@ -3,9 +3,11 @@
 //! failure it was (see `exit`).
 
 mod admin;
+mod catalogue;
 mod cli;
 mod commands;
 mod exit;
+mod fleet;
 mod new;
 mod serve;
 mod service;
@@ -56,6 +58,10 @@ fn main() -> ExitCode {
         Command::Cancel(args) => tasks::cancel(args),
         Command::Retry(args) => tasks::retry(args),
         Command::Service(args) => service::run(args),
+        Command::Publish(args) => catalogue::publish(args),
+        Command::Unpublish(args) => catalogue::unpublish(args),
+        Command::Published(args) => catalogue::published(args),
+        Command::Fleet(args) => fleet::list(args),
     };
     match result {
         Ok(code) => code,

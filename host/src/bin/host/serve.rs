@@ -22,13 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use host::catalogue::Catalogue;
 use host::config::{HostConfig, LogFormat};
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
 use host::http::{HttpServer, TokenSource, Tokens, TOKEN_ENV};
 use host::isolation::IsolationOptions;
 use host::state_dir::{default_state_dir, StateDir};
 use host::systemd::{Activated, Notifier, RuntimeProbe, Watchdog, WatchdogOptions};
-use host::tasks::{SqliteStore, Tasks};
+use host::tasks::{PgStore, SqliteStore, Tasks};
 use host::tasks::{TaskFilter, TaskStatus};
 use host::watch::{ConfigReload, Watcher};
 use host::{CopiesDir, Host, HostOptions, LoadOptions};
@@ -179,9 +180,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         pid: std::process::id(),
         plugins_dir: dir.clone(),
     };
-    let tasks = start_tasks(&host, &config, state.as_ref());
+    let fleet = crate::fleet::join(&host, &config.tasks)?;
+    let tasks = start_tasks(&host, &config, state.as_ref(), fleet.as_ref());
     let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
         .with_context(|| format!("control socket {}", socket.display()))?;
+    let catalogue = fleet
+        .as_ref()
+        .map(|fleet| start_catalogue(&host, &config, &dir, fleet));
+    if let Some(catalogue) = &catalogue {
+        server.attach_catalogue(catalogue.clone());
+    }
     let http = match http_listener {
         Some(listener) => Some(start_http(
             listener,
@@ -245,6 +253,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }
     });
     watchdog.stop();
+    if let Some(catalogue) = &catalogue {
+        catalogue.stop();
+    }
     watcher.stop();
     if let Ok(tasks) = &tasks {
         if !tasks.stop(deadline.saturating_duration_since(Instant::now())) {
@@ -275,6 +286,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(OTHER));
     }
+    drop(fleet);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -368,10 +380,34 @@ fn start_tasks(
     host: &Host,
     config: &HostConfig,
     state: Option<&StateDir>,
+    fleet: Option<&crate::fleet::Fleet>,
 ) -> Result<Tasks, String> {
     let Some(state) = state.filter(|_| config.tasks.enabled) else {
         return Err("[tasks] enabled = false in host.toml".to_owned());
     };
+    if let Some(fleet) = fleet {
+        // The fleet's store: a database down now is not an error (the runner retries).
+        let store = PgStore::new(
+            fleet.database.clone(),
+            &fleet.membership.row().id,
+            config.tasks.lease_ms,
+            config.tasks.poll_interval_ms,
+        );
+        let started = Tasks::start(
+            host.clone(),
+            Arc::new(store),
+            config.tasks.clone(),
+            config.schedule.clone(),
+        )
+        .map_err(|err| err.message);
+        match &started {
+            Ok(_) => tracing::info!("tasks: {}", fleet.database.url()),
+            Err(reason) => {
+                tracing::error!("tasks are unavailable, direct calls are served: {reason}")
+            }
+        }
+        return started;
+    }
     let db = state.tasks_db();
     let started = SqliteStore::open(&db)
         .map_err(|err| err.to_string())
@@ -391,6 +427,26 @@ fn start_tasks(
         }
     }
     started
+}
+
+/// Starts the fleet's plugin catalogue and this host's catalogue agent on the fleet's
+/// database.
+fn start_catalogue(
+    host: &Host,
+    config: &HostConfig,
+    dir: &Path,
+    fleet: &crate::fleet::Fleet,
+) -> Catalogue {
+    let host_id = fleet.membership.row().id.clone();
+    tracing::info!("catalogue: this host is {host_id} in the fleet");
+    Catalogue::start(
+        host.clone(),
+        fleet.database.clone(),
+        config.catalogue.clone(),
+        dir,
+        host_id,
+        config.tasks.lease_ms,
+    )
 }
 
 /// Removes the private copy directory when `run` returns, however it returns: threads

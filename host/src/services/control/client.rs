@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
-use super::protocol::{read_line, HostInfo, Op, Request, Response};
+use super::protocol::{read_line, HostInfo, Op, Publish, Request, Response};
 use crate::registry::{FileStatus, HistoryEntry};
+use crate::services::catalogue::PublishedPlugin;
 use crate::services::tasks::{Inserted, TaskFilter, TaskId, TaskOptions, TaskRecord, TaskTree};
 use crate::types::call::{CallError, CallOutcome};
 
@@ -279,5 +280,36 @@ impl Client {
         self.request(&Request::new(Op::Ping))?
             .host
             .ok_or_else(|| ClientError::Protocol("response without host info".into()))
+    }
+
+    /// Publishes a plugin file to the fleet's catalogue; returns the host's one-line answer
+    /// and the plugin as published.
+    pub fn publish(&mut self, publish: Publish) -> Result<(String, PublishedPlugin), ClientError> {
+        let response = self.request(&Request {
+            publish: Some(publish),
+            ..Request::new(Op::Publish)
+        })?;
+        let plugin = response
+            .published
+            .and_then(|mut p| p.pop())
+            .ok_or_else(|| ClientError::Protocol("response without the plugin".into()))?;
+        Ok((response.message.unwrap_or_default(), plugin))
+    }
+
+    /// Removes `plugin` from the catalogue, and so from every host of the fleet.
+    pub fn unpublish(&mut self, plugin: &str) -> Result<String, ClientError> {
+        self.request(&Request {
+            plugin: Some(plugin.to_owned()),
+            ..Request::new(Op::Unpublish)
+        })?
+        .message
+        .ok_or_else(|| ClientError::Protocol("response without a message".into()))
+    }
+
+    /// What the catalogue holds, with each host's state.
+    pub fn published(&mut self) -> Result<Vec<PublishedPlugin>, ClientError> {
+        self.request(&Request::new(Op::Published))?
+            .published
+            .ok_or_else(|| ClientError::Protocol("response without the catalogue".into()))
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
+use super::catalogue_ops::catalogue_op;
 use super::connection::units_for;
 use super::protocol::{decode_request, Op, Response};
 use super::server::Shared;
@@ -71,6 +72,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, line: &[u8]) -> Answer {
         Op::Submit | Op::Tasks | Op::Task | Op::Cancel | Op::Retry => {
             task_op(shared, request).await
         }
+        Op::Publish | Op::Unpublish | Op::Published => catalogue_op(shared, request).await,
         Op::Restart | Op::Rollback if shared.shutting_down.load(Ordering::Relaxed) => {
             Response::error(CallError::new(
                 CallErrorKind::ShuttingDown,

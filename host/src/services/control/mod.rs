@@ -61,6 +61,7 @@
 //! call holds up nobody else.
 
 mod accept;
+mod catalogue_ops;
 mod client;
 mod connection;
 mod dispatch;
@@ -78,7 +79,7 @@ use std::path::{Path, PathBuf};
 pub use crate::registry::RunningCall;
 pub use crate::services::config::ServerLimits;
 pub use client::{Client, ClientError};
-pub use protocol::{decode_request, HostInfo, Op, Request, Response, PROTOCOL_VERSION};
+pub use protocol::{decode_request, HostInfo, Op, Publish, Request, Response, PROTOCOL_VERSION};
 pub use server::ControlServer;
 
 /// The default socket path: `$XDG_RUNTIME_DIR/plugin-host/host.sock`, or

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::registry::{FileStatus, HistoryEntry};
+use crate::services::catalogue::PublishedPlugin;
 use crate::services::tasks::{Inserted, TaskFilter, TaskId, TaskOptions, TaskRecord, TaskTree};
 use crate::types::call::{CallError, CallErrorKind, CallOutcome};
 
@@ -46,6 +47,26 @@ pub struct Request {
     /// For `tasks`: which ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<TaskFilter>,
+    /// For `publish`: the file and how to roll it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Publish>,
+}
+
+/// What `publish` publishes: a file the host reads itself (the client sends its absolute
+/// path, never its bytes: the host reads it bounded by `[catalogue] max_plugin_bytes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// The plugin file (absolute).
+    pub path: PathBuf,
+    /// The name to publish it under; must be the one the plugin declares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// How many hosts load it first (0: every host at once).
+    #[serde(default)]
+    pub canary: u32,
+    /// Who publishes it, `user@hostname`.
+    pub publisher: String,
 }
 
 /// The operations of the protocol.
@@ -77,6 +98,12 @@ pub enum Op {
     Cancel,
     /// Queue a task that ended again (`task`).
     Retry,
+    /// Publish a plugin file to the fleet's catalogue (`publish`).
+    Publish,
+    /// Remove a plugin from the catalogue, and so from every host (`plugin`).
+    Unpublish,
+    /// What the catalogue holds, with each host's state.
+    Published,
 }
 
 impl Request {
@@ -92,6 +119,7 @@ impl Request {
             options: None,
             task: None,
             filter: None,
+            publish: None,
         }
     }
 }
@@ -127,6 +155,9 @@ pub struct Response {
     /// For `task`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskTree>,
+    /// For `publish` (the plugin published) and `published`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Vec<PublishedPlugin>>,
     /// For `restart`, `rollback`, `cancel` and `retry`: what was done, in one line. For
     /// `submit`: a note (its plugin is not served now: the task waits for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +192,7 @@ impl Response {
             tasks: None,
             next: None,
             task: None,
+            published: None,
             message: None,
             error: None,
         }
@@ -234,6 +266,7 @@ pub fn decode_request(line: &[u8]) -> Result<Request, CallError> {
         Op::Restart => Some("restart"),
         Op::History => Some("history"),
         Op::Rollback => Some("rollback"),
+        Op::Unpublish => Some("unpublish"),
         Op::Call
         | Op::List
         | Op::Ping
@@ -241,13 +274,31 @@ pub fn decode_request(line: &[u8]) -> Result<Request, CallError> {
         | Op::Tasks
         | Op::Task
         | Op::Cancel
-        | Op::Retry => None,
+        | Op::Retry
+        | Op::Publish
+        | Op::Published => None,
     };
     if let Some(op) = op {
         match &request.plugin {
             Some(plugin) if plugin_api::is_valid_name(plugin) => {}
             Some(_) => return Err(invalid(format!("invalid plugin name for {op}"))),
             None => return Err(invalid(format!("a {op} needs `plugin`"))),
+        }
+    }
+    if request.op == Op::Publish {
+        match &request.publish {
+            None => return Err(invalid("a publish needs `publish`, the file".into())),
+            Some(publish) if !publish.path.is_absolute() => {
+                return Err(invalid("a publish needs the file's absolute path".into()))
+            }
+            Some(Publish {
+                name: Some(name), ..
+            }) if !plugin_api::is_valid_name(name) => {
+                return Err(invalid(
+                    "invalid plugin name for publish: 1 to 64 characters of [A-Za-z0-9_.-]".into(),
+                ))
+            }
+            Some(_) => {}
         }
     }
     if matches!(request.op, Op::Task | Op::Cancel | Op::Retry) && request.task.is_none() {
@@ -359,6 +410,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_publish_needs_an_absolute_path_and_a_valid_name() {
+        let err = |line: &str| decode_request(line.as_bytes()).unwrap_err().message;
+        assert!(err(r#"{"v":1,"op":"publish"}"#).contains("needs `publish`"));
+        assert!(
+            err(r#"{"v":1,"op":"publish","publish":{"path":"lib.so","publisher":"a@b"}}"#)
+                .contains("absolute path")
+        );
+        assert!(err(
+            r#"{"v":1,"op":"publish","publish":{"path":"/p/lib.so","name":"a/b","publisher":"a@b"}}"#
+        )
+        .contains("invalid plugin name for publish"));
+        assert!(err(r#"{"v":1,"op":"unpublish"}"#).contains("unpublish needs `plugin`"));
+        let ok = decode_request(
+            br#"{"v":1,"op":"publish","publish":{"path":"/p/lib.so","canary":2,"publisher":"a@b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.publish.unwrap().canary, 2);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
@@ -22,6 +22,7 @@ use super::accept::{accept_loop, Throttle};
 use super::connection::UNIT;
 use super::protocol::HostInfo;
 use crate::registry::{Host, RunningCall};
+use crate::services::catalogue::Catalogue;
 use crate::services::config::ServerLimits;
 use crate::services::tasks::Tasks;
 
@@ -74,6 +75,8 @@ pub(super) struct Shared {
     /// is written.
     pub(super) answering: AtomicUsize,
     pub(super) refused: Mutex<Throttle>,
+    /// The fleet's plugin catalogue, once attached ([`ControlServer::attach_catalogue`]).
+    pub(super) catalogue: OnceLock<Catalogue>,
 }
 
 impl ControlServer {
@@ -149,6 +152,7 @@ impl ControlServer {
             shutting_down: AtomicBool::new(false),
             answering: AtomicUsize::new(0),
             refused: Mutex::new(Throttle::default()),
+            catalogue: OnceLock::new(),
         });
         let (phase, watching) = watch::channel(Phase::Serving);
         runtime.spawn(accept_loop(listener, shared.clone(), watching));
@@ -159,6 +163,12 @@ impl ControlServer {
             runtime: Some(runtime),
             phase,
         })
+    }
+
+    /// Serves `publish`, `unpublish` and `published` with `catalogue` (without one they are
+    /// answered "no fleet database configured"). Only the first catalogue attached counts.
+    pub fn attach_catalogue(&self, catalogue: Catalogue) {
+        let _ = self.shared.catalogue.set(catalogue);
     }
 
     /// The socket path.

@@ -16,6 +16,8 @@ use super::timetable::Timetable;
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The longest the dispatcher sleeps: schedules of newly loaded plugins start within it.
 const TICK: Duration = Duration::from_millis(250);
+/// The longest a busy host on a shared store waits for more free runners before a claim.
+const GATHER: Duration = Duration::from_millis(2);
 
 impl Inner {
     /// How many task calls of `plugin` may run at once.
@@ -32,6 +34,10 @@ impl Inner {
         let mut orphans = Orphans::default();
         let mut next_prune = Instant::now();
         let mut store_failing = false;
+        // A store shared by a fleet: claims are round trips, so a busy host gathers a few
+        // free runners before claiming rather than claiming for each one as it frees.
+        let shared = self.store.host_id().is_some();
+        let mut gathered = false;
         loop {
             let (free, served, only, cap, configured) = {
                 let mut state = lock(&self.state);
@@ -76,7 +82,7 @@ impl Inner {
                 |task, name| self.submit(task, Some(name)),
             );
             if let Err(err) = fired {
-                tracing::error!("schedules: {err}");
+                self.store_failed("schedules", &err);
             }
             if next_prune <= Instant::now() {
                 next_prune = Instant::now() + PRUNE_EVERY;
@@ -88,13 +94,21 @@ impl Inner {
                         self.count(&plugin, -i64::try_from(n).unwrap_or(i64::MAX));
                     }
                 }
-                Err(err) => tracing::error!("tasks: cannot fail the orphaned tasks: {err}"),
+                Err(err) => self.store_failed("tasks: cannot fail the orphaned tasks", &err),
             }
+            let max = self.settings.max_running.max(1);
+            if shared && cap > 0 && free * 2 < max && !gathered {
+                gathered = true;
+                self.gather(max);
+                continue;
+            }
+            gathered = false;
             let mut claimed = 0;
             if cap > 0 {
                 match self.store.claim(now, cap, &only) {
                     Ok(tasks) => {
                         store_failing = false;
+                        self.store_answered();
                         claimed = tasks.len();
                         let mut state = lock(&self.state);
                         for task in tasks {
@@ -110,9 +124,7 @@ impl Inner {
                         }
                     }
                     Err(err) => {
-                        if !store_failing {
-                            tracing::error!("tasks are not run: {err}");
-                        }
+                        self.store_failed("tasks are not run", &err);
                         store_failing = true;
                     }
                 }
@@ -144,6 +156,25 @@ impl Inner {
         }
     }
 
+    /// Waits up to [`GATHER`] for half of the `max` runners to be free (a busy host
+    /// claims in batches), or for the runner to stop.
+    fn gather(&self, max: usize) {
+        let deadline = Instant::now() + GATHER;
+        let mut state = lock(&self.state);
+        loop {
+            let free = max.saturating_sub(state.total);
+            let now = Instant::now();
+            if free * 2 >= max || state.stopping || now >= deadline {
+                return;
+            }
+            state = self
+                .wake
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     pub(super) fn prune(&self, now: u64) {
         // 0: no limit.
         let before = match self.settings.keep_days {
@@ -161,7 +192,7 @@ impl Inner {
                 self.settings.keep_days,
                 self.settings.keep_max
             ),
-            Err(err) => tracing::error!("tasks: cannot delete old tasks: {err}"),
+            Err(err) => self.store_failed("tasks: cannot delete old tasks", &err),
         }
     }
 }

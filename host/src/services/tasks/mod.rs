@@ -35,6 +35,7 @@ mod follow_ups;
 mod input_key;
 mod observe;
 mod orphans;
+mod postgres;
 mod recording;
 mod retry;
 mod runner;
@@ -48,6 +49,7 @@ mod timetable;
 mod zoned_cron;
 
 pub use observe::{RunTimes, RUN_TIME_BUCKETS_MS};
+pub use postgres::PgStore;
 pub use service::{TaskTree, Tasks};
 pub use settings::{ScheduleConfig, TaskSettings};
 pub use sqlite::SqliteStore;

@@ -32,6 +32,7 @@ impl Inner {
             let err = match write(&*self.store) {
                 Ok(value) => {
                     if failures > 0 {
+                        self.store_answered();
                         tracing::info!("task {id}: {what} recorded after {failures} failed tries");
                     }
                     return Some(value);
@@ -57,9 +58,12 @@ impl Inner {
                 _ => {}
             }
             if logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                tracing::error!(
-                    "cannot record how task {id} ended ({what}): {err}; trying again \
-                     (failed {failures} times so far)"
+                self.store_failed(
+                    &format!(
+                        "cannot record how task {id} ended ({what}), failed {failures} times \
+                         so far"
+                    ),
+                    &err,
                 );
                 logged = Some(Instant::now());
             }

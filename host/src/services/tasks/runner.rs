@@ -16,7 +16,7 @@
 //! stops is found `running` at the next start and run again, that attempt counted.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,6 +38,9 @@ pub(super) struct Inner {
     pub(super) wake: Condvar,
     /// How long attempts ran, for monitoring.
     pub(super) run_clock: super::observe::RunClock,
+    /// The store failed and has not answered since: further failures are logged at debug
+    /// level, so an outage of a shared database is one error line, not one per retry.
+    pub(super) store_failing: AtomicBool,
 }
 
 /// The runner's bookkeeping, behind one lock that no plugin code runs under.
@@ -112,6 +115,25 @@ impl Inner {
     pub(super) fn count(&self, plugin: &str, by: i64) {
         if let Some(n) = lock(&self.state).active.get_mut(plugin) {
             *n = n.saturating_add_signed(by);
+        }
+    }
+
+    /// Logs a failure of the store: an error line if it answered last time, else debug.
+    pub(super) fn store_failed(&self, what: &str, err: &dyn std::fmt::Display) {
+        if self.store_failing.swap(true, Ordering::AcqRel) {
+            tracing::debug!("{what}: {err}");
+        } else {
+            tracing::error!(
+                "{what}: {err} (retried quietly until the store answers; direct calls are \
+                 served)"
+            );
+        }
+    }
+
+    /// The store answered: says so once after a failure.
+    pub(super) fn store_answered(&self) {
+        if self.store_failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("the task store answers again");
         }
     }
 

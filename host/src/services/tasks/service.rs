@@ -77,7 +77,15 @@ impl Tasks {
             }),
             wake: Condvar::new(),
             run_clock: Default::default(),
+            store_failing: std::sync::atomic::AtomicBool::new(false),
         });
+        // A shared store's notifications (another host queued a task) wake the dispatcher.
+        let weak = Arc::downgrade(&inner);
+        inner.store.set_waker(Arc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.poke();
+            }
+        }));
         let threads = inner.settings.max_running.max(1);
         let (send, receive) = mpsc::sync_channel::<TaskRecord>(threads);
         let receive = Arc::new(Mutex::new(receive));

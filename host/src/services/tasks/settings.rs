@@ -57,6 +57,22 @@ pub struct TaskSettings {
     pub orphan_after: Duration,
     /// The most tasks one `tasks` answer holds; more come in further pages (default 1,000).
     pub list_page_max: usize,
+    /// A PostgreSQL database shared by a fleet of hosts (`postgres://USER@HOST:PORT/DB`);
+    /// without it, the SQLite file in the state directory. The environment variable
+    /// `HOST_DATABASE_URL` wins over this key when both are set.
+    pub database: Option<String>,
+    /// Connections to `database` this host keeps at most (default 8); a caller waits for a
+    /// free one up to `connect_timeout_ms`, then gets an error naming this setting.
+    pub pool_size: usize,
+    /// How long connecting to `database` (or waiting for a pooled connection) may take
+    /// (default 5,000 ms).
+    pub connect_timeout_ms: u64,
+    /// A claimed task's lease on `database`: the host that runs it extends it every third of
+    /// this; a task whose lease expired is taken back by another host (default 30,000 ms).
+    pub lease_ms: u64,
+    /// How often an idle host looks for due tasks in `database` when no notification woke
+    /// it (default 1,000 ms).
+    pub poll_interval_ms: u64,
 }
 
 impl Default for TaskSettings {
@@ -80,6 +96,11 @@ impl Default for TaskSettings {
             run_missed: true,
             orphan_after: Duration::from_secs(24 * 3_600),
             list_page_max: 1_000,
+            database: None,
+            pool_size: 8,
+            connect_timeout_ms: 5_000,
+            lease_ms: 30_000,
+            poll_interval_ms: 1_000,
         }
     }
 }

@@ -149,4 +149,24 @@ pub trait TaskStore: Send + Sync + Debug {
     /// Deletes ended tasks that ended before `before_unix_ms`, and the oldest ended ones
     /// beyond the newest `keep_max`; active tasks are never deleted. Returns how many.
     fn prune(&self, before_unix_ms: u64, keep_max: u64) -> Result<u64, StoreError>;
+
+    /// Whether this host fires schedule `name` at its due time `due_unix_ms`: a store
+    /// shared by a fleet answers true to one host only (once per due time across the
+    /// fleet); a store of one host, always.
+    fn claim_firing(&self, name: &str, due_unix_ms: u64) -> Result<bool, StoreError> {
+        let _ = (name, due_unix_ms);
+        Ok(true)
+    }
+
+    /// Gives the store what wakes the runner when another host queues a task (a shared
+    /// store's notifications); a store of one host has no use for it.
+    fn set_waker(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        drop(wake);
+    }
+
+    /// The id of this host as the store records it on the tasks it runs (`None`: the
+    /// store does not record hosts).
+    fn host_id(&self) -> Option<String> {
+        None
+    }
 }

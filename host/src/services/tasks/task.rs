@@ -235,6 +235,10 @@ pub struct TaskRecord {
     pub schedule: Option<String>,
     /// The plugin generation that ran its last attempt.
     pub generation: Option<u64>,
+    /// The id of the host that ran its last attempt (a fleet's host id; on SQLite, this
+    /// host's), once it ran.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// How an attempt ended, for the store to record.

@@ -77,8 +77,17 @@ impl Timetable {
             let job = &entry.job;
             let mut task = NewTask::new(&job.plugin, &job.callback, &job.input);
             task.options.key = Some(format!("schedule:{name}"));
+            let due = entry.next_unix_ms;
             // Its next time is set whatever happens, so a failing schedule does not spin.
             entry.next_unix_ms = job.schedule.next_after(now).unwrap_or(u64::MAX);
+            // Once per due time across a fleet: the host whose claim lands fires it.
+            let mine = store
+                .claim_firing(name, due)
+                .map_err(|err| format!("schedule {name}: {err}"))?;
+            if !mine {
+                tracing::debug!(schedule = %name, "fired by another host");
+                continue;
+            }
             let inserted = submit(task, name.clone())
                 .map_err(|err| format!("schedule {name}: {}", err.message))?;
             store
@@ -147,7 +156,11 @@ impl Timetable {
                 .last_fired(&name)
                 .map_err(|err| format!("schedule {name}: {err}"))?;
             let next = match last {
-                Some(last) if settings.run_missed && job.schedule.missed(last, now) => Some(now),
+                // The first due time missed: the same on every host of a fleet, so the
+                // run missed while all were down fires once.
+                Some(last) if settings.run_missed && job.schedule.missed(last, now) => {
+                    Some(job.schedule.next_after(last).unwrap_or(now).min(now))
+                }
                 Some(last) => job.schedule.next_after(last.max(now)),
                 None => job.schedule.next_after(now),
             }

@@ -62,5 +62,6 @@ pub(super) fn record(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         depth: row.get(18)?,
         schedule: row.get(19)?,
         generation: row.get(20)?,
+        host: None,
     })
 }

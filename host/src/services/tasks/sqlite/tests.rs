@@ -148,6 +148,7 @@ fn a_task_keeps_every_field() {
         depth: 2,
         schedule: Some("nightly".to_owned()),
         generation: None,
+        host: None,
     };
     assert_eq!(queued, expected);
 

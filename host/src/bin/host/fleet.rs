@@ -1,0 +1,153 @@
+//! `host serve` joining a fleet: with `[tasks] database` (or `HOST_DATABASE_URL`, which
+//! wins), open the database, apply its migrations (refusing a newer schema), and start the
+//! heartbeat. A database that does not answer at start is said once; the host serves
+//! direct calls and attaches when it answers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use host::config::HostConfig;
+use host::postgres::{database_url, Database, HostRow, Membership, PgError};
+use host::tasks::TaskSettings;
+use host::Host;
+
+use crate::cli::FleetArgs;
+use crate::commands::{age, write_rows};
+use crate::exit::{Failure, OTHER, USAGE};
+
+/// This host in the fleet: its database and heartbeat (stopped when dropped).
+#[derive(Debug)]
+pub struct Fleet {
+    pub database: Database,
+    pub membership: Membership,
+}
+
+/// Joins the fleet of `settings.database`, if there is one.
+pub fn join(host: &Host, settings: &TaskSettings) -> Result<Option<Fleet>> {
+    let url = database_url(settings.database.as_deref())
+        .map_err(|err| Failure::new(USAGE, err.to_string()))?;
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let database = Database::open(
+        &url,
+        settings.pool_size,
+        Duration::from_millis(settings.connect_timeout_ms),
+    )
+    .map_err(|err| Failure::new(USAGE, err.to_string()))?;
+    let migrated = match database.block_on(database.migrate()) {
+        Ok(_) => true,
+        Err(err @ PgError::NewerSchema(_)) => {
+            return Err(Failure::new(USAGE, err.to_string()).into());
+        }
+        Err(err) => {
+            tracing::error!(
+                "{err}: direct calls are served; this host joins the fleet when it answers"
+            );
+            false
+        }
+    };
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let row = HostRow::this_process(env!("CARGO_PKG_VERSION"), started);
+    tracing::info!("fleet: host {} on {}", row.id, database.url());
+    let membership = Membership::start(
+        database.clone(),
+        host.clone(),
+        row,
+        settings.lease_ms,
+        migrated,
+        // The task runner says when the database is down; without it, the heartbeat does.
+        settings.enabled,
+    );
+    Ok(Some(Fleet {
+        database,
+        membership,
+    }))
+}
+
+/// `host fleet`: the hosts of the fleet's database, alive (a heartbeat within `lease_ms`)
+/// or gone (rows of hosts gone for a day are deleted).
+pub fn list(args: FleetArgs) -> Result<ExitCode> {
+    let config = match crate::cli::config_path(args.config.clone()) {
+        Some(path) => {
+            HostConfig::load(&path).map_err(|err| Failure::new(USAGE, err.to_string()))?
+        }
+        None => HostConfig::default(),
+    };
+    let url = match args.database {
+        Some(url) => Some(url),
+        None => database_url(config.tasks.database.as_deref())
+            .map_err(|err| Failure::new(USAGE, err.to_string()))?,
+    };
+    let Some(url) = url else {
+        return Err(Failure::new(
+            USAGE,
+            "no fleet: give --database URL, or set HOST_DATABASE_URL or [tasks] database in \
+             host.toml (--config)"
+                .to_owned(),
+        )
+        .into());
+    };
+    let database = Database::open(
+        &url,
+        1,
+        Duration::from_millis(config.tasks.connect_timeout_ms),
+    )
+    .map_err(|err| Failure::new(USAGE, err.to_string()))?;
+    let hosts = database
+        .block_on(database.fleet(config.tasks.lease_ms))
+        .map_err(|err| Failure::new(OTHER, err.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &hosts)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "STATE".to_owned(),
+        "VERSION".to_owned(),
+        "HEARTBEAT".to_owned(),
+        "PLUGINS".to_owned(),
+    ]];
+    for host in &hosts {
+        let plugins: Vec<String> = host
+            .plugins
+            .iter()
+            .map(|p| format!("{} (gen {})", p.name, p.generation))
+            .collect();
+        rows.push([
+            host.id.clone(),
+            if host.alive { "alive" } else { "gone" }.to_owned(),
+            host.version.clone(),
+            age(host.heartbeat_unix_ms),
+            plugins.join(", "),
+        ]);
+    }
+    write_rows(&mut out, &rows)?;
+    // The catalogue's rollouts that have not reached every host, and why (a database of
+    // an older schema has no catalogue: nothing to say).
+    let published = database
+        .block_on(host::catalogue::list_published(&database))
+        .unwrap_or_default();
+    for plugin in published.iter().filter(|p| p.rollout != "everywhere") {
+        let state = match (&plugin.reason, plugin.rollout.as_str()) {
+            (Some(reason), _) => format!("rollout failed: {reason}"),
+            (None, "canary") => format!("canary rollout on {}", plugin.canaries.join(", ")),
+            (None, other) => format!("rollout {other}"),
+        };
+        writeln!(
+            out,
+            "catalogue: {} {} ({}): {state}",
+            plugin.name,
+            plugin.version,
+            &plugin.sha256[..plugin.sha256.len().min(12)]
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

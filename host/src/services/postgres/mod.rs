@@ -1,0 +1,22 @@
+//! The PostgreSQL database a fleet of hosts shares (`[tasks] database`): connecting with a
+//! bounded pool, the versioned schema, and the hosts table. The task store on it is
+//! `tasks/postgres` ([`PgStore`](crate::services::tasks::PgStore)).
+//!
+//! One concept per file: `url` (reading `database` and `HOST_DATABASE_URL`), `error`
+//! ([`PgError`], one line), `database` ([`Database`]: the pool and the small runtime that
+//! drives its connections), `migrate` (the versioned migrations under an advisory lock),
+//! `hosts` (this host's row, its heartbeat, `host fleet`).
+
+mod database;
+mod error;
+mod hosts;
+mod membership;
+mod migrate;
+mod url;
+
+pub use database::Database;
+pub use error::PgError;
+pub use hosts::{FleetHost, HostRow, ServedPlugin, GONE_ROWS_KEPT_MS};
+pub use membership::{served, Membership};
+pub use migrate::{Migration, MIGRATIONS, SCHEMA_VERSION};
+pub use url::{database_url, parse_url, redact, DATABASE_ENV};

@@ -1,0 +1,156 @@
+//! Helpers for the plugin catalogue's tests (`tests/tests/catalogue*.rs`): hosts of a fleet
+//! each with a plugins directory of its own, on a database of the server `.ci/test` starts;
+//! `host publish` and `host published`; the plugin variants the canary tests publish.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::postgres::psql;
+use crate::{plugins_dir, Server, Variant};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+pub const ADA: &str = r#"{"name":"Ada"}"#;
+
+pub fn sha256_hex(path: &Path) -> String {
+    let bytes = fs::read(path).expect("read the plugin");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// hello 0.2.0 with a self-test that passes or fails.
+pub fn hello_v2(greeting: &str, self_test: &str) -> PathBuf {
+    Variant::of("example-plugins/hello")
+        .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
+        .edit(
+            "src/lib.rs",
+            "\"Hello\".to_owned()",
+            format!("{greeting:?}.to_owned()"),
+        )
+        .edit(
+            "src/lib.rs",
+            "            .add(\"panic\", Hello::panic)",
+            format!(
+                "            .add(\"panic\", Hello::panic)\n            .add(\"self_test\", |_: &Hello, _: &Context<'_>, _: serde_json::Value| -> Result<(), PluginError> {{ {self_test} }})"
+            ),
+        )
+        .build()
+}
+
+pub fn failing_self_test() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        hello_v2(
+            "Hey",
+            "Err(PluginError::failed(\"the greeting table is empty\"))",
+        )
+    })
+}
+
+/// hello 0.2.0 whose `greet` panics every time (its probation trips a rollback).
+pub fn panicking_greet() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        Variant::of("example-plugins/hello")
+            .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
+            .edit(
+                "src/lib.rs",
+                "        if input.name.trim().is_empty() {",
+                "        panic!(\"greet is broken in 0.2.0\");\n        if input.name.trim().is_empty() {",
+            )
+            .build()
+    })
+}
+
+pub fn passing_self_test() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| hello_v2("Yo", "Ok(())"))
+}
+
+/// One host of the fleet: its plugins directory and its `host serve`.
+pub struct Member {
+    pub dir: tempfile::TempDir,
+    pub server: Server,
+}
+
+impl Member {
+    /// Whether `host_id` (`hostname-pid-random`) is this host's.
+    pub fn is(&self, host_id: &str) -> bool {
+        host_id.contains(&format!("-{}-", self.server.pid()))
+    }
+
+    /// The SHA-256 of the hello it serves, if it serves one.
+    pub fn serving_sha256(&self) -> Option<String> {
+        self.server.files().into_iter().find_map(|f| {
+            let serving = f.serving?;
+            (f.metadata?.name == "hello").then_some(serving.sha256?)
+        })
+    }
+
+    pub fn greet(&self) -> Result<String, String> {
+        self.server
+            .call("hello", "greet", ADA)
+            .map(|v| v["message"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+/// Starts a host on `database` (or none) with `config` as its host.toml, and waits until
+/// its catalogue agent reached the database.
+pub fn member(database: Option<&str>, config: &str) -> Member {
+    let dir = plugins_dir();
+    let conf = dir.path().join("host.toml");
+    fs::write(&conf, config).expect("write host.toml");
+    let args = ["--config", conf.to_str().expect("UTF-8")];
+    let server = Server::start_configured(dir.path(), &args, |command| {
+        command.env_remove("HOST_DATABASE_URL");
+        if let Some(url) = database {
+            command.env("HOST_DATABASE_URL", url);
+        }
+    });
+    if database.is_some() {
+        server.wait_until(WAIT, "the catalogue agent to connect", |s| {
+            s.log()
+                .contains("catalogue: connected to the fleet database")
+        });
+    }
+    Member { dir, server }
+}
+
+pub const FLEET_CONFIG: &str =
+    "[catalogue]\npoll_ms = 500\n\n[plugins.hello]\nprobation_ms = 1500\n";
+
+/// Three hosts on `database`, each with a plugins directory of its own, alive in the
+/// `hosts` table (so that any of them may be chosen as a canary).
+pub fn fleet(database: &str) -> Vec<Member> {
+    let hosts: Vec<Member> = (0..3)
+        .map(|_| member(Some(database), FLEET_CONFIG))
+        .collect();
+    wait("three hosts alive in the hosts table", || {
+        psql(database, "SELECT count(*) FROM hosts") == "3"
+    });
+    hosts
+}
+
+pub fn published(server: &Server) -> serde_json::Value {
+    let out = server.cli(&["published", "--json"]);
+    serde_json::from_str(&out).expect("published --json is JSON")
+}
+
+pub fn publish(server: &Server, file: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["publish", file.to_str().expect("UTF-8")];
+    args.extend_from_slice(extra);
+    server.cli(&args)
+}
+
+pub fn wait(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

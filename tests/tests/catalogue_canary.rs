@@ -1,0 +1,221 @@
+//! Canary rollouts of the plugin catalogue (issue 18, item 7), three real hosts on one fresh
+//! database each time: a canary whose self-test fails, one whose probation trips a rollback
+//! and one killed on probation fail the rollout (the others never load it); a good one
+//! reaches every host after probation.
+
+use std::fs;
+
+use e2e::catalogue::{
+    failing_self_test, fleet, member, panicking_greet, passing_self_test, publish, published,
+    sha256_hex, wait, Member,
+};
+use e2e::postgres::{fresh_database, psql};
+use e2e::{built, text};
+
+#[test]
+fn a_canary_whose_self_test_fails_stops_the_rollout_and_the_others_never_load_it() {
+    let database = fresh_database();
+    let hosts = fleet(&database);
+    let bad = failing_self_test();
+
+    let said = publish(&hosts[2].server, bad, &["--canary", "1"]);
+    assert!(said.contains("canaries"), "{said}");
+    let listed = published(&hosts[0].server);
+    let canaries: Vec<String> = serde_json::from_value(listed[0]["canaries"].clone()).unwrap();
+    assert_eq!(canaries.len(), 1, "{listed}");
+    // The lowest id among the hosts alive.
+    let ids: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let log = h.server.log();
+            let at = log.find("this host is ").expect("the host's id is logged") + 13;
+            log[at..].split_whitespace().next().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(canaries[0], ids.iter().min().unwrap().clone(), "{ids:?}");
+
+    wait("the rollout to fail", || {
+        published(&hosts[1].server)[0]["rollout"] == "failed"
+    });
+    let listed = published(&hosts[1].server);
+    let reason = listed[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("canary {}: ", canaries[0]))
+            && reason.contains("self_test failed")
+            && reason.contains("the greeting table is empty"),
+        "{reason}"
+    );
+    for host in &hosts {
+        if host.is(&canaries[0]) {
+            continue;
+        }
+        assert!(
+            !host.dir.path().join("hello.catalogue.so").exists(),
+            "a host that is not the canary wrote the plugin"
+        );
+        assert_eq!(host.serving_sha256(), None);
+    }
+    let table = hosts[0].server.cli(&["published"]);
+    assert!(
+        table.contains("failed: canary") && table.contains("self_test failed"),
+        "{table}"
+    );
+    let fleet = e2e::host(&["fleet", "--database", &database]);
+    let (stdout, stderr) = text(&fleet);
+    assert!(fleet.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "catalogue: hello 0.2.0 ({}): rollout failed: canary {}: ",
+            &sha256_hex(bad)[..12],
+            canaries[0]
+        )) && stdout.contains("self_test failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_good_canary_rollout_reaches_every_host_after_probation() {
+    let database = fresh_database();
+    let hosts = fleet(&database);
+    let v1 = &built().hello;
+    let v2 = passing_self_test();
+    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(v2));
+
+    publish(&hosts[0].server, v1, &[]);
+    wait("every host to serve 0.1.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
+    });
+    publish(&hosts[0].server, v2, &["--canary", "1"]);
+    let canaries: Vec<String> =
+        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
+    let canary = hosts
+        .iter()
+        .find(|h| h.is(&canaries[0]))
+        .expect("the canary is one of the three");
+    wait("the canary to serve 0.2.0", || {
+        canary.serving_sha256().as_deref() == Some(sha2.as_str())
+    });
+    // On probation there (1.5 s): the others still serve 0.1.0.
+    if published(&hosts[0].server)[0]["rollout"] == "canary" {
+        for host in hosts.iter().filter(|h| !h.is(&canaries[0])) {
+            assert_eq!(host.serving_sha256().as_deref(), Some(sha1.as_str()));
+        }
+    }
+    wait("every host to serve 0.2.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha2.as_str()))
+    });
+    assert_eq!(published(&hosts[1].server)[0]["rollout"], "everywhere");
+    for host in &hosts {
+        assert_eq!(host.greet().as_deref(), Ok("Yo, Ada!"));
+    }
+}
+
+#[test]
+fn a_canary_that_dies_before_it_passed_fails_the_rollout_and_the_others_never_load_it() {
+    let database = fresh_database();
+    // A short lease: a host is gone 2 s after its last heartbeat. A long probation: the
+    // canary cannot pass before it is killed.
+    let config = "[tasks]\nlease_ms = 2000\n\n[catalogue]\npoll_ms = 200\n\n\
+                  [plugins.hello]\nprobation_ms = 600000\n";
+    let mut hosts: Vec<Member> = (0..3).map(|_| member(Some(&database), config)).collect();
+    wait("three hosts alive in the hosts table", || {
+        psql(&database, "SELECT count(*) FROM hosts") == "3"
+    });
+    let v1 = &built().hello;
+    let v2 = passing_self_test();
+    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(v2));
+    publish(&hosts[0].server, v1, &[]);
+    wait("every host to serve 0.1.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
+    });
+    publish(&hosts[0].server, v2, &["--canary", "1"]);
+    let canaries: Vec<String> =
+        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
+    let at = hosts
+        .iter()
+        .position(|h| h.is(&canaries[0]))
+        .expect("the canary is one of the three");
+    let mut canary = hosts.remove(at);
+    wait("the canary to serve 0.2.0 on probation", || {
+        canary.serving_sha256().as_deref() == Some(sha2.as_str())
+    });
+    canary.server.signal(libc::SIGKILL);
+    canary.server.wait();
+    wait("the rollout to fail", || {
+        published(&hosts[0].server)[0]["rollout"] == "failed"
+    });
+    let reason = published(&hosts[1].server)[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        reason,
+        format!(
+            "canary {} is gone (no heartbeat within 2000 ms) before it passed probation",
+            canaries[0]
+        )
+    );
+    for host in &hosts {
+        assert_eq!(host.serving_sha256().as_deref(), Some(sha1.as_str()));
+    }
+}
+
+#[test]
+fn a_canary_whose_probation_trips_a_rollback_fails_the_rollout() {
+    let database = fresh_database();
+    let config = "[catalogue]\npoll_ms = 200\n\n[plugins.hello]\nprobation_ms = 600000\n";
+    let hosts: Vec<Member> = (0..3).map(|_| member(Some(&database), config)).collect();
+    wait("three hosts alive in the hosts table", || {
+        psql(&database, "SELECT count(*) FROM hosts") == "3"
+    });
+    let v1 = &built().hello;
+    let bad = panicking_greet();
+    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(bad));
+    publish(&hosts[0].server, v1, &[]);
+    wait("every host to serve 0.1.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
+    });
+    publish(&hosts[0].server, bad, &["--canary", "1"]);
+    let canaries: Vec<String> =
+        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
+    let canary = hosts
+        .iter()
+        .find(|h| h.is(&canaries[0]))
+        .expect("the canary is one of the three");
+    wait("the canary to serve 0.2.0 on probation", || {
+        canary.serving_sha256().as_deref() == Some(sha2.as_str())
+    });
+    // Three panics within the probation roll it back (rollback_after = 3).
+    wait("the canary to roll back", || {
+        let _ = canary.greet();
+        canary.serving_sha256().as_deref() == Some(sha1.as_str())
+    });
+    wait("the rollout to fail", || {
+        published(&hosts[0].server)[0]["rollout"] == "failed"
+    });
+    let reason = published(&hosts[1].server)[0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.starts_with(&format!("canary {}: ", canaries[0])) && reason.contains("rolled back"),
+        "{reason}"
+    );
+    for host in &hosts {
+        assert_eq!(host.serving_sha256().as_deref(), Some(sha1.as_str()));
+    }
+    // The canary goes back to the last good version on disk too: a restart would not load
+    // the failed file afresh.
+    let file = canary.dir.path().join("hello.catalogue.so");
+    wait("the canary's file to be 0.1.0 again", || {
+        fs::read(&file).ok() == fs::read(v1).ok()
+    });
+}
