@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result};
 use host::config::HostConfig;
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
 use host::isolation::IsolationOptions;
+use host::postgres::HostRow;
 use host::state_dir::{default_state_dir, StateDir};
 use host::tasks::{PgStore, SqliteStore, Tasks};
 use host::watch::Watcher;
@@ -213,7 +214,10 @@ fn start_tasks(
         return started;
     }
     let db = state.tasks_db();
+    // One host owns the file: it is the host of every task that ran.
+    let id = HostRow::this_process(env!("CARGO_PKG_VERSION"), 0).hostname;
     let started = SqliteStore::open(&db)
+        .map(|store| store.with_host_id(&id))
         .map_err(|err| err.to_string())
         .and_then(|store| {
             Tasks::start(
