@@ -398,3 +398,44 @@ fn a_run_missed_while_every_host_was_down_fires_once() {
     let (n, distinct) = counts.split_once('|').unwrap();
     assert_eq!(n, distinct, "a due time fired twice");
 }
+
+#[test]
+fn ended_tasks_past_keep_days_are_deleted_in_batches_and_active_ones_kept() {
+    let _server = shared();
+    let url = fresh_database();
+    let plugins = plugins_dir();
+    // Migrate, then fill the table as a long-running fleet would have.
+    drop(start_hosts(1, plugins.path(), &url, "", ""));
+    psql(
+        &url,
+        "INSERT INTO tasks (plugin, callback, input, key, priority, status, max_attempts, \
+         retry_delays_ms, not_before, created, finished, depth) \
+         SELECT 'tasker', 'echo', '1', 'old' || i, 0, 'success', 4, '[]', 0, 0, 1, 0 \
+         FROM generate_series(1, 2500) i",
+    );
+    psql(
+        &url,
+        "INSERT INTO tasks (plugin, callback, input, key, priority, status, max_attempts, \
+         retry_delays_ms, not_before, created, depth) \
+         VALUES ('gone', 'echo', '1', 'waiting', 0, 'queued', 4, '[]', 0, 0, 0)",
+    );
+    // A host prunes at start: 2,500 rows take three statements of at most 1,000.
+    let fleet = start_hosts(
+        1,
+        plugins.path(),
+        &url,
+        "keep_days = 1\norphan_after = \"0s\"",
+        "",
+    );
+    fleet.hosts[0].wait_until(WAIT, "the old tasks deleted", |_| {
+        count(&url, "status = 'success'") == 0
+    });
+    assert_eq!(
+        count(&url, "status = 'queued'"),
+        1,
+        "an active task was deleted"
+    );
+    fleet.hosts[0].wait_until(WAIT, "the deletion logged", |s| {
+        s.log().contains("deleted 2500 ended tasks")
+    });
+}
