@@ -348,3 +348,97 @@ fn the_database_stopped_for_10_s_loses_no_task_and_direct_calls_are_served() {
         assert!(log.contains("the task store answers again"), "{log}");
     }
 }
+
+#[test]
+fn a_run_missed_while_every_host_was_down_fires_once() {
+    let _server = shared();
+    let url = fresh_database();
+    let plugins = plugins_dir();
+    // tasker declares `tick`, every second.
+    install(tasker(), plugins.path(), "libtasker.so");
+    let fires = "FROM schedule_fires WHERE name = 'plugin:tasker.tick'";
+    let mut first = start_hosts(2, plugins.path(), &url, "", "");
+    first.hosts[0].wait_until(WAIT, "a tick", |_| {
+        psql(&url, &format!("SELECT count(*) {fires}")) != "0"
+    });
+    for host in &mut first.hosts {
+        host.signal(libc::SIGKILL);
+        host.wait();
+    }
+    let last_due: u64 = psql(&url, &format!("SELECT max(due) {fires}"))
+        .parse()
+        .unwrap();
+    // Down past at least two due times.
+    let down = Instant::now();
+    while db_now(&url) < last_due + 2_500 {
+        assert!(down.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let restarted = db_now(&url);
+    let again = start_hosts(3, plugins.path(), &url, "", "");
+    again.hosts[0].wait_until(WAIT, "ticks after the restart", |_| {
+        psql(
+            &url,
+            &format!("SELECT count(*) {fires} AND due > {restarted}"),
+        ) != "0"
+    });
+    let missed = psql(
+        &url,
+        &format!("SELECT count(*) {fires} AND due > {last_due} AND due <= {restarted}"),
+    );
+    assert_eq!(
+        missed,
+        "1",
+        "the missed due times fired {missed} times (last due {last_due}, restarted \
+         {restarted}): {}\n{}",
+        psql(&url, &format!("SELECT due, host_id {fires} ORDER BY due")),
+        again.hosts[0].log()
+    );
+    let counts = psql(
+        &url,
+        &format!("SELECT count(*), count(DISTINCT due) {fires}"),
+    );
+    let (n, distinct) = counts.split_once('|').unwrap();
+    assert_eq!(n, distinct, "a due time fired twice");
+}
+
+#[test]
+fn ended_tasks_past_keep_days_are_deleted_in_batches_and_active_ones_kept() {
+    let _server = shared();
+    let url = fresh_database();
+    let plugins = plugins_dir();
+    // Migrate, then fill the table as a long-running fleet would have.
+    drop(start_hosts(1, plugins.path(), &url, "", ""));
+    psql(
+        &url,
+        "INSERT INTO tasks (plugin, callback, input, key, priority, status, max_attempts, \
+         retry_delays_ms, not_before, created, finished, depth) \
+         SELECT 'tasker', 'echo', '1', 'old' || i, 0, 'success', 4, '[]', 0, 0, 1, 0 \
+         FROM generate_series(1, 2500) i",
+    );
+    psql(
+        &url,
+        "INSERT INTO tasks (plugin, callback, input, key, priority, status, max_attempts, \
+         retry_delays_ms, not_before, created, depth) \
+         VALUES ('gone', 'echo', '1', 'waiting', 0, 'queued', 4, '[]', 0, 0, 0)",
+    );
+    // A host prunes at start: 2,500 rows take three statements of at most 1,000.
+    let fleet = start_hosts(
+        1,
+        plugins.path(),
+        &url,
+        "keep_days = 1\norphan_after = \"0s\"",
+        "",
+    );
+    fleet.hosts[0].wait_until(WAIT, "the old tasks deleted", |_| {
+        count(&url, "status = 'success'") == 0
+    });
+    assert_eq!(
+        count(&url, "status = 'queued'"),
+        1,
+        "an active task was deleted"
+    );
+    fleet.hosts[0].wait_until(WAIT, "the deletion logged", |s| {
+        s.log().contains("deleted 2500 ended tasks")
+    });
+}

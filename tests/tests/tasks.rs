@@ -67,6 +67,11 @@ fn a_chain_of_follow_ups_three_deep_runs_to_completion() {
     });
     let tree = task(&server, id);
     assert_eq!(tree["task"]["result"], r#"{"depth":3}"#);
+    // On SQLite one host owns the file: it is named as the host that ran each task.
+    assert!(
+        tree["task"]["host"].as_str().is_some_and(|h| !h.is_empty()),
+        "{tree}"
+    );
     let child = &tree["children"][0];
     assert_eq!(child["task"]["parent"], id);
     assert_eq!(child["task"]["depth"], 1);

@@ -27,6 +27,7 @@ use host::config::{HostConfig, LogFormat};
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
 use host::http::{HttpServer, TokenSource, Tokens, TOKEN_ENV};
 use host::isolation::IsolationOptions;
+use host::postgres::HostRow;
 use host::state_dir::{default_state_dir, StateDir};
 use host::systemd::{Activated, Notifier, RuntimeProbe, Watchdog, WatchdogOptions};
 use host::tasks::{PgStore, SqliteStore, Tasks};
@@ -409,7 +410,10 @@ fn start_tasks(
         return started;
     }
     let db = state.tasks_db();
+    // One host owns the file: it is the host of every task that ran.
+    let id = HostRow::this_process(env!("CARGO_PKG_VERSION"), 0).hostname;
     let started = SqliteStore::open(&db)
+        .map(|store| store.with_host_id(&id))
         .map_err(|err| err.to_string())
         .and_then(|store| {
             Tasks::start(

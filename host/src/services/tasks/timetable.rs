@@ -20,6 +20,10 @@ use crate::Host;
 const REFRESH: Duration = Duration::from_millis(250);
 
 /// The active schedules.
+/// Due times stepped through to find the latest one a restart missed (a schedule down
+/// longer than this many periods is keyed by the one reached).
+const MISSED_STEPS: usize = 100_000;
+
 #[derive(Debug, Default)]
 pub(crate) struct Timetable {
     entries: BTreeMap<String, Entry>,
@@ -156,10 +160,18 @@ impl Timetable {
                 .last_fired(&name)
                 .map_err(|err| format!("schedule {name}: {err}"))?;
             let next = match last {
-                // The first due time missed: the same on every host of a fleet, so the
-                // run missed while all were down fires once.
+                // Keyed by the latest due time passed: the same on every host of a fleet
+                // that starts within one period, so the run missed while all were down
+                // fires once (a fleet fires each due time once).
                 Some(last) if settings.run_missed && job.schedule.missed(last, now) => {
-                    Some(job.schedule.next_after(last).unwrap_or(now).min(now))
+                    let mut due = job.schedule.next_after(last).unwrap_or(now);
+                    for _ in 0..MISSED_STEPS {
+                        match job.schedule.next_after(due) {
+                            Some(next) if next <= now => due = next,
+                            _ => break,
+                        }
+                    }
+                    Some(due.min(now))
                 }
                 Some(last) => job.schedule.next_after(last.max(now)),
                 None => job.schedule.next_after(now),

@@ -246,14 +246,24 @@ impl PgStore {
     pub(super) async fn claim_firing_async(&self, name: &str, due: u64) -> Result<bool, PgError> {
         let what = "claim a schedule's firing";
         let client = self.db.client(what).await?;
-        let n = client
-            .execute(
-                "INSERT INTO schedule_fires (name, due, host_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
+        // The claim and `last_fired` in one statement: a host killed right after its claim
+        // leaves `last_fired` at this due time, so the next start never keys a missed run
+        // by a due time already claimed.
+        let row = client
+            .query_one(
+                "WITH f AS (
+                     INSERT INTO schedule_fires (name, due, host_id) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING RETURNING due
+                 ), s AS (
+                     INSERT INTO schedules (name, last_fired) SELECT $1, due FROM f
+                     ON CONFLICT (name) DO UPDATE
+                     SET last_fired = greatest(schedules.last_fired, excluded.last_fired)
+                 )
+                 SELECT count(*) FROM f",
                 &[&name, &big(due), &self.host_id],
             )
             .await
             .map_err(pg(what))?;
-        Ok(n == 1)
+        Ok(row.get::<_, i64>(0) == 1)
     }
 }

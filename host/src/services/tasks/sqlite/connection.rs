@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::super::store::StoreError;
+use super::super::task::TaskRecord;
 use super::error::{describe_sql, one_line, open_error, Fail};
 use super::schema::setup;
 
@@ -18,9 +19,26 @@ use super::schema::setup;
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: Option<PathBuf>,
+    /// This host's id, named as the host of every task that ran (one host owns the file).
+    pub(super) host_id: Option<String>,
 }
 
 impl SqliteStore {
+    /// Names `id` as the host of the tasks that ran (`"host"` in `host tasks --json`): one
+    /// host owns a SQLite file, so every attempt was this host's.
+    pub fn with_host_id(mut self, id: &str) -> SqliteStore {
+        self.host_id = Some(id.to_owned());
+        self
+    }
+
+    /// `task` with this host named as its host, if it ran.
+    pub(super) fn stamp(&self, mut task: TaskRecord) -> TaskRecord {
+        if task.started_unix_ms.is_some() {
+            task.host.clone_from(&self.host_id);
+        }
+        task
+    }
+
     /// Opens (creating it, and its directory with mode 0700, if missing) the task database
     /// at `path`: WAL, `synchronous=NORMAL`, foreign keys on, a busy timeout of 2 s; checks
     /// it (`PRAGMA quick_check`) and creates or migrates its schema.
@@ -46,6 +64,7 @@ impl SqliteStore {
         setup(&mut conn, true).map_err(|e| open_error(&name, &e.describe()))?;
         tracing::debug!(path = %name, "task database open");
         Ok(SqliteStore {
+            host_id: None,
             conn: Mutex::new(conn),
             path: Some(path.to_owned()),
         })
@@ -58,6 +77,7 @@ impl SqliteStore {
             Connection::open_in_memory().map_err(|e| open_error(name, &describe_sql(&e)))?;
         setup(&mut conn, false).map_err(|e| open_error(name, &e.describe()))?;
         Ok(SqliteStore {
+            host_id: None,
             conn: Mutex::new(conn),
             path: None,
         })

@@ -31,7 +31,8 @@ impl TaskStore for SqliteStore {
             return Ok(Vec::new());
         }
         let now = to_i64(now_unix_ms);
-        self.write(&"claim tasks", |c| claim::claim(c, now, limit, only))
+        let tasks = self.write(&"claim tasks", |c| claim::claim(c, now, limit, only))?;
+        Ok(tasks.into_iter().map(|t| self.stamp(t)).collect())
     }
 
     fn next_due(&self, only: &[String]) -> Result<Option<u64>, StoreError> {
@@ -105,18 +106,21 @@ impl TaskStore for SqliteStore {
     }
 
     fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.read(&format_args!("read task {id}"), |c| query::get(c, id))
+        let task = self.read(&format_args!("read task {id}"), |c| query::get(c, id))?;
+        Ok(task.map(|t| self.stamp(t)))
     }
 
     fn children(&self, parent: TaskId) -> Result<Vec<TaskRecord>, StoreError> {
-        self.read(&format_args!("read the tasks of task {parent}"), |c| {
+        let tasks = self.read(&format_args!("read the tasks of task {parent}"), |c| {
             query::children(c, parent)
-        })
+        })?;
+        Ok(tasks.into_iter().map(|t| self.stamp(t)).collect())
     }
 
     fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, StoreError> {
         let (sql, args) = query::list_query(filter);
-        self.read(&"list tasks", |c| query::list(c, &sql, args))
+        let tasks = self.read(&"list tasks", |c| query::list(c, &sql, args))?;
+        Ok(tasks.into_iter().map(|t| self.stamp(t)).collect())
     }
 
     fn cancel(&self, id: TaskId, now_unix_ms: u64) -> Result<Option<TaskStatus>, StoreError> {
