@@ -442,3 +442,66 @@ fn ended_tasks_past_keep_days_are_deleted_in_batches_and_active_ones_kept() {
         s.log().contains("deleted 2500 ended tasks")
     });
 }
+
+/// `GET /v1/fleet` of a host with a fleet database and the HTTP API lists the fleet's
+/// hosts as `host fleet --json` does (it answered 400 `not_configured` before the fleet
+/// was wired to it).
+#[test]
+fn the_http_api_lists_the_fleet() {
+    let _server = shared();
+    let url = fresh_database();
+    let plugins = plugins_dir();
+    let fleet = start_hosts(
+        2,
+        plugins.path(),
+        &url,
+        "",
+        "[http]\nlisten = \"127.0.0.1:0\"",
+    );
+    let server = &fleet.hosts[0];
+    let (mut base, mut token_file) = (String::new(), String::new());
+    server.wait_until(WAIT, "the HTTP API's address and token file", |s| {
+        let log = s.log();
+        let word = |after: &str| {
+            log.split(after)
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        };
+        match (word("http: listening on "), word("http: made a token in ")) {
+            (Some(addr), Some(file)) => {
+                (base, token_file) = (addr, file);
+                true
+            }
+            _ => false,
+        }
+    });
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let ids = [
+        host_id_of(&url, &fleet.hosts[0]),
+        host_id_of(&url, &fleet.hosts[1]),
+    ];
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("{base}/v1/fleet"))
+        .header("Authorization", format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{text}");
+    let hosts: Value = serde_json::from_str(&text).unwrap();
+    let listed: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["alive"] == true)
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    for id in &ids {
+        assert!(listed.contains(&id.as_str()), "{id} missing: {hosts}");
+    }
+}

@@ -96,8 +96,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::settings::MAX_RECORDS;
 
-use crate::services::http::HttpSettings;
 use crate::services::catalogue::CatalogueSettings;
+use crate::services::http::HttpSettings;
 use crate::services::tasks::schedule::parse_timezone;
 use crate::services::tasks::settings::{ScheduleConfig, TaskSettings};
 

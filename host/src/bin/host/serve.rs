@@ -203,6 +203,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         )?),
         None => None,
     };
+    if let (Some(http), Some(fleet)) = (&http, &fleet) {
+        http.attach_fleet(fleet.database.clone(), config.tasks.lease_ms);
+    }
     tracing::info!(
         plugins = host.plugin_names().len(),
         "serving {} on {}",

@@ -94,12 +94,35 @@ pub(super) async fn restart(
     Ok(Json(json!({ "message": message })))
 }
 
-pub(super) async fn fleet() -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "not_configured",
-        "no fleet database configured",
-    )
+/// The fleet's hosts, alive or gone, as `host fleet --json` lists them; 400
+/// `not_configured` where this host has no fleet database.
+pub(super) async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let Some((database, lease_ms)) = state.fleet.get().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_configured",
+            "no fleet database configured",
+        ));
+    };
+    // On the database's own runtime, where its connections live.
+    let listed = database
+        .handle()
+        .clone()
+        .spawn(async move { database.fleet(lease_ms).await })
+        .await;
+    match listed {
+        Ok(Ok(hosts)) => Ok(Json(json!(hosts))),
+        Ok(Err(err)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal",
+            err.to_string(),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the fleet listing ended without an answer",
+        )),
+    }
 }
 
 pub(super) async fn healthz() -> Json<Value> {

@@ -29,6 +29,7 @@ use super::events::Feeds;
 use super::limits::HttpSettings;
 use super::{metrics, routes_calls, routes_plugins, routes_tasks};
 use crate::registry::Host;
+use crate::services::postgres::Database;
 use crate::services::tasks::Tasks;
 
 /// What the handlers share.
@@ -46,6 +47,8 @@ pub(super) struct AppState {
     pub(super) feeds: Feeds,
     /// Counts the control socket's connections, when given.
     pub(super) control_connections: std::sync::OnceLock<ConnectionCounter>,
+    /// The fleet's database and `lease_ms` (alive or gone), where a fleet is configured.
+    pub(super) fleet: std::sync::OnceLock<(Database, u64)>,
 }
 
 /// Counts connections of another front end, for `/metrics`.
@@ -111,6 +114,7 @@ impl HttpServer {
             connections: AtomicUsize::new(0),
             answering: AtomicUsize::new(0),
             control_connections: std::sync::OnceLock::new(),
+            fleet: std::sync::OnceLock::new(),
         });
         let (stop, stopped) = watch::channel(false);
         runtime.spawn(accept_loop(listener, state.clone(), stopped));
@@ -126,6 +130,12 @@ impl HttpServer {
     /// (see `ControlServer::connection_counter`).
     pub fn count_control_connections(&self, counter: impl Fn() -> usize + Send + Sync + 'static) {
         let _ = self.state.control_connections.set(Box::new(counter));
+    }
+
+    /// `GET /v1/fleet` lists the hosts of `database` (alive: a heartbeat within `lease_ms`),
+    /// as `host fleet --json` does; without it, it answers 400 `not_configured`.
+    pub fn attach_fleet(&self, database: Database, lease_ms: u64) {
+        let _ = self.state.fleet.set((database, lease_ms));
     }
 
     /// New calls and changes are answered 503 `shutting_down` from now on; reads still are.
