@@ -83,6 +83,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::regular::{read_regular, MAX_CONFIG_FILE_BYTES};
 use crate::types::settings::MAX_RECORDS;
 
 use crate::services::http::HttpSettings;
@@ -240,15 +241,17 @@ impl fmt::Display for ConfigError {
 }
 
 impl HostConfig {
-    /// Reads and parses `path`.
+    /// Reads and parses `path`: a regular file of at most [`MAX_CONFIG_FILE_BYTES`]. A FIFO,
+    /// a device or a directory is refused at once (a plain read of a FIFO nobody writes
+    /// would block the thread for good: at start, or the watcher's at a reload).
     pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+        let read = read_regular(path, MAX_CONFIG_FILE_BYTES).map_err(|err| ConfigError {
             path: path.to_owned(),
             location: None,
             key: String::new(),
-            message: format!("cannot read: {err}"),
+            message: err.to_string(),
         })?;
-        Self::parse(&text, path)
+        Self::parse(&read.text, path)
     }
 
     /// Parses `text`, naming `path` in errors.
