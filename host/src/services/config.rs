@@ -411,6 +411,40 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
     }
 
+    /// A FIFO nobody writes (a plain read blocked for good), a directory, a device and an
+    /// oversized file: each refused at once, in one line naming the file.
+    #[test]
+    fn load_refuses_what_is_not_a_small_regular_file_in_one_line() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("host.toml");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = HostConfig::load(&fifo).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{}: not a regular file (a FIFO)", fifo.display())
+        );
+        let err = HostConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with(": not a regular file (a directory)"), "{err}");
+        let err = HostConfig::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "/dev/zero: not a regular file (a character device)");
+        let big = dir.path().join("big.toml");
+        let comment = vec![b'#'; MAX_CONFIG_FILE_BYTES as usize + 1];
+        std::fs::write(&big, comment).unwrap();
+        let err = HostConfig::load(&big).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: larger than 1048576 bytes, the most this file may have",
+                big.display()
+            )
+        );
+    }
+
     #[test]
     fn a_syntax_error_names_file_and_line() {
         let err = parse("plugins_dir = \"p\"\n[plugins.hello\n").unwrap_err();
