@@ -1,5 +1,6 @@
 //! Layer 2, plugin files: ELF checks, digests, staging of private copies, private
-//! directories, read leases, and the errors of loading a file. Names only `types`.
+//! directories, read leases, bounded reads of regular files, and the errors of loading a
+//! file. Names only `types`.
 
 pub(crate) mod digest;
 pub(crate) mod elf;
@@ -8,4 +9,5 @@ pub mod load_error;
 pub(crate) mod owner_lock;
 pub(crate) mod plugin_file;
 pub(crate) mod private_dir;
+pub(crate) mod regular;
 pub mod state_dir;

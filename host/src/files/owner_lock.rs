@@ -85,7 +85,10 @@ fn open(path: &Path, create: bool) -> io::Result<File> {
         .write(create)
         .create(create)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        // Non-blocking: a read-only open of a FIFO planted there would wait for a writer
+        // for good (the start-up sweep of copy directories). Locks, reads and writes of a
+        // regular file do not heed the flag.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;
     let meta = file.metadata()?;
@@ -169,6 +172,13 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&empty, &link).unwrap();
         assert!(matches!(OwnerLock::acquire(&link), Err(LockError::Io(_))));
+        // A FIFO nobody writes: refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        assert!(take_if_owner_gone(&fifo).is_none());
+        assert!(matches!(OwnerLock::acquire(&fifo), Err(LockError::Io(_))));
         if crate::files::private_dir::euid() == 0 {
             let foreign = dir.path().join("foreign");
             std::fs::write(&foreign, b"1\n").unwrap();

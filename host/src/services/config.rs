@@ -94,6 +94,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::regular::{read_regular, MAX_CONFIG_FILE_BYTES};
 use crate::types::settings::MAX_RECORDS;
 
 use crate::services::catalogue::CatalogueSettings;
@@ -255,15 +256,17 @@ impl fmt::Display for ConfigError {
 }
 
 impl HostConfig {
-    /// Reads and parses `path`.
+    /// Reads and parses `path`: a regular file of at most [`MAX_CONFIG_FILE_BYTES`]. A FIFO,
+    /// a device or a directory is refused at once (a plain read of a FIFO nobody writes
+    /// would block the thread for good: at start, or the watcher's at a reload).
     pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+        let read = read_regular(path, MAX_CONFIG_FILE_BYTES).map_err(|err| ConfigError {
             path: path.to_owned(),
             location: None,
             key: String::new(),
-            message: format!("cannot read: {err}"),
+            message: err.to_string(),
         })?;
-        Self::parse(&text, path)
+        Self::parse(&read.text, path)
     }
 
     /// Parses `text`, naming `path` in errors.
@@ -431,6 +434,40 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    /// A FIFO nobody writes (a plain read blocked for good), a directory, a device and an
+    /// oversized file: each refused at once, in one line naming the file.
+    #[test]
+    fn load_refuses_what_is_not_a_small_regular_file_in_one_line() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("host.toml");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = HostConfig::load(&fifo).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("{}: not a regular file (a FIFO)", fifo.display())
+        );
+        let err = HostConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with(": not a regular file (a directory)"), "{err}");
+        let err = HostConfig::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "/dev/zero: not a regular file (a character device)");
+        let big = dir.path().join("big.toml");
+        let comment = vec![b'#'; MAX_CONFIG_FILE_BYTES as usize + 1];
+        std::fs::write(&big, comment).unwrap();
+        let err = HostConfig::load(&big).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: larger than 1048576 bytes, the most this file may have",
+                big.display()
+            )
+        );
     }
 
     #[test]

@@ -12,8 +12,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::files::regular::read_regular;
+
 /// The environment variable that gives the token.
 pub const TOKEN_ENV: &str = "HOST_HTTP_TOKEN";
+
+/// The largest token file read (a token is a line of 64 hex digits).
+const MAX_TOKEN_FILE_BYTES: u64 = 64 << 10;
 
 /// The tokens the API accepts. `Debug` never shows them.
 #[derive(Clone)]
@@ -138,7 +143,10 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// Reads a token file that must be this user's and closed to others.
 fn read_private(path: &Path) -> Result<String, TokenError> {
     let fail = |why: String| TokenError(format!("token file {}: {why}", path.display()));
-    let meta = fs::metadata(path).map_err(|err| fail(err.to_string()))?;
+    // Never a plain read: a FIFO there would block the thread starting the HTTP API. The
+    // owner and mode checked are those of the very file read (its fstat).
+    let read = read_regular(path, MAX_TOKEN_FILE_BYTES).map_err(|err| fail(err.to_string()))?;
+    let meta = &read.metadata;
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     if meta.uid() != uid {
@@ -153,7 +161,7 @@ fn read_private(path: &Path) -> Result<String, TokenError> {
             "mode {mode:o} lets others read it: chmod 600 it"
         )));
     }
-    let text = fs::read_to_string(path).map_err(|err| fail(err.to_string()))?;
+    let text = read.text;
     if text.trim().is_empty() {
         return Err(fail("it is empty".into()));
     }
@@ -220,5 +228,20 @@ mod tests {
         assert!(err.0.contains("http-token"), "{err}");
         let err = Tokens::load(None, None, None, None).unwrap_err();
         assert!(err.0.contains(TOKEN_ENV), "{err}");
+    }
+
+    #[test]
+    fn a_token_file_that_is_a_fifo_is_refused_without_blocking() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("http-token");
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = Tokens::load(None, Some(&path), None, None).unwrap_err();
+        assert_eq!(
+            err.0,
+            format!("token file {}: not a regular file (a FIFO)", path.display())
+        );
     }
 }

@@ -348,4 +348,73 @@ mod tests {
         drop(runtime);
         assert!(!probe.answers_within(Duration::from_secs(10)));
     }
+
+    /// The datagrams `socket` receives within `window` (to show that something does not
+    /// come), or until the first with a line starting with `until`.
+    fn received(
+        socket: &std::os::unix::net::UnixDatagram,
+        window: Duration,
+        until: Option<&str>,
+    ) -> Vec<String> {
+        let start = Instant::now();
+        let mut buf = [0u8; 512];
+        let mut got = Vec::new();
+        while start.elapsed() < window {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = until.is_some_and(|u| message.lines().any(|l| l.starts_with(u)));
+                got.push(message);
+                if found {
+                    break;
+                }
+            }
+        }
+        got
+    }
+
+    /// The whole watchdog (thread, probe, notifier, a service manager's datagram socket)
+    /// with a runtime wedged for real: while its one worker is held, no `WATCHDOG=1` goes
+    /// out; once it is let go, the pings resume. (The e2e test that wedged the watcher's
+    /// thread with a FIFO host.toml went with that defect: see tests/tests/config_file.rs.)
+    #[test]
+    fn a_wedged_loop_withholds_watchdog_until_it_answers_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        manager
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let notifier = Arc::new(Notifier::connect(path.to_str().unwrap()).unwrap());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let probe = RuntimeProbe::new("the test runtime", runtime.handle().clone());
+        let interval = Duration::from_millis(40);
+        let options = WatchdogOptions::new(
+            Some(interval),
+            vec![Box::new(probe)],
+            Box::new(|| "serving".to_owned()),
+        );
+        let watchdog = Watchdog::start(notifier, options).unwrap();
+        let wait = Duration::from_secs(10);
+        let pinged = |got: &[String]| got.iter().any(|m| m == "WATCHDOG=1");
+        assert!(pinged(&received(&manager, wait, Some("WATCHDOG=1"))));
+
+        let (release, held) = mpsc::channel::<()>();
+        let (entered, started) = mpsc::channel::<()>();
+        runtime.spawn(async move {
+            entered.send(()).unwrap();
+            let _ = held.recv();
+        });
+        started.recv().unwrap();
+        // A round that probed before the wedge may still ping: let it pass.
+        received(&manager, interval * 3, None);
+        let during = received(&manager, interval * 10, None);
+        assert!(!pinged(&during), "pinged while wedged: {during:?}");
+
+        release.send(()).unwrap();
+        assert!(pinged(&received(&manager, wait, Some("WATCHDOG=1"))));
+        watchdog.stop();
+    }
 }
