@@ -1,17 +1,21 @@
 //! Counters the registry keeps for monitoring (`/metrics`): every call through the one
 //! call path ([`Host::invoke`] and [`Host::invoke_async`], so socket, task and HTTP calls
 //! alike) by plugin, callback and outcome, with a latency histogram; and loads, failed
-//! loads and rollbacks by plugin. Readers take a snapshot ([`Host::call_stats`]).
+//! loads, rollbacks, worker crashes and quarantines by plugin, all since the host started
+//! (a new version does not start them again). Readers take a snapshot
+//! ([`Host::call_stats`]).
 //!
 //! Bounded: at most [`MAX_CALL_SERIES`] (plugin, callback) pairs are kept. Names a caller
 //! made up (an unknown plugin or callback) are counted under `(unknown)`, and pairs past
-//! the limit under `(other)`, with one warning.
+//! the limit under `(other)`, with one warning; each by-plugin event map keeps at most
+//! [`MAX_CALL_SERIES`] plugin names.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::runtime::isolation::{WorkerEvent, WorkerEvents};
 use crate::types::call::{CallError, CallErrorKind, CallOutcome};
 
 use super::{lock, Host};
@@ -58,6 +62,10 @@ pub struct CallStats {
     pub failed_loads: BTreeMap<String, u64>,
     /// Rollbacks, automatic and asked for, by plugin.
     pub rollbacks: BTreeMap<String, u64>,
+    /// Worker process crashes of isolated plugins, by plugin, whatever the version.
+    pub crashes: BTreeMap<String, u64>,
+    /// Times an isolated plugin was quarantined (crash loop), by plugin.
+    pub quarantines: BTreeMap<String, u64>,
 }
 
 /// The registry's counters, behind one short lock taken once per call.
@@ -65,14 +73,26 @@ pub struct CallStats {
 pub(crate) struct Counters {
     stats: Mutex<CallStats>,
     warned: AtomicBool,
+    warned_events: AtomicBool,
 }
 
-/// What a load, a failed load or a rollback was, for [`Counters::note`].
+/// What [`Counters::note`] counts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Event {
     Load,
     FailedLoad,
     Rollback,
+    Crash,
+    Quarantine,
+}
+
+impl From<WorkerEvent> for Event {
+    fn from(event: WorkerEvent) -> Self {
+        match event {
+            WorkerEvent::Crash => Event::Crash,
+            WorkerEvent::Quarantine => Event::Quarantine,
+        }
+    }
 }
 
 impl Counters {
@@ -148,26 +168,43 @@ impl Counters {
         *series.outcomes.entry(outcome).or_default() += 1;
     }
 
-    /// Counts a load, a failed load or a rollback of `plugin`.
+    /// Counts a load, a failed load, a rollback, a crash or a quarantine of `plugin`.
     pub(crate) fn note(&self, plugin: &str, event: Event) {
         let mut stats = lock(&self.stats);
         let map = match event {
             Event::Load => &mut stats.loads,
             Event::FailedLoad => &mut stats.failed_loads,
             Event::Rollback => &mut stats.rollbacks,
+            Event::Crash => &mut stats.crashes,
+            Event::Quarantine => &mut stats.quarantines,
         };
         // Plugin names come from the host's own files; still bounded.
-        if map.len() < MAX_CALL_SERIES || map.contains_key(plugin) {
-            *map.entry(plugin.to_owned()).or_default() += 1;
+        if let Some(n) = map.get_mut(plugin) {
+            *n += 1;
+        } else if map.len() < MAX_CALL_SERIES {
+            map.insert(plugin.to_owned(), 1);
+        } else if !self.warned_events.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "plugin event metrics: {MAX_CALL_SERIES} plugin names counted; \
+                 events of further ones are not counted"
+            );
         }
     }
 }
 
 impl Host {
     /// The counters of every call made through [`Host::invoke`] and
-    /// [`Host::invoke_async`], and of loads and rollbacks, since the host started.
+    /// [`Host::invoke_async`], and of loads, rollbacks, crashes and quarantines, since the
+    /// host started.
     pub fn call_stats(&self) -> CallStats {
         lock(&self.inner.counters.stats).clone()
+    }
+
+    /// Where an isolated generation's supervisor reports its crashes and quarantines: these
+    /// counters, which outlive every generation.
+    pub(super) fn worker_events(&self) -> WorkerEvents {
+        let counters = self.inner.counters.clone();
+        WorkerEvents::new(move |plugin, event| counters.note(plugin, event.into()))
     }
 }
 
@@ -194,5 +231,35 @@ mod tests {
         assert_eq!(p.buckets[5], 1, "2 ms is in the <= 2.5 ms bucket");
         assert_eq!(p.sum_us, 2_000);
         assert_eq!(stats.loads["p"], 1);
+    }
+
+    #[test]
+    fn crashes_and_quarantines_only_grow_and_plugin_names_are_bounded() {
+        let counters = std::sync::Arc::new(Counters::default());
+        // Each generation's supervisor gets a sink of its own, as `Host::worker_events`
+        // makes them: a new version's crashes add to the old one's, they do not start again.
+        for generation in 0..2 {
+            let sink = counters.clone();
+            let events = WorkerEvents::new(move |plugin, event| sink.note(plugin, event.into()));
+            events.report("tough", WorkerEvent::Crash);
+            if generation == 1 {
+                events.report("tough", WorkerEvent::Quarantine);
+            }
+        }
+        counters.note("tough", Event::Crash);
+        for n in 0..MAX_CALL_SERIES + 10 {
+            counters.note(&format!("p{n}"), Event::Crash);
+        }
+        // A known name still counts past the cap.
+        counters.note("tough", Event::Crash);
+        let stats = lock(&counters.stats).clone();
+        assert_eq!(stats.crashes["tough"], 4);
+        assert_eq!(stats.quarantines["tough"], 1);
+        assert_eq!(stats.crashes.len(), MAX_CALL_SERIES);
+        assert!(!stats
+            .crashes
+            .contains_key(&format!("p{}", MAX_CALL_SERIES + 5)));
+        assert!(counters.warned_events.load(Ordering::Relaxed));
+        assert!(stats.loads.is_empty());
     }
 }

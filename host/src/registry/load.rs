@@ -425,6 +425,7 @@ impl Host {
                     generation: number,
                     settings,
                     budget: self.inner.budget,
+                    events: self.worker_events(),
                 };
                 let generation = Generation::start_isolated(spec, previous)?;
                 return rollout::self_test(generation, path);

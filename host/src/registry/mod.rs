@@ -176,7 +176,8 @@ struct Inner {
     budget: Budget,
     pool: CallPool,
     running: Running,
-    counters: call_stats::Counters,
+    /// Shared with the supervisors of isolated generations, which count crashes in it.
+    counters: Arc<call_stats::Counters>,
 }
 
 #[derive(Default)]
@@ -283,7 +284,7 @@ impl Host {
                 },
                 pool,
                 running: Running::default(),
-                counters: call_stats::Counters::default(),
+                counters: Arc::default(),
             }),
         })
     }

@@ -22,6 +22,7 @@
 //! * `process`: one worker process seen from the host: calls multiplexed on its channel;
 //!   `process/watch`: the thread that watches it, why it ended;
 //! * `supervisor`: keeping an isolated generation served: restarts, back-off, quarantine;
+//! * `events`: where a supervisor reports crashes and quarantines (the registry counts them);
 //! * `sandbox`: the sandbox applied in a worker before it opens the plugin
 //!   (`[plugins.NAME.sandbox]`: Landlock, seccomp, `no_new_privs`);
 //! * `worker`: the worker process itself ([`worker_main`]).
@@ -32,6 +33,7 @@
 
 mod channel;
 mod child;
+mod events;
 mod output;
 mod process;
 mod sandbox;
@@ -43,6 +45,7 @@ mod worker;
 
 use std::path::PathBuf;
 
+pub(crate) use events::{WorkerEvent, WorkerEvents};
 pub use spawn::{PASSED_ENV, WORKER_ARG};
 pub use supervisor::WorkerStatus;
 pub(crate) use supervisor::{Supervised, WorkerSpec};

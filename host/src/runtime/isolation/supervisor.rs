@@ -24,6 +24,7 @@ use plugin_api::LogRecord;
 use serde::{Deserialize, Serialize};
 
 use super::channel::LoadRequest;
+use super::events::{WorkerEvent, WorkerEvents};
 use super::process::{Exit, Label, Worker};
 use super::spawn::SpawnSpec;
 use crate::files::plugin_file::KeptCopy;
@@ -43,6 +44,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) generation: u64,
     pub(crate) settings: PluginSettings,
     pub(crate) budget: Budget,
+    /// Where its crashes and quarantines are reported.
+    pub(crate) events: WorkerEvents,
 }
 
 /// What `host list` shows of an isolated generation.
@@ -364,6 +367,7 @@ impl Shared {
         state.last_crash = Some(reason.to_owned());
         state.worker = state.worker.take().filter(|w| !w.is_gone());
         let plugin = &self.spec.plugin;
+        self.spec.events.report(plugin, WorkerEvent::Crash);
         if in_window >= settings.max_restarts.max(1) {
             let message = format!(
                 "plugin {plugin} is quarantined: {in_window} crashes within {} ms \
@@ -372,6 +376,9 @@ impl Shared {
                 settings.restart_window_ms, settings.max_restarts
             );
             tracing::error!(plugin = %plugin, generation = self.spec.generation, "{message}");
+            if state.quarantined.is_none() {
+                self.spec.events.report(plugin, WorkerEvent::Quarantine);
+            }
             state.quarantined = Some(message);
             state.not_before = None;
         } else {

@@ -189,6 +189,16 @@ impl Collector for Snapshot {
                 "Rollbacks, automatic and asked for, by plugin",
                 &self.calls.rollbacks,
             ),
+            (
+                "host_plugin_crashes",
+                "Worker process crashes since the host started, by plugin, whatever the version",
+                &self.calls.crashes,
+            ),
+            (
+                "host_plugin_quarantines",
+                "Times a plugin was quarantined for a crash loop since the host started, by plugin",
+                &self.calls.quarantines,
+            ),
         ] {
             let rows: Vec<_> = map
                 .iter()
@@ -201,19 +211,6 @@ impl Collector for Snapshot {
             .iter()
             .filter_map(|f| Some((f.metadata.as_ref()?.name.as_str(), f.serving.as_ref()?)))
             .collect();
-        let crashes: Vec<_> = serving
-            .iter()
-            .filter_map(|(plugin, s)| {
-                Some((vec![("plugin", *plugin)], s.worker.as_ref()?.crashes as f64))
-            })
-            .collect();
-        family(
-            &mut encoder,
-            "host_plugin_crashes",
-            "Worker process crashes of the version serving, by plugin",
-            Counter,
-            &crashes,
-        )?;
         let quarantined: Vec<_> = serving
             .iter()
             .map(|(plugin, s)| {
@@ -224,7 +221,7 @@ impl Collector for Snapshot {
         family(
             &mut encoder,
             "host_plugin_quarantined",
-            "1 while the plugin is quarantined",
+            "1 while the version serving is quarantined, by plugin",
             Gauge,
             &quarantined,
         )?;
