@@ -26,6 +26,13 @@ const CLAIM: &str = concat!(
     pg_task_columns!()
 );
 
+/// Sent with [`CLAIM`], in the same round trip (pipelined): pins the claim's plan to a
+/// walk of `tasks_queued` in claim order that stops after `LIMIT` rows. Without it, the
+/// planner on stale statistics (a batch of tasks just queued, not yet analyzed: it
+/// expects about one queued row) sorts the whole queue for every claim: measured 15-23 ms
+/// a claim with 20,000 tasks queued, against 0.1-0.6 ms for the index walk.
+const PIN_PLAN: &str = "BEGIN; SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
+
 /// Tasks whose lease expired (their host died, froze or lost the database) go back to the
 /// queue, or fail with their attempts spent; each one's logs name the lost host. Bounded:
 /// the next look takes the rest.
@@ -79,13 +86,16 @@ impl PgStore {
         let client = self.db.client(what).await?;
         let statement = client.prepare_cached(CLAIM).await.map_err(pg(what))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                &statement,
-                &[&big(now), &only, &limit, &self.host_id, &big(self.lease_ms)],
-            )
-            .await
-            .map_err(pg(what))?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&big(now), &only, &limit, &self.host_id, &big(self.lease_ms)];
+        // One round trip: the three are sent before any answer is awaited. A failed claim
+        // aborts the transaction, and its COMMIT rolls it back.
+        let (_, rows, _) = tokio::try_join!(
+            client.batch_execute(PIN_PLAN),
+            client.query(&statement, &params),
+            client.batch_execute("COMMIT"),
+        )
+        .map_err(pg(what))?;
         let empty = if rows.is_empty() { now.max(1) } else { 0 };
         self.last_empty
             .store(empty, std::sync::atomic::Ordering::Relaxed);
