@@ -221,6 +221,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
         Some(Box::new(RuntimeProbe::call_pool(&host)) as _),
         Some(Box::new(watcher.probe()) as _),
+        tasks
+            .as_ref()
+            .ok()
+            .map(|tasks| Box::new(tasks.probe()) as _),
     ];
     let watchdog = Watchdog::start(
         notifier.clone(),
