@@ -221,6 +221,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             .map(|h| Box::new(RuntimeProbe::new("the control socket's runtime", h)) as _),
         Some(Box::new(RuntimeProbe::call_pool(&host)) as _),
         Some(Box::new(watcher.probe()) as _),
+        // The dispatcher waits on its store: on SQLite (a local file) a dispatcher that does
+        // not answer is wedged; on a fleet's PostgreSQL it may be riding out an outage, which
+        // a restart would not mend (direct calls are served meanwhile).
+        tasks
+            .as_ref()
+            .ok()
+            .filter(|_| fleet.is_none())
+            .map(|tasks| Box::new(tasks.probe()) as _),
     ];
     let watchdog = Watchdog::start(
         notifier.clone(),

@@ -1,6 +1,7 @@
 //! The service manager's watchdog and status line: a thread that sends `WATCHDOG=1` every
 //! half `WATCHDOG_USEC`, but only while the host's own loops answer (each a [`Probe`]: the
-//! control server's and the call pool's tokio runtimes, the directory watcher's thread), and
+//! control server's and the call pool's tokio runtimes, the directory watcher's thread, the
+//! task runner's dispatcher thread), and
 //! another that sends a `STATUS=` line when it changes, at most once per [`STATUS_EVERY`].
 //!
 //! The loops must all answer within half the interval; one that does not withholds the
@@ -117,6 +118,16 @@ impl Probe for RuntimeProbe {
 impl Probe for crate::services::watch::WatcherProbe {
     fn name(&self) -> &str {
         "the plugins directory watcher"
+    }
+
+    fn answers_within(&mut self, within: Duration) -> bool {
+        self.ping(within)
+    }
+}
+
+impl Probe for crate::services::tasks::DispatcherProbe {
+    fn name(&self) -> &str {
+        "the task runner's dispatcher"
     }
 
     fn answers_within(&mut self, within: Duration) -> bool {

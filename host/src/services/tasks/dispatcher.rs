@@ -42,8 +42,11 @@ impl Inner {
             let (free, served, only, cap, configured) = {
                 let mut state = lock(&self.state);
                 if state.stopping {
+                    self.refuse_pings();
                     return;
                 }
+                // The loop turns: the watchdog's question, if one waits, is answered.
+                self.answer_ping();
                 state.poked = false;
                 // Only the tasks of plugins served, and with room to run more, are claimed:
                 // the others wait (a plugin unloaded for a moment never fails a task).
@@ -79,7 +82,7 @@ impl Inner {
                 &*self.store,
                 &self.settings,
                 now,
-                |task, name| self.submit(task, Some(name)),
+                |task, name, due| self.fire(task, name, due),
             );
             if let Err(err) = fired {
                 self.store_failed("schedules", &err);

@@ -36,6 +36,7 @@ mod input_key;
 mod observe;
 mod orphans;
 mod postgres;
+mod probe;
 mod recording;
 mod retry;
 mod runner;
@@ -50,6 +51,7 @@ mod zoned_cron;
 
 pub use observe::{RunTimes, RUN_TIME_BUCKETS_MS};
 pub use postgres::PgStore;
+pub use probe::DispatcherProbe;
 pub use service::{TaskTree, Tasks};
 pub use settings::{ScheduleConfig, TaskSettings};
 pub use sqlite::SqliteStore;

@@ -41,6 +41,8 @@ pub(super) struct Inner {
     /// The store failed and has not answered since: further failures are logged at debug
     /// level, so an outage of a shared database is one error line, not one per retry.
     pub(super) store_failing: AtomicBool,
+    /// The watchdog's question to the dispatcher, answered once a round (`probe`).
+    pub(super) ping: super::probe::PingSlot,
 }
 
 /// The runner's bookkeeping, behind one lock that no plugin code runs under.
@@ -67,14 +69,32 @@ pub(super) struct State {
 }
 
 impl Inner {
-    /// Submits `task`, made by schedule `schedule` if one did (see [`Tasks::submit`]).
-    pub(super) fn submit(
+    /// Submits `task` (see [`Tasks::submit`]).
+    pub(super) fn submit(&self, task: NewTask) -> Result<Inserted, CallError> {
+        self.queue(task, None)?
+            .ok_or_else(|| CallError::new(CallErrorKind::Internal, "the store answered nothing"))
+    }
+
+    /// Submits `task`, schedule `name`'s firing at its due time `due` (milliseconds since
+    /// the Unix epoch): `None` when another host of the fleet fired it. The store records
+    /// the firing and inserts the task in one transaction, so a firing is never claimed
+    /// without its task (exactly once per due time across a fleet).
+    pub(super) fn fire(
         &self,
         task: NewTask,
-        schedule: Option<String>,
-    ) -> Result<Inserted, CallError> {
+        name: String,
+        due: u64,
+    ) -> Result<Option<Inserted>, CallError> {
+        self.queue(task, Some((name, due)))
+    }
+
+    fn queue(
+        &self,
+        task: NewTask,
+        firing: Option<(String, u64)>,
+    ) -> Result<Option<Inserted>, CallError> {
         let mut insert = self.insert_for(task, None, 0, None, now_ms())?;
-        insert.schedule = schedule;
+        insert.schedule = firing.as_ref().map(|(name, _)| name.clone());
         let active = self.active(&insert.plugin)?;
         if active >= self.settings.max_queued_per_plugin {
             return Err(CallError::new(
@@ -86,14 +106,20 @@ impl Inner {
                 ),
             ));
         }
-        let plugin = insert.plugin.clone();
-        let inserted = self.store.insert(&[insert]).map_err(unavailable)?;
-        let inserted = inserted
-            .first()
-            .copied()
-            .ok_or_else(|| CallError::new(CallErrorKind::Internal, "the store answered nothing"))?;
-        if let Inserted::Queued(_) = inserted {
-            self.count(&plugin, 1);
+        let inserted = match &firing {
+            Some((name, due)) => self
+                .store
+                .insert_firing(name, *due, &insert)
+                .map_err(unavailable)?,
+            None => self
+                .store
+                .insert(std::slice::from_ref(&insert))
+                .map_err(unavailable)?
+                .first()
+                .copied(),
+        };
+        if let Some(Inserted::Queued(_)) = inserted {
+            self.count(&insert.plugin, 1);
         }
         self.poke();
         Ok(inserted)

@@ -78,6 +78,7 @@ impl Tasks {
             wake: Condvar::new(),
             run_clock: Default::default(),
             store_failing: std::sync::atomic::AtomicBool::new(false),
+            ping: Mutex::new(None),
         });
         // A shared store's notifications (another host queued a task) wake the dispatcher.
         let weak = Arc::downgrade(&inner);
@@ -108,7 +109,7 @@ impl Tasks {
     /// that task) or, with an `age`, its key succeeded within it (recorded as skipped).
     /// Refused with `busy` when its plugin has `max_queued_per_plugin` active tasks.
     pub fn submit(&self, task: NewTask) -> Result<Inserted, CallError> {
-        self.inner.submit(task, None)
+        self.inner.submit(task)
     }
 
     /// Tasks matching `filter`, newest first: one page of at most `filter.limit` and

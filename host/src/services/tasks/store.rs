@@ -150,12 +150,19 @@ pub trait TaskStore: Send + Sync + Debug {
     /// beyond the newest `keep_max`; active tasks are never deleted. Returns how many.
     fn prune(&self, before_unix_ms: u64, keep_max: u64) -> Result<u64, StoreError>;
 
-    /// Whether this host fires schedule `name` at its due time `due_unix_ms`: a store
-    /// shared by a fleet answers true to one host only (once per due time across the
-    /// fleet); a store of one host, always.
-    fn claim_firing(&self, name: &str, due_unix_ms: u64) -> Result<bool, StoreError> {
+    /// Fires schedule `name` at its due time `due_unix_ms`: inserts `task` (as
+    /// [`insert`](TaskStore::insert)) if this host is the one that fires it, `None` if
+    /// another host did. A store shared by a fleet fires each due time on one host only,
+    /// and records the firing and inserts the task in one transaction (a firing is never
+    /// recorded without its task); a store of one host always fires.
+    fn insert_firing(
+        &self,
+        name: &str,
+        due_unix_ms: u64,
+        task: &Insert,
+    ) -> Result<Option<Inserted>, StoreError> {
         let _ = (name, due_unix_ms);
-        Ok(true)
+        Ok(self.insert(std::slice::from_ref(task))?.first().copied())
     }
 
     /// Gives the store what wakes the runner when another host queues a task (a shared

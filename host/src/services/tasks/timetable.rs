@@ -61,14 +61,15 @@ impl Timetable {
     }
 
     /// Brings the active schedules up to date (at most every 250 ms), and submits a task
-    /// for each one due at `now` with `submit` (the task, the schedule's name).
+    /// for each one due at `now` with `submit` (the task, the schedule's name, its due
+    /// time), which answers `None` when another host of the fleet fired it.
     pub(crate) fn tick(
         &mut self,
         host: &Host,
         store: &dyn TaskStore,
         settings: &TaskSettings,
         now: u64,
-        submit: impl Fn(NewTask, String) -> Result<Inserted, CallError>,
+        submit: impl Fn(NewTask, String, u64) -> Result<Option<Inserted>, CallError>,
     ) -> Result<(), String> {
         if self.refreshed.is_none_or(|at| at.elapsed() >= REFRESH) {
             self.refreshed = Some(Instant::now());
@@ -84,16 +85,14 @@ impl Timetable {
             let due = entry.next_unix_ms;
             // Its next time is set whatever happens, so a failing schedule does not spin.
             entry.next_unix_ms = job.schedule.next_after(now).unwrap_or(u64::MAX);
-            // Once per due time across a fleet: the host whose claim lands fires it.
-            let mine = store
-                .claim_firing(name, due)
-                .map_err(|err| format!("schedule {name}: {err}"))?;
-            if !mine {
+            // Once per due time across a fleet: the host whose claim lands fires it, the
+            // claim and the task written together by the store.
+            let Some(inserted) = submit(task, name.clone(), due)
+                .map_err(|err| format!("schedule {name}: {}", err.message))?
+            else {
                 tracing::debug!(schedule = %name, "fired by another host");
                 continue;
-            }
-            let inserted = submit(task, name.clone())
-                .map_err(|err| format!("schedule {name}: {}", err.message))?;
+            };
             store
                 .set_last_fired(name, now)
                 .map_err(|err| format!("schedule {name}: {err}"))?;

@@ -4,8 +4,8 @@
 
 use tokio_postgres::types::ToSql;
 
-use super::super::task::{TaskFilter, TaskId, TaskRecord, TaskStatus};
-use super::insert::notify;
+use super::super::task::{Insert, Inserted, TaskFilter, TaskId, TaskRecord, TaskStatus};
+use super::insert::{insert_all, notify};
 use super::row::{big, record, records};
 use super::store::{pg, PgStore};
 use crate::services::postgres::PgError;
@@ -242,14 +242,24 @@ impl PgStore {
         Ok(())
     }
 
-    /// Whether this host fires schedule `name` at `due`: the one whose row lands does.
-    pub(super) async fn claim_firing_async(&self, name: &str, due: u64) -> Result<bool, PgError> {
-        let what = "claim a schedule's firing";
-        let client = self.db.client(what).await?;
-        // The claim and `last_fired` in one statement: a host killed right after its claim
-        // leaves `last_fired` at this due time, so the next start never keys a missed run
-        // by a due time already claimed.
-        let row = client
+    /// Fires schedule `name` at `due` with `task` if this host's claim lands (the
+    /// `schedule_fires` row, and `last_fired`), `None` if another host's did. The claim and
+    /// the task's insert are one transaction: a host killed between them, or an insert
+    /// that fails, leaves no claim, so the next tick (of any host) fires that due time.
+    /// A host whose claim waits on another's uncommitted one learns the outcome when that
+    /// one commits or rolls back: one firing per due time across the fleet.
+    pub(super) async fn insert_firing_async(
+        &self,
+        name: &str,
+        due: u64,
+        task: &Insert,
+    ) -> Result<Option<Inserted>, PgError> {
+        let what = "fire a schedule";
+        let mut client = self.db.client(what).await?;
+        let tx = client.transaction().await.map_err(pg(what))?;
+        // The claim and `last_fired` in one statement: the next start never keys a missed
+        // run by a due time already fired.
+        let row = tx
             .query_one(
                 "WITH f AS (
                      INSERT INTO schedule_fires (name, due, host_id) VALUES ($1, $2, $3)
@@ -264,6 +274,15 @@ impl PgStore {
             )
             .await
             .map_err(pg(what))?;
-        Ok(row.get::<_, i64>(0) == 1)
+        if row.get::<_, i64>(0) != 1 {
+            // Another host fired it; dropping the transaction rolls it back.
+            return Ok(None);
+        }
+        let (inserted, queued) = insert_all(&tx, std::slice::from_ref(task)).await?;
+        if queued {
+            notify(&tx).await?;
+        }
+        tx.commit().await.map_err(pg(what))?;
+        Ok(inserted.first().copied())
     }
 }

@@ -227,8 +227,13 @@ impl TaskStore for PgStore {
         self.block(self.prune_async(before_unix_ms, keep_max))
     }
 
-    fn claim_firing(&self, name: &str, due_unix_ms: u64) -> Result<bool, StoreError> {
-        self.block(self.claim_firing_async(name, due_unix_ms))
+    fn insert_firing(
+        &self,
+        name: &str,
+        due_unix_ms: u64,
+        task: &Insert,
+    ) -> Result<Option<Inserted>, StoreError> {
+        self.block(self.insert_firing_async(name, due_unix_ms, task))
     }
 
     fn set_waker(&self, wake: Arc<dyn Fn() + Send + Sync>) {
