@@ -33,6 +33,7 @@ mod attempt;
 mod dispatcher;
 mod follow_ups;
 mod input_key;
+mod list_statement;
 mod observe;
 mod orphans;
 mod postgres;

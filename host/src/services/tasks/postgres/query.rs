@@ -4,13 +4,13 @@
 
 use tokio_postgres::types::ToSql;
 
+use super::super::list_statement::{list_statement, ListArg};
 use super::super::task::{Insert, Inserted, TaskFilter, TaskId, TaskRecord, TaskStatus};
 use super::insert::{insert_all, notify};
 use super::row::{big, record, records};
 use super::store::{pg, PgStore};
 use crate::services::postgres::PgError;
 
-const DEFAULT_LIST_LIMIT: usize = 1000;
 /// Ended tasks deleted by one statement: a delete never holds many row locks or writes a
 /// long burst of WAL, and autovacuum keeps up between batches.
 const PRUNE_BATCH: i64 = 1000;
@@ -56,35 +56,15 @@ impl PgStore {
 
     pub(super) async fn list_async(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, PgError> {
         let what = "list tasks";
-        let mut sql = String::from(concat!("SELECT ", pg_task_columns!(), " FROM tasks t"));
-        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        let mut conditions: Vec<String> = Vec::new();
-        if let Some(status) = filter.status {
-            args.push(Box::new(status.as_str().to_owned()));
-            conditions.push(format!("t.status = ${}", args.len()));
-        }
-        if let Some(plugin) = &filter.plugin {
-            args.push(Box::new(plugin.clone()));
-            conditions.push(format!("t.plugin = ${}", args.len()));
-        }
-        if let Some(since) = filter.since_unix_ms {
-            args.push(Box::new(big(since)));
-            conditions.push(format!("t.created >= ${}", args.len()));
-        }
-        if let Some(before) = filter.before {
-            args.push(Box::new(before));
-            conditions.push(format!("t.id < ${}", args.len()));
-        }
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        let limit = match filter.limit {
-            0 => DEFAULT_LIST_LIMIT,
-            n => n,
-        };
-        args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
-        sql.push_str(&format!(" ORDER BY t.id DESC LIMIT ${}", args.len()));
+        let select = concat!("SELECT ", pg_task_columns!(), " FROM tasks t");
+        let (sql, args) = list_statement(filter, select, "t.", |n| format!("${n}"));
+        let args: Vec<Box<dyn ToSql + Sync + Send>> = args
+            .into_iter()
+            .map(|arg| match arg {
+                ListArg::Text(text) => Box::new(text) as Box<dyn ToSql + Sync + Send>,
+                ListArg::Int(n) => Box::new(n),
+            })
+            .collect();
         let client = self.db.client(what).await?;
         let params: Vec<&(dyn ToSql + Sync)> =
             args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();

@@ -4,12 +4,10 @@
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
+use super::super::list_statement::{list_statement, ListArg};
 use super::super::task::{TaskFilter, TaskId, TaskRecord};
 use super::error::Fail;
-use super::row::{record, to_i64};
-
-/// How many tasks `TaskStore::list` returns when the filter sets no limit.
-const DEFAULT_LIST_LIMIT: usize = 1000;
+use super::row::record;
 
 /// The tasks of parent `?1`, oldest first.
 pub(super) const CHILDREN: &str = concat!(
@@ -46,35 +44,15 @@ pub(super) fn children(c: &Connection, parent: TaskId) -> Result<Vec<TaskRecord>
 
 /// The statement and arguments that list the tasks matching `filter`, newest first.
 pub(super) fn list_query(filter: &TaskFilter) -> (String, Vec<Value>) {
-    let mut sql = String::from(concat!("SELECT ", task_columns!(), " FROM tasks"));
-    let mut args: Vec<Value> = Vec::new();
-    let mut conditions: Vec<String> = Vec::new();
-    if let Some(status) = filter.status {
-        args.push(Value::Text(status.as_str().to_owned()));
-        conditions.push(format!("status = ?{}", args.len()));
-    }
-    if let Some(plugin) = &filter.plugin {
-        args.push(Value::Text(plugin.clone()));
-        conditions.push(format!("plugin = ?{}", args.len()));
-    }
-    if let Some(since) = filter.since_unix_ms {
-        args.push(Value::Integer(to_i64(since)));
-        conditions.push(format!("created >= ?{}", args.len()));
-    }
-    if let Some(before) = filter.before {
-        args.push(Value::Integer(before));
-        conditions.push(format!("id < ?{}", args.len()));
-    }
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    let limit = match filter.limit {
-        0 => DEFAULT_LIST_LIMIT,
-        n => n,
-    };
-    args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+    let select = concat!("SELECT ", task_columns!(), " FROM tasks");
+    let (sql, args) = list_statement(filter, select, "", |n| format!("?{n}"));
+    let args = args
+        .into_iter()
+        .map(|arg| match arg {
+            ListArg::Text(text) => Value::Text(text),
+            ListArg::Int(n) => Value::Integer(n),
+        })
+        .collect();
     (sql, args)
 }
 
