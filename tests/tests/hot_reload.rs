@@ -166,12 +166,14 @@ fn drop_in_rebuild_rename_and_delete() {
     // Deleted: unloaded, and the library leaves memory.
     fs::remove_file(dir.path().join("libgreeter.so")).unwrap();
     server.wait_until(WAIT, "hello to be unloaded", |s| message(s).is_err());
-    // Generation 1's unload (after the rebuild) is logged already: wait for generation 2's.
-    server.wait_until(WAIT, "the unload to be logged", |s| {
-        s.log().lines().any(|line| {
-            line.contains("generation=2}")
-                && line.contains("unloaded: library closed and gone from memory")
-        })
+    // Earlier versions' unloads (after the rebuild, after the rename) are logged already:
+    // wait for the removed version's, the first unload logged after the removal.
+    server.wait_until(WAIT, "the removed version's unload to be logged", |s| {
+        s.log()
+            .split_once("removed: unloading")
+            .is_some_and(|(_, after)| {
+                after.contains("unloaded: library closed and gone from memory")
+            })
     });
 
     let log = server.log();
