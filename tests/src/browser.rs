@@ -75,11 +75,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(COMMAND_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = crate::http_agent(COMMAND_TIMEOUT);
         let mut browser = Browser {
             driver,
             base: format!("http://127.0.0.1:{port}"),

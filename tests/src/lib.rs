@@ -14,6 +14,16 @@ use host::control::Client;
 
 pub mod browser;
 
+/// An HTTP client that answers every status as an answer (not as an error), each request
+/// limited to `timeout`.
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 /// The workspace root.
 pub fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -533,6 +543,28 @@ impl Server {
     /// The server's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The HTTP API's base URL (`http://ADDR`), from the host's `http: listening on` line
+    /// (waited for: with port 0 it names the port the system chose).
+    pub fn http_base(&self) -> String {
+        let mut base = String::new();
+        self.wait_until(
+            Duration::from_secs(60),
+            "the HTTP API's address in the log",
+            |s| {
+                let log = s.log();
+                let word = log
+                    .split("http: listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next());
+                if let Some(word) = word {
+                    base = word.to_owned();
+                }
+                word.is_some()
+            },
+        );
+        base
     }
 
     /// Polls `ready` every 10 ms until it is true; panics with the log after `timeout`.

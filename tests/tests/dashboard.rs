@@ -32,11 +32,7 @@ impl Dash {
         let mut args = vec!["--http", &address];
         args.extend_from_slice(extra);
         let server = Server::start_with_env(plugins, &args, &[("HOST_HTTP_TOKEN", &token)]);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(WAIT))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = e2e::http_agent(WAIT);
         let dash = Dash {
             server,
             base: format!("http://{address}"),

@@ -459,34 +459,20 @@ fn the_http_api_lists_the_fleet() {
         "[http]\nlisten = \"127.0.0.1:0\"",
     );
     let server = &fleet.hosts[0];
-    let (mut base, mut token_file) = (String::new(), String::new());
-    server.wait_until(WAIT, "the HTTP API's address and token file", |s| {
-        let log = s.log();
-        let word = |after: &str| {
-            log.split(after)
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_owned)
-        };
-        match (word("http: listening on "), word("http: made a token in ")) {
-            (Some(addr), Some(file)) => {
-                (base, token_file) = (addr, file);
-                true
-            }
-            _ => false,
-        }
-    });
-    let token = std::fs::read_to_string(&token_file).unwrap();
+    // The token file is logged before the address: both are there once the address is.
+    let base = server.http_base();
+    let log = server.log();
+    let token_file = log
+        .split("http: made a token in ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no token file in the log: {log}"));
+    let token = std::fs::read_to_string(token_file).unwrap();
     let ids = [
         host_id_of(&url, &fleet.hosts[0]),
         host_id_of(&url, &fleet.hosts[1]),
     ];
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut response = agent
+    let mut response = e2e::http_agent(Duration::from_secs(30))
         .get(format!("{base}/v1/fleet"))
         .header("Authorization", format!("Bearer {}", token.trim()))
         .call()

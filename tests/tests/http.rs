@@ -31,28 +31,9 @@ struct Answer {
 impl Api {
     /// Waits for the server's "http: listening on" line.
     fn of(server: &Server) -> Api {
-        let mut base = String::new();
-        server.wait_until(WAIT, "the HTTP API's address in the log", |s| {
-            let log = s.log();
-            match log.split("http: listening on ").nth(1) {
-                Some(rest) => {
-                    base = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    true
-                }
-                None => false,
-            }
-        });
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build();
         Api {
-            base,
-            agent: ureq::Agent::new_with_config(config),
+            base: server.http_base(),
+            agent: e2e::http_agent(Duration::from_secs(30)),
         }
     }
 

@@ -10,25 +10,6 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "test-token-0123456789";
 
-/// The HTTP API's base URL, from the server's "http: listening on" line.
-fn base_url(server: &Server) -> String {
-    let mut base = String::new();
-    server.wait_until(WAIT, "the HTTP API's address in the log", |s| {
-        match s.log().split("http: listening on ").nth(1) {
-            Some(rest) => {
-                base = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                true
-            }
-            None => false,
-        }
-    });
-    base
-}
-
 /// An answer's status and body, whatever the status.
 fn request(agent: &ureq::Agent, method: &str, url: &str) -> (u16, String) {
     let auth = format!("Bearer {TOKEN}");
@@ -72,12 +53,8 @@ fn crashes_and_quarantines_are_counted_since_start_across_a_new_version() {
     let conf = conf.display().to_string();
     let args = ["--config", conf.as_str(), "--http", "127.0.0.1:0"];
     let server = Server::start_with_env(dir.path(), &args, &[("HOST_HTTP_TOKEN", TOKEN)]);
-    let base = base_url(&server);
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build();
-    let agent = ureq::Agent::new_with_config(config);
+    let base = server.http_base();
+    let agent = e2e::http_agent(Duration::from_secs(30));
     let metrics = || request(&agent, "GET", &format!("{base}/metrics")).1;
     // A crash is counted by the thread that watches the worker, which may come just after
     // the call's answer: poll until the plugin reads `quarantined` as expected.
