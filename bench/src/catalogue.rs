@@ -1,8 +1,7 @@
 //! Publish to served on every host of a fleet of 3: `host publish` through one host's
 //! socket until all three hosts answer from the published bytes (their agents woken by
 //! NOTIFY, the file written, checked and hot-loaded). Needs a PostgreSQL server, as the
-//! fleet group does: `--database URL`, else `BENCH_DATABASE_URL`, else `E2E_DATABASE_URL`
-//! (which `.ci/test` exports); a database of its own is created on it for the run.
+//! fleet group does ([`super::fleet::server_url`]); a database of its own is created on it for the run.
 
 use std::time::{Duration, Instant};
 
@@ -15,15 +14,7 @@ const FIGURE: &str = "publish to served on every host of 3 (host publish through
                       socket until all three serve the new bytes)";
 
 pub(super) fn figures(args: &Args, rows: &mut Vec<Row>) {
-    let from_env = || {
-        ["BENCH_DATABASE_URL", "E2E_DATABASE_URL"]
-            .iter()
-            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
-    };
-    let server = std::env::args()
-        .skip_while(|a| a != "--database")
-        .nth(1)
-        .or_else(from_env);
+    let server = super::fleet::server_url();
     let Some(server) = server else {
         rows.push(row(
             FIGURE,

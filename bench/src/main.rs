@@ -11,8 +11,8 @@
 //!
 //! `--only` runs some groups of figures: in-process, socket, idle, reloads, runtime-reloads,
 //! startup, isolation, isolated-reloads, sandbox, tasks, http, fleet (on PostgreSQL:
-//! `--database URL` or `E2E_DATABASE_URL`; skipped without one), catalogue (the same
-//! server, or `BENCH_DATABASE_URL`).
+//! `--database URL`, `BENCH_DATABASE_URL` or `E2E_DATABASE_URL`; `bench/run` starts a
+//! throwaway server when none is given), catalogue (the same server).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
