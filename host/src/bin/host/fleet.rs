@@ -54,7 +54,12 @@ pub fn join(host: &Host, settings: &TaskSettings) -> Result<Option<Fleet>> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let row = HostRow::this_process(env!("CARGO_PKG_VERSION"), started);
-    tracing::info!("fleet: host {} on {}", row.id, database.url());
+    tracing::info!(
+        "fleet: host {} on {} (TLS: {})",
+        row.id,
+        database.url(),
+        database.tls()
+    );
     let membership = Membership::start(
         database.clone(),
         host.clone(),

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::runtime::{Handle, Runtime};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{one_line, PgError};
+use super::tls::TlsPolicy;
 use super::url::{parse_url, redact};
 
 /// The fleet's database: a bounded pool and the runtime that drives its connections.
@@ -27,6 +30,8 @@ struct Inner {
     runtime: Runtime,
     url: String,
     config: tokio_postgres::Config,
+    connector: MakeRustlsConnect,
+    tls: TlsPolicy,
     pool_size: usize,
     connect_timeout: Duration,
 }
@@ -48,7 +53,10 @@ impl Database {
         pool_size: usize,
         connect_timeout: Duration,
     ) -> Result<Database, PgError> {
-        let mut config = parse_url(url)?;
+        let (mut config, tls) = parse_url(url)?;
+        let connector = tls
+            .connector()
+            .map_err(|err| PgError::Url(format!("{}: {err}", redact(url))))?;
         config.connect_timeout(connect_timeout);
         // A database host that vanishes (a cable, a VM) is noticed within about a minute
         // instead of the kernel's two hours.
@@ -67,7 +75,7 @@ impl Database {
             })?;
         let manager = Manager::from_config(
             config.clone(),
-            tokio_postgres::NoTls,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -86,6 +94,8 @@ impl Database {
                 runtime,
                 url: redact(url),
                 config,
+                connector,
+                tls,
                 pool_size: pool_size.max(1),
                 connect_timeout,
             }),
@@ -95,6 +105,11 @@ impl Database {
     /// The URL, without its password.
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    /// What its TLS checks of the server's certificate, in words for the log.
+    pub fn tls(&self) -> &'static str {
+        self.inner.tls.describe()
     }
 
     /// `pool_size`.
@@ -130,11 +145,14 @@ impl Database {
     ) -> Result<
         (
             tokio_postgres::Client,
-            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                <MakeRustlsConnect as MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+            >,
         ),
         PgError,
     > {
-        let connect = self.inner.config.connect(tokio_postgres::NoTls);
+        let connect = self.inner.config.connect(self.inner.connector.clone());
         match tokio::time::timeout(self.inner.connect_timeout, connect).await {
             Ok(Ok(pair)) => Ok(pair),
             Ok(Err(err)) => Err(PgError::Unreachable(format!(

@@ -5,13 +5,15 @@
 //! One concept per file: `url` (reading `database` and `HOST_DATABASE_URL`), `error`
 //! ([`PgError`], one line), `database` ([`Database`]: the pool and the small runtime that
 //! drives its connections), `migrate` (the versioned migrations under an advisory lock),
-//! `hosts` (this host's row, its heartbeat, `host fleet`).
+//! `hosts` (this host's row, its heartbeat, `host fleet`), `tls` (libpq's `sslmode` and
+//! `sslrootcert` on rustls).
 
 mod database;
 mod error;
 mod hosts;
 mod membership;
 mod migrate;
+mod tls;
 mod url;
 
 pub use database::Database;
@@ -19,4 +21,5 @@ pub use error::PgError;
 pub use hosts::{FleetHost, HostRow, ServedPlugin, GONE_ROWS_KEPT_MS};
 pub use membership::{served, Membership};
 pub use migrate::{Migration, MIGRATIONS, SCHEMA_VERSION};
+pub use tls::TlsPolicy;
 pub use url::{database_url, parse_url, redact, DATABASE_ENV};

@@ -5,24 +5,28 @@
 use std::str::FromStr;
 
 use super::error::PgError;
+use super::tls::TlsPolicy;
 
 /// The environment variable that names the fleet's database, over `[tasks] database`.
 pub const DATABASE_ENV: &str = "HOST_DATABASE_URL";
 
-/// Reads a `postgres://` (or `postgresql://`) URL, refusing anything else in one line.
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, PgError> {
+/// Reads a `postgres://` (or `postgresql://`) URL, refusing anything else in one line; with
+/// what it asks of TLS (`sslmode`, `sslrootcert`: [`TlsPolicy`]).
+pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, TlsPolicy), PgError> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(PgError::Url(format!(
             "{:?} is not a PostgreSQL URL (postgres://USER@HOST:PORT/DB)",
             redact(url)
         )));
     }
-    let config = tokio_postgres::Config::from_str(url)
+    let (plain, tls) =
+        super::tls::split(url).map_err(|err| PgError::Url(format!("{}: {err}", redact(url))))?;
+    let config = tokio_postgres::Config::from_str(&plain)
         .map_err(|err| PgError::Url(format!("{}: {err}", redact(url))))?;
     if config.get_hosts().is_empty() {
         return Err(PgError::Url(format!("{}: names no host", redact(url))));
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
 /// The fleet's database URL: `HOST_DATABASE_URL` if set (and not empty), else
