@@ -404,3 +404,124 @@ fn a_bad_sandbox_setting_stops_host_serve_in_one_line_naming_the_field() {
         assert!(line.contains(says), "{setting}: {line}");
     }
 }
+
+/// `host serve` with the probe plugin and `config`, started under a seccomp filter that
+/// answers `ENOSYS` to Landlock's three system calls, as a kernel without Landlock does;
+/// the filter is inherited by the host's workers.
+fn serve_without_landlock(config: &str) -> (tempfile::TempDir, Server) {
+    use std::os::unix::process::CommandExt;
+    let dir = plugins_dir();
+    install(probe(), dir.path(), "libprobe.so");
+    let conf = dir.path().join("host.toml");
+    fs::write(&conf, config).unwrap();
+    // nr = seccomp_data.nr; 444 <= nr <= 446 (landlock_create_ruleset, _add_rule,
+    // _restrict_self, the same numbers on every architecture): ENOSYS; else allow.
+    let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let filter = [
+        op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+        op(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, 444, 0, 2),
+        op(libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K, 446, 1, 0),
+        op(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+            0,
+            0,
+        ),
+        op(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW, 0, 0),
+    ];
+    let server = Server::start_configured(dir.path(), &["--config", conf.to_str().unwrap()], |c| {
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: prctl and the seccomp system call are, and
+        // it allocates nothing (`filter` was built before the fork and is only read).
+        unsafe {
+            c.pre_exec(move || {
+                let program = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_ptr().cast_mut(),
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        0,
+                        &program as *const libc::sock_fprog,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    (dir, server)
+}
+
+#[test]
+fn without_landlock_a_sandboxed_plugin_is_refused_naming_the_kernel_unless_best_effort() {
+    let places = Places::new();
+    let (_dir, server) = serve_without_landlock(&isolated(&places.sandbox("none", &[])));
+    server.wait_until(WAIT, "the load refused", |s| {
+        s.log().contains("its sandbox needs Landlock")
+    });
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("its sandbox needs Landlock"))
+        .unwrap();
+    assert!(
+        line.contains("which this kernel (Linux ")
+            && line.contains("set best_effort = true in its [plugins.NAME.sandbox]"),
+        "{line}"
+    );
+    assert!(
+        server.call("probe", "execute", "null").is_err(),
+        "probe was loaded"
+    );
+    assert!(server.client().and_then(|mut c| c.ping().ok()).is_some());
+}
+
+#[test]
+fn without_landlock_best_effort_runs_it_under_seccomp_alone_and_says_so() {
+    let places = Places::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = isolated(&format!(
+        "{}best_effort = true\n",
+        places.sandbox("none", &[])
+    ));
+    let (_dir, server) = serve_without_landlock(&config);
+    server.wait_until(WAIT, "the probe plugin", |s| {
+        s.call("probe", "execute", "null").is_ok()
+    });
+    assert!(
+        server
+            .log()
+            .contains("its sandbox runs without Landlock (this kernel, Linux "),
+        "{}",
+        server.log()
+    );
+    let list = listed(&server);
+    assert!(
+        list.contains("sandbox: seccomp, net none, best effort") && !list.contains("landlock"),
+        "{list}"
+    );
+    // Without Landlock, no file rules: it reads outside its lists (what best_effort means).
+    assert_eq!(
+        read(&server, &places.outside.join("file")).unwrap(),
+        json!({ "bytes": 12 })
+    );
+    // seccomp still refuses every socket with net = "none", and kills for ptrace.
+    refused(connect(&server, &listener), "connecting with net = none");
+    let mut client = server.client().unwrap();
+    match client.call("probe", "ptrace", "{}") {
+        Err(ClientError::Refused(err)) => {
+            assert_eq!(err.kind, CallErrorKind::Crashed, "{err}");
+            assert!(err.message.contains("denied system call ptrace ("), "{err}");
+        }
+        other => panic!("ptrace was not refused: {other:?}"),
+    }
+}
