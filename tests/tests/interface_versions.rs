@@ -11,7 +11,9 @@
 //! * `plugin-api-1.2`: ABI 1.2 (state handover), as on main before ABI 1.3 (declared
 //!   schedules);
 //! * `plugin-api-1.3`: ABI 1.3 (declared schedules), as on main before ABI 1.4 (the stop
-//!   signal). Replacing any of them retires it without a stop signal (the default body).
+//!   signal). Replacing any of them retires it without a stop signal (the default body);
+//! * `plugin-api-1.4`: ABI 1.4 (the stop signal), as on main before ABI 1.5 (log records
+//!   sent live while a call runs).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -79,6 +81,12 @@ fn a_plugin_built_against_abi_1_2_loads_and_answers() {
 fn a_plugin_built_against_abi_1_3_loads_and_answers() {
     let plugin = frozen_plugin_against("plugin-api-1.3");
     frozen_plugin_loads_and_answers(&plugin, "1.3");
+}
+
+#[test]
+fn a_plugin_built_against_abi_1_4_loads_and_answers() {
+    let plugin = frozen_plugin_against("plugin-api-1.4");
+    frozen_plugin_loads_and_answers(&plugin, "1.4");
 }
 
 fn frozen_plugin_loads_and_answers(plugin: &std::path::Path, abi: &str) {
