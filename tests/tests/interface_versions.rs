@@ -16,10 +16,10 @@
 //!   sent live while a call runs).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use e2e::{host, install, plugins_dir, root, text};
-use host::{Host, HostOptions};
+use host::{CallRequest, Host, HostOptions, LogSink};
 use plugin_api::{ErrorKind, Level};
 use serde_json::{json, Value};
 
@@ -140,6 +140,17 @@ fn frozen_plugin_loads_and_answers(plugin: &std::path::Path, abi: &str) {
         .unwrap_err()
         .message()
         .ends_with("it has: execute, echo, fail"));
+
+    // Log records sent live came with ABI 1.5: a call that asks for them is answered as
+    // before, its records only with the outcome.
+    let live = Arc::new(Mutex::new(Vec::new()));
+    let into = live.clone();
+    let request = CallRequest::new("frozen", "echo", r#"{"text":"live"}"#).live_logs(LogSink::new(
+        move |r| into.lock().unwrap().push(r.message.clone()),
+    ));
+    let outcome = host.invoke(request).unwrap();
+    assert_eq!(outcome.logs[0].message, "echoing live");
+    assert!(live.lock().unwrap().is_empty(), "{live:?}");
 
     // Replacing it asks it for its state (ABI 1.2), which a plugin of an older minor does
     // not have: it answers none, and the next generation starts as before.
