@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::{built, fanout, hello_hi, install, plugins_dir, Server};
+use e2e::{built, fanout, hello_hi, install, plugins_dir, Server, Variant};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -871,4 +871,46 @@ fn live_lines_come_before_the_task_ends(isolation: &str) {
     let stored = done.body["task"]["task"]["logs"].as_array().cloned();
     assert_eq!(stored.map(|l| l.len()), Some(2), "{}", done.text);
     drop(server);
+}
+
+/// `POST /v1/plugins/{plugin}/callbacks/{callback}` calls any callback, those named like the
+/// routes under `/v1/plugins/{plugin}/` (`history`, `rollback`, `restart`) too.
+#[test]
+fn a_callback_named_like_a_plugin_route_is_called_under_callbacks() {
+    let dir = plugins_dir();
+    let named = Variant::of("example-plugins/hello").edit(
+        "src/lib.rs",
+        ".add(\"greet\", Hello::greet)",
+        ".add(\"greet\", Hello::greet).add(\"history\", Hello::greet)\
+         .add(\"rollback\", Hello::greet).add(\"restart\", Hello::greet)",
+    );
+    named.build_into(dir.path(), "libhello.so");
+    let (_server, api) = serve(dir.path(), "", &[("HOST_HTTP_TOKEN", TOKEN)]);
+    let t = Some(TOKEN);
+    for callback in ["greet", "history", "rollback", "restart"] {
+        let call = api.post(
+            &format!("/v1/plugins/hello/callbacks/{callback}"),
+            t,
+            r#"{"name":"Ada"}"#,
+        );
+        assert_eq!(call.status, 200, "{callback}: {}", call.text);
+        assert_eq!(call.body["outcome"]["callback"], callback, "{}", call.text);
+        assert_eq!(call.body["outcome"]["result"]["message"], "Hello, Ada!");
+    }
+    // Without `callbacks/`, those names are still the routes.
+    let history = api.get("/v1/plugins/hello/history", t);
+    assert_eq!(history.status, 200, "{}", history.text);
+    assert!(history.body.get("outcome").is_none(), "{}", history.text);
+    let restart = api.post("/v1/plugins/hello/restart", t, "");
+    assert_eq!(restart.status, 200, "{}", restart.text);
+    assert!(
+        restart.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restarted plugin hello")),
+        "{}",
+        restart.text
+    );
+    // A callback the plugin does not have is a 404 there too.
+    let unknown = api.post("/v1/plugins/hello/callbacks/nope", t, "null");
+    assert_eq!((unknown.status, kind(&unknown)), (404, "unknown_callback"));
 }
