@@ -11,7 +11,7 @@ use plugin_api::LogRecord;
 use crate::types::call::RECORD_OVERHEAD;
 
 /// Where a call's log records go while it runs, each as the plugin writes it: give one to
-/// [`CallRequest::live_logs`](crate::CallRequest::live_logs). Called on the host's call
+/// `CallRequest::live_logs` (`host::CallRequest`). Called on the host's call
 /// thread (or, for an isolated plugin, the thread reading its worker's channel), in the
 /// order the plugin wrote them; it should return quickly. A panic in it is caught, and that
 /// record is lost for it.
