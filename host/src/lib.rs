@@ -55,3 +55,4 @@ pub use runtime::loader::{
 };
 pub use runtime::reaper::{Retired, RetiredState};
 pub use types::call::{CallError, CallErrorKind, CallOutcome, Json, Name, MAX_ERROR_MESSAGE};
+pub use types::live_log::LogSink;

@@ -11,7 +11,8 @@
 //!   functions: [`PluginMod::metadata`], callable before anything is initialised, and
 //!   [`PluginMod::instantiate`], which runs the author's `init` and returns a [`HandlerBox`].
 //! * The [`Handler`] trait object serves calls. Inputs and results are JSON text; logs,
-//!   follow-up calls and errors come back as plain data in an [`FfiOutcome`].
+//!   follow-up calls and errors come back as plain data in an [`FfiOutcome`]. A host that
+//!   wants a call's log records while it runs also passes an [`FfiLogSink`] (ABI 1.5).
 //! * Nothing else. A host that deep-copies every `FfiOutcome` into its own types and drops the
 //!   `HandlerBox` owns nothing of the plugin's, so it may close the library afterwards.
 //!
@@ -24,6 +25,9 @@
 // `#[sabi_trait]` expands to impls inside a const block; the lint is about its expansion.
 #![allow(non_local_definitions)]
 
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
 
 use abi_stable::{
@@ -46,11 +50,12 @@ pub const ABI_MAJOR: u32 = 1;
 /// * 1.3: what a plugin declares beyond [`FfiMetadata`], as JSON:
 ///   [`PluginMod::declarations`] (its schedules).
 /// * 1.4: the stop signal: [`Handler::stop`], called once when the version is retired.
-pub const ABI_MINOR: u32 = 4;
+/// * 1.5: log records sent as they are written: [`Handler::call_live`] and [`FfiLogSink`].
+pub const ABI_MINOR: u32 = 5;
 /// [`ABI_MAJOR`] and [`ABI_MINOR`] as the version string written into every plugin's header.
 ///
 /// Must stay equal to `"{ABI_MAJOR}.{ABI_MINOR}.0"`; a unit test checks it.
-pub const ABI_VERSION: &str = "1.4.0";
+pub const ABI_VERSION: &str = "1.5.0";
 
 /// The root module every plugin library exports.
 ///
@@ -210,6 +215,69 @@ pub struct FfiLogRecord {
     pub unix_ms: u64,
 }
 
+/// Where a plugin sends each log record of one call as it writes it (ABI 1.5): a function of
+/// the host's and the data it needs, borrowed for the length of the call
+/// ([`Handler::call_live`]).
+///
+/// The plugin calls [`FfiLogSink::write`] on the thread that wrote the record, before the
+/// record is kept for the call's [`FfiOutcome`]. The function is an `extern "C"` one and
+/// never unwinds: [`FfiLogSink::new`] catches a panic of the closure it wraps.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use plugin_api::abi::{FfiLogRecord, FfiLogSink};
+///
+/// let seen = RefCell::new(Vec::new());
+/// let collect = |record: &FfiLogRecord| seen.borrow_mut().push(record.message.to_string());
+/// let sink = FfiLogSink::new(&collect);
+/// sink.write(&FfiLogRecord { level: 3, message: "started".into(), unix_ms: 1 });
+/// assert_eq!(*seen.borrow(), ["started"]);
+/// ```
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct FfiLogSink<'a> {
+    /// What `write` is called with: the host's, valid for the call the sink was passed to.
+    data: *const c_void,
+    /// Called with `data` and one record.
+    write: extern "C" fn(data: *const c_void, record: &FfiLogRecord),
+    /// The borrow `data` comes from.
+    _borrow: PhantomData<&'a ()>,
+}
+
+impl<'a> FfiLogSink<'a> {
+    /// A sink that calls `f` with each record. A panic in `f` is caught (and the record
+    /// dropped): nothing unwinds into the plugin's code.
+    pub fn new<F: Fn(&FfiLogRecord)>(f: &'a F) -> FfiLogSink<'a> {
+        FfiLogSink {
+            data: (f as *const F).cast(),
+            write: call_sink::<F>,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Sends `record` to the host.
+    pub fn write(&self, record: &FfiLogRecord) {
+        (self.write)(self.data, record)
+    }
+}
+
+impl std::fmt::Debug for FfiLogSink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FfiLogSink").finish_non_exhaustive()
+    }
+}
+
+/// The `write` function of [`FfiLogSink::new`]: calls the closure `data` points to.
+extern "C" fn call_sink<F: Fn(&FfiLogRecord)>(data: *const c_void, record: &FfiLogRecord) {
+    // SAFETY: `data` was made from a `&'a F` by `FfiLogSink::new` with this very `F`, and
+    // the sink cannot outlive `'a`, so it points to a live `F`.
+    let f = unsafe { &*data.cast::<F>() };
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(record))) {
+        // Dropping the payload runs arbitrary code; it may not unwind either.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    }
+}
+
 /// An error as it crosses the boundary.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
@@ -286,6 +354,25 @@ pub trait Handler: Send + Sync {
             result: abi_stable::std_types::ROk("null".into()),
             follow_ups: RVec::new(),
             logs: RVec::new(),
+        }
+    }
+
+    /// (ABI 1.5) Runs the named callback (the entry point for `execute`) with JSON input, as
+    /// [`Handler::callback`] does, and sends each log record to `sink` as it is written,
+    /// while the call runs; the outcome still carries every record. The default (ABI 1.4
+    /// and older): the plain call, and `sink` gets nothing.
+    fn call_live(
+        &self,
+        name: RStr<'_>,
+        input: RStr<'_>,
+        ctx: &FfiCallContext<'_>,
+        sink: FfiLogSink<'_>,
+    ) -> FfiOutcome {
+        let _ = sink;
+        if name.as_str() == "execute" {
+            self.execute(input, ctx)
+        } else {
+            self.callback(name, input, ctx)
         }
     }
 }

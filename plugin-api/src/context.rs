@@ -9,7 +9,7 @@ use abi_stable::std_types::RVec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{FfiCallContext, FfiFollowUp, FfiLogRecord};
+use crate::abi::{FfiCallContext, FfiFollowUp, FfiLogRecord, FfiLogSink};
 use crate::stop::Threads;
 use crate::{ErrorKind, PluginError, StopToken};
 
@@ -97,21 +97,38 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Collects log records on the plugin side until they are handed to the host.
+/// Collects log records on the plugin side until they are handed to the host, sending each
+/// to the host's sink first when the call has one (ABI 1.5).
 #[derive(Default)]
-pub(crate) struct LogBuffer(RefCell<RVec<FfiLogRecord>>);
+pub(crate) struct LogBuffer<'a> {
+    records: RefCell<RVec<FfiLogRecord>>,
+    sink: Option<FfiLogSink<'a>>,
+}
 
-impl LogBuffer {
+impl<'a> LogBuffer<'a> {
+    /// A buffer that also sends each record to `sink` as it is written.
+    pub(crate) fn live(sink: Option<FfiLogSink<'a>>) -> LogBuffer<'a> {
+        LogBuffer {
+            records: RefCell::default(),
+            sink,
+        }
+    }
+
     pub(crate) fn push(&self, level: Level, message: String) {
-        self.0.borrow_mut().push(FfiLogRecord {
+        let record = FfiLogRecord {
             level: level as u8,
             message: message.into(),
             unix_ms: now_unix_ms(),
-        });
+        };
+        if let Some(sink) = &self.sink {
+            // Never unwinds: the host's function is `extern "C"` and catches its panics.
+            sink.write(&record);
+        }
+        self.records.borrow_mut().push(record);
     }
 
     pub(crate) fn take(self) -> RVec<FfiLogRecord> {
-        self.0.into_inner()
+        self.records.into_inner()
     }
 }
 
@@ -177,7 +194,7 @@ pub struct InitContext<'a> {
     pub(crate) generation: u64,
     pub(crate) config: &'a serde_json::Value,
     pub(crate) previous: Option<&'a Previous>,
-    pub(crate) logs: LogBuffer,
+    pub(crate) logs: LogBuffer<'a>,
     pub(crate) threads: &'a Threads,
 }
 
@@ -361,7 +378,7 @@ pub struct Context<'a> {
     pub(crate) generation: u64,
     pub(crate) config: &'a serde_json::Value,
     pub(crate) ffi: &'a FfiCallContext<'a>,
-    pub(crate) logs: LogBuffer,
+    pub(crate) logs: LogBuffer<'a>,
     pub(crate) follow_ups: RefCell<RVec<FfiFollowUp>>,
     pub(crate) threads: &'a Threads,
 }
@@ -382,7 +399,9 @@ impl Context<'_> {
         self.config
     }
 
-    /// Writes a log record for this call.
+    /// Writes a log record for this call. It comes back with the call's outcome; a host
+    /// that asked for the call's records live (plugin ABI 1.5: the task events stream)
+    /// also gets it now, while the call runs.
     pub fn log(&self, level: Level, message: impl std::fmt::Display) {
         self.logs.push(level, message.to_string());
     }

@@ -10,8 +10,8 @@ use abi_stable::std_types::{
 };
 
 use crate::abi::{
-    FfiCallContext, FfiError, FfiFollowUp, FfiInit, FfiInitOutcome, FfiLogRecord, FfiMetadata,
-    FfiMetadataResult, FfiOutcome, FfiPrevious, FfiStatus, Handler, Handler_TO,
+    FfiCallContext, FfiError, FfiFollowUp, FfiInit, FfiInitOutcome, FfiLogRecord, FfiLogSink,
+    FfiMetadata, FfiMetadataResult, FfiOutcome, FfiPrevious, FfiStatus, Handler, Handler_TO,
 };
 use crate::context::LogBuffer;
 use crate::context::Previous;
@@ -296,12 +296,13 @@ fn report_json(report: &StopReport, error: Option<String>) -> String {
 }
 
 impl<P: Plugin> Instance<P> {
-    /// Runs `call` (author code, guarded) with a fresh call context; its result, with the
-    /// follow-ups and logs of the call.
+    /// Runs `call` (author code, guarded) with a fresh call context whose records also go
+    /// to `sink`, if there is one; its result, with the follow-ups and logs of the call.
     fn run<T>(
         &self,
         place: &dyn std::fmt::Display,
         ffi: &FfiCallContext<'_>,
+        sink: Option<FfiLogSink<'_>>,
         call: impl FnOnce(&P, &Context<'_>) -> Result<T, PluginError>,
     ) -> (RResult<T, FfiError>, RVec<FfiFollowUp>, RVec<FfiLogRecord>) {
         let ctx = Context {
@@ -309,7 +310,7 @@ impl<P: Plugin> Instance<P> {
             generation: self.generation,
             config: &self.config,
             ffi,
-            logs: LogBuffer::default(),
+            logs: LogBuffer::live(sink),
             follow_ups: RefCell::new(RVec::new()),
             threads: &self.threads,
         };
@@ -332,36 +333,59 @@ impl<P: Plugin> Instance<P> {
         &self,
         place: &dyn std::fmt::Display,
         ffi: &FfiCallContext<'_>,
+        sink: Option<FfiLogSink<'_>>,
         call: impl FnOnce(&P, &Context<'_>) -> Result<String, PluginError>,
     ) -> FfiOutcome {
-        let (result, follow_ups, logs) = self.run(place, ffi, call);
+        let (result, follow_ups, logs) = self.run(place, ffi, sink, call);
         FfiOutcome {
             result: result.map(RString::from),
             follow_ups,
             logs,
         }
     }
+
+    /// Runs the named callback, or the entry point for `execute`, with JSON input.
+    fn dispatch(
+        &self,
+        name: &str,
+        input: &str,
+        ctx: &FfiCallContext<'_>,
+        sink: Option<FfiLogSink<'_>>,
+    ) -> FfiOutcome {
+        if name == "execute" {
+            return self.json(&"execute", ctx, sink, |plugin, ctx| {
+                let input = decode_input::<P::Input>("execute", input)?;
+                encode_output("execute", &plugin.execute(ctx, input)?)
+            });
+        }
+        // Formatted only if the callback panics.
+        let place = format_args!("callback `{name}`");
+        self.json(&place, ctx, sink, |plugin, ctx| {
+            match self.callbacks.find(name) {
+                Some(callback) => callback(plugin, ctx, input),
+                None => Err(self.callbacks.unknown(self.name, name)),
+            }
+        })
+    }
 }
 
 impl<P: Plugin> Handler for Instance<P> {
     fn execute(&self, input: RStr<'_>, ctx: &FfiCallContext<'_>) -> FfiOutcome {
-        self.json(&"execute", ctx, |plugin, ctx| {
-            let input = decode_input::<P::Input>("execute", input.as_str())?;
-            encode_output("execute", &plugin.execute(ctx, input)?)
-        })
+        self.dispatch("execute", input.as_str(), ctx, None)
     }
 
     fn callback(&self, name: RStr<'_>, input: RStr<'_>, ctx: &FfiCallContext<'_>) -> FfiOutcome {
-        let name = name.as_str();
-        if name == "execute" {
-            return self.execute(input, ctx);
-        }
-        // Formatted only if the callback panics.
-        let place = format_args!("callback `{name}`");
-        self.json(&place, ctx, |plugin, ctx| match self.callbacks.find(name) {
-            Some(callback) => callback(plugin, ctx, input.as_str()),
-            None => Err(self.callbacks.unknown(self.name, name)),
-        })
+        self.dispatch(name.as_str(), input.as_str(), ctx, None)
+    }
+
+    fn call_live(
+        &self,
+        name: RStr<'_>,
+        input: RStr<'_>,
+        ctx: &FfiCallContext<'_>,
+        sink: FfiLogSink<'_>,
+    ) -> FfiOutcome {
+        self.dispatch(name.as_str(), input.as_str(), ctx, Some(sink))
     }
 
     fn typed_index(&self, name: RStr<'_>) -> ROption<u32> {
@@ -382,7 +406,7 @@ impl<P: Plugin> Handler for Instance<P> {
             );
         };
         let place = format_args!("callback `{name}`");
-        let (result, follow_ups, logs) = self.run(&place, ctx, |plugin, ctx| {
+        let (result, follow_ups, logs) = self.run(&place, ctx, None, |plugin, ctx| {
             callback(plugin, ctx, input.as_slice(), &mut Output::new(out))
         });
         FfiStatus {
@@ -393,7 +417,7 @@ impl<P: Plugin> Handler for Instance<P> {
     }
 
     fn save_state(&self, ctx: &FfiCallContext<'_>) -> FfiOutcome {
-        self.json(&"save_state", ctx, |plugin, ctx| {
+        self.json(&"save_state", ctx, None, |plugin, ctx| {
             encode_output("save_state", &plugin.save_state(ctx)?)
         })
     }

@@ -130,6 +130,12 @@
 //!   [`InitContext::spawn`]): [`abi::Handler::stop`], called once when a version is retired,
 //!   with the time to wait for its threads. A plugin of an older minor gets no signal (the
 //!   default body); a 1.4 plugin in an older host is never stopped, its threads run on.
+//! * 1.5: log records sent as they are written: [`abi::Handler::call_live`] takes an
+//!   [`abi::FfiLogSink`], which [`Context::log`] calls for each record while the call
+//!   runs, besides keeping it for the outcome. A host that wants a call's records live
+//!   (the task events stream) passes one; a plugin of an older minor answers with the plain
+//!   call (the default body), so its records come only with the outcome. A 1.5 plugin in
+//!   an older host is called as before.
 //!
 //! The author-facing API ([`Plugin`], [`Context`], ...) follows ordinary semver and may grow
 //! freely: it is compiled into the plugin and never crosses the boundary.

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use abi_stable::std_types::{RErr, ROk, RSlice, RStr, RVec};
 
-use crate::abi::{FfiCallContext, FfiInit, FfiInitOutcome, FfiOutcome, FfiPrevious, HandlerBox};
+use crate::abi::{
+    FfiCallContext, FfiInit, FfiInitOutcome, FfiLogRecord, FfiLogSink, FfiOutcome, FfiPrevious,
+    HandlerBox,
+};
 use crate::glue::{instantiate, instantiate_with_state, Package};
 use crate::{FollowUp, LogRecord, Plugin, PluginError};
 
@@ -165,6 +168,53 @@ impl<P: Plugin> Harness<P> {
             .into()
     }
 
+    /// Calls a named callback as a host that wants its log records live does (plugin ABI
+    /// 1.5): `on_record` gets each record as the plugin writes it, while the call runs. The
+    /// outcome still carries them all.
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use plugin_api::testing::Harness;
+    /// use plugin_api::{Context, InitContext, Plugin, PluginError};
+    ///
+    /// struct Steps;
+    /// impl Plugin for Steps {
+    ///     type Input = ();
+    ///     type Output = ();
+    ///     fn init(_: &InitContext<'_>) -> Result<Self, PluginError> { Ok(Steps) }
+    ///     fn execute(&self, ctx: &Context<'_>, _: ()) -> Result<(), PluginError> {
+    ///         ctx.info("step 1");
+    ///         ctx.info("step 2");
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let plugin = Harness::<Steps>::new("steps", serde_json::json!({})).unwrap();
+    /// let live = RefCell::new(Vec::new());
+    /// let outcome = plugin.call_live("execute", serde_json::json!(null), |record| {
+    ///     live.borrow_mut().push(record.message.clone())
+    /// });
+    /// assert_eq!(*live.borrow(), ["step 1", "step 2"]);
+    /// assert_eq!(outcome.logs.len(), 2);
+    /// ```
+    pub fn call_live(
+        &self,
+        callback: &str,
+        input: serde_json::Value,
+        on_record: impl Fn(&LogRecord),
+    ) -> Outcome {
+        let input = input.to_string();
+        let write = |record: &FfiLogRecord| on_record(&LogRecord::from(record));
+        self.handler
+            .call_live(
+                RStr::from(callback),
+                RStr::from(input.as_str()),
+                &self.context(),
+                FfiLogSink::new(&write),
+            )
+            .into()
+    }
+
     /// Calls a typed callback (see [`Callbacks::add_bytes`](crate::Callbacks::add_bytes))
     /// with `input`; its output bytes, or its error (also for a name that is not a typed
     /// callback).
@@ -208,3 +258,6 @@ impl<P: Plugin> Harness<P> {
 
 #[cfg(test)]
 mod panics;
+
+#[cfg(test)]
+mod live;

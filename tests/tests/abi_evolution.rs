@@ -7,22 +7,22 @@ use e2e::{plugins_dir, Variant};
 use host::{Host, HostOptions, LoadErrorKind};
 use serde_json::Value;
 
-/// A plugin-api copy one minor ahead (1.5): a root-module field and a Handler method
+/// A plugin-api copy one minor ahead (1.6): a root-module field and a Handler method
 /// appended.
 fn next_minor(greeting: &str) -> Variant<'_> {
     Variant::of("example-plugins/hello")
         .edit("src/lib.rs", "\"Hello\".to_owned()", format!("{greeting:?}.to_owned()"))
-        .edit_api("src/abi.rs", "pub const ABI_MINOR: u32 = 4;", "pub const ABI_MINOR: u32 = 5;")
-        .edit_api("src/abi.rs", "pub const ABI_VERSION: &str = \"1.4.0\";", "pub const ABI_VERSION: &str = \"1.5.0\";")
+        .edit_api("src/abi.rs", "pub const ABI_MINOR: u32 = 5;", "pub const ABI_MINOR: u32 = 6;")
+        .edit_api("src/abi.rs", "pub const ABI_VERSION: &str = \"1.5.0\";", "pub const ABI_VERSION: &str = \"1.6.0\";")
         .edit_api(
             "src/abi.rs",
             "pub declarations: extern \"C\" fn() -> RResult<RString, FfiError>,",
-            "pub declarations: extern \"C\" fn() -> RResult<RString, FfiError>,\n    /// New in 1.5.\n    pub capabilities: extern \"C\" fn() -> u64,",
+            "pub declarations: extern \"C\" fn() -> RResult<RString, FfiError>,\n    /// New in 1.6.\n    pub capabilities: extern \"C\" fn() -> u64,",
         )
         .edit_api(
             "src/abi.rs",
-            "        let _ = timeout_ms;\n        FfiOutcome {\n            result: abi_stable::std_types::ROk(\"null\".into()),\n            follow_ups: RVec::new(),\n            logs: RVec::new(),\n        }\n    }",
-            "        let _ = timeout_ms;\n        FfiOutcome {\n            result: abi_stable::std_types::ROk(\"null\".into()),\n            follow_ups: RVec::new(),\n            logs: RVec::new(),\n        }\n    }\n\n    /// New in 1.5.\n    fn ping(&self) -> u32 {\n        15\n    }",
+            "            self.callback(name, input, ctx)\n        }\n    }",
+            "            self.callback(name, input, ctx)\n        }\n    }\n\n    /// New in 1.6.\n    fn ping(&self) -> u32 {\n        16\n    }",
         )
         .edit_api(
             "src/lib.rs",
@@ -48,10 +48,10 @@ fn a_plugin_of_a_later_minor_loads_and_alternating_layouts_reload_soundly() {
 
     let host = Host::new(HostOptions::default()).unwrap();
     host.load_file(&newer)
-        .expect("a plugin of ABI 1.5 loads in a 1.4 host");
+        .expect("a plugin of ABI 1.6 loads in a 1.5 host");
     assert_eq!(greet(&host), "Hi, Ada!");
     let status = host.status();
-    assert_eq!(status[0].metadata.as_ref().unwrap().abi_version, "1.5");
+    assert_eq!(status[0].metadata.as_ref().unwrap().abi_version, "1.6");
 
     // Libraries with two layouts of the same prefix types, loaded and closed in turn: the
     // layout checker must never look at a closed library's type information.
@@ -80,7 +80,7 @@ fn another_major_is_refused_in_one_line_naming_both_versions() {
         )
         .edit_api(
             "src/abi.rs",
-            "pub const ABI_VERSION: &str = \"1.4.0\";",
+            "pub const ABI_VERSION: &str = \"1.5.0\";",
             "pub const ABI_VERSION: &str = \"2.0.0\";",
         )
         .build_into(dir.path(), "libhello.so");

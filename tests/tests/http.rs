@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::{built, fanout, hello_hi, install, plugins_dir, Server};
+use e2e::{built, fanout, hello_hi, install, plugins_dir, Server, Variant};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -748,4 +748,169 @@ fn a_connection_past_max_connections_gets_503_and_is_closed() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(server.log().contains("refusing more"), "{}", server.log());
+}
+
+/// A running task's log lines show on its event stream as its plugin writes them, before
+/// the task ends (plugin ABI 1.5), with the plugin in the host's process and in a worker
+/// process: `fanout.staged` logs its first stage, then waits for a file this test writes
+/// only once the stream showed that line. Each line is sent once, also when the attempt's
+/// stored logs arrive at its end, and a stream resumed with Last-Event-ID goes on from
+/// there.
+#[test]
+fn a_running_tasks_log_lines_show_on_its_event_stream_as_they_are_written() {
+    for isolation in ["in-process", "process"] {
+        live_lines_come_before_the_task_ends(isolation);
+    }
+}
+
+fn live_lines_come_before_the_task_ends(isolation: &str) {
+    let dir = plugins_dir();
+    install(fanout(), dir.path(), "libfanout.so");
+    let config = format!("[plugins.fanout]\nisolation = \"{isolation}\"\ntimeout_ms = 15000\n");
+    let (server, api) = serve(dir.path(), &config, &[("HOST_HTTP_TOKEN", TOKEN)]);
+    let t = Some(TOKEN);
+    let gate = tempfile::tempdir().unwrap();
+    let go_on = gate.path().join("go-on");
+    let task = json!({
+        "plugin": "fanout",
+        "callback": "staged",
+        "input": {"stages": ["fetch", "store"], "wait_for": go_on},
+        "max_attempts": 1,
+    });
+    let submitted = api.post("/v1/tasks", t, &task.to_string());
+    assert_eq!(submitted.status, 202, "{}", submitted.text);
+    let id = submitted.body["id"].as_u64().unwrap();
+    let url = format!("{}/v1/tasks/{id}/events", api.base);
+    let auth = format!("Bearer {TOKEN}");
+    let stream = api
+        .agent
+        .get(&url)
+        .header("Authorization", &auth)
+        .call()
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let mut reader = BufReader::new(stream.into_body().into_reader());
+    let status_of = |data: &str| {
+        serde_json::from_str::<Value>(data).unwrap()["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // Events until the first stage's line: the task cannot end before it (it waits for the
+    // file), so every status before it is queued or running.
+    let mut seen = Vec::new();
+    let first_line = loop {
+        let event = read_events(&mut reader, 1);
+        let Some((event_id, name, data)) = event.into_iter().next() else {
+            panic!("{isolation}: the stream ended before the first line: {seen:?}");
+        };
+        if name == "status" {
+            let status = status_of(&data);
+            assert!(
+                status == "queued" || status == "running",
+                "{isolation}: the task went {status} before its first line was shown \
+                 (the line did not come while it ran): {seen:?} {data}"
+            );
+        }
+        seen.push((name.clone(), data.clone()));
+        if name == "log" {
+            break (event_id, data);
+        }
+    };
+    assert!(
+        first_line.1.contains("stage 1 of 2: fetch done"),
+        "{isolation}: {first_line:?}"
+    );
+    let running = api.get(&format!("/v1/tasks/{id}"), t);
+    assert_eq!(
+        running.body["task"]["task"]["status"], "running",
+        "{isolation}: the line came while the task ran: {}",
+        running.text
+    );
+
+    // Let it go on: the rest of its lines, once each, then its end.
+    std::fs::write(&go_on, b"").unwrap();
+    let rest = read_events(&mut reader, 100);
+    let lines: Vec<&str> = seen
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_str()))
+        .chain(rest.iter().map(|(_, n, d)| (n.as_str(), d.as_str())))
+        .filter(|(n, _)| *n == "log")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(lines.len(), 2, "{isolation}: each line once: {lines:#?}");
+    assert!(lines[1].contains("stage 2 of 2: store done"), "{lines:?}");
+    let last = rest.last().expect("events after the first line");
+    assert_eq!(
+        (last.1.as_str(), status_of(&last.2).as_str()),
+        ("status", "success"),
+        "{isolation}: {rest:?}"
+    );
+
+    // Resumed after the first line: what came after it, not the line again.
+    let resumed = api
+        .agent
+        .get(&url)
+        .header("Authorization", &auth)
+        .header("Last-Event-ID", &first_line.0)
+        .call()
+        .unwrap();
+    let mut reader = BufReader::new(resumed.into_body().into_reader());
+    let again = read_events(&mut reader, 100);
+    let resumed_lines: Vec<&str> = again
+        .iter()
+        .filter(|(_, n, _)| n == "log")
+        .map(|(_, _, d)| d.as_str())
+        .collect();
+    assert_eq!(resumed_lines.len(), 1, "{isolation}: {again:?}");
+    assert!(resumed_lines[0].contains("stage 2 of 2"), "{again:?}");
+
+    // The stored logs have both, as before.
+    let done = api.get(&format!("/v1/tasks/{id}"), t);
+    let stored = done.body["task"]["task"]["logs"].as_array().cloned();
+    assert_eq!(stored.map(|l| l.len()), Some(2), "{}", done.text);
+    drop(server);
+}
+
+/// `POST /v1/plugins/{plugin}/callbacks/{callback}` calls any callback, those named like the
+/// routes under `/v1/plugins/{plugin}/` (`history`, `rollback`, `restart`) too.
+#[test]
+fn a_callback_named_like_a_plugin_route_is_called_under_callbacks() {
+    let dir = plugins_dir();
+    let named = Variant::of("example-plugins/hello").edit(
+        "src/lib.rs",
+        ".add(\"greet\", Hello::greet)",
+        ".add(\"greet\", Hello::greet).add(\"history\", Hello::greet)\
+         .add(\"rollback\", Hello::greet).add(\"restart\", Hello::greet)",
+    );
+    named.build_into(dir.path(), "libhello.so");
+    let (_server, api) = serve(dir.path(), "", &[("HOST_HTTP_TOKEN", TOKEN)]);
+    let t = Some(TOKEN);
+    for callback in ["greet", "history", "rollback", "restart"] {
+        let call = api.post(
+            &format!("/v1/plugins/hello/callbacks/{callback}"),
+            t,
+            r#"{"name":"Ada"}"#,
+        );
+        assert_eq!(call.status, 200, "{callback}: {}", call.text);
+        assert_eq!(call.body["outcome"]["callback"], callback, "{}", call.text);
+        assert_eq!(call.body["outcome"]["result"]["message"], "Hello, Ada!");
+    }
+    // Without `callbacks/`, those names are still the routes.
+    let history = api.get("/v1/plugins/hello/history", t);
+    assert_eq!(history.status, 200, "{}", history.text);
+    assert!(history.body.get("outcome").is_none(), "{}", history.text);
+    let restart = api.post("/v1/plugins/hello/restart", t, "");
+    assert_eq!(restart.status, 200, "{}", restart.text);
+    assert!(
+        restart.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restarted plugin hello")),
+        "{}",
+        restart.text
+    );
+    // A callback the plugin does not have is a 404 there too.
+    let unknown = api.post("/v1/plugins/hello/callbacks/nope", t, "null");
+    assert_eq!((unknown.status, kind(&unknown)), (404, "unknown_callback"));
 }

@@ -11,13 +11,15 @@
 //! * `plugin-api-1.2`: ABI 1.2 (state handover), as on main before ABI 1.3 (declared
 //!   schedules);
 //! * `plugin-api-1.3`: ABI 1.3 (declared schedules), as on main before ABI 1.4 (the stop
-//!   signal). Replacing any of them retires it without a stop signal (the default body).
+//!   signal). Replacing any of them retires it without a stop signal (the default body);
+//! * `plugin-api-1.4`: ABI 1.4 (the stop signal), as on main before ABI 1.5 (log records
+//!   sent live while a call runs).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use e2e::{host, install, plugins_dir, root, text};
-use host::{Host, HostOptions};
+use host::{CallRequest, Host, HostOptions, LogSink};
 use plugin_api::{ErrorKind, Level};
 use serde_json::{json, Value};
 
@@ -81,6 +83,12 @@ fn a_plugin_built_against_abi_1_3_loads_and_answers() {
     frozen_plugin_loads_and_answers(&plugin, "1.3");
 }
 
+#[test]
+fn a_plugin_built_against_abi_1_4_loads_and_answers() {
+    let plugin = frozen_plugin_against("plugin-api-1.4");
+    frozen_plugin_loads_and_answers(&plugin, "1.4");
+}
+
 fn frozen_plugin_loads_and_answers(plugin: &std::path::Path, abi: &str) {
     let dir = plugins_dir();
     let file = install(plugin, dir.path(), "libfrozen.so");
@@ -132,6 +140,17 @@ fn frozen_plugin_loads_and_answers(plugin: &std::path::Path, abi: &str) {
         .unwrap_err()
         .message()
         .ends_with("it has: execute, echo, fail"));
+
+    // Log records sent live came with ABI 1.5: a call that asks for them is answered as
+    // before, its records only with the outcome.
+    let live = Arc::new(Mutex::new(Vec::new()));
+    let into = live.clone();
+    let request = CallRequest::new("frozen", "echo", r#"{"text":"live"}"#).live_logs(LogSink::new(
+        move |r| into.lock().unwrap().push(r.message.clone()),
+    ));
+    let outcome = host.invoke(request).unwrap();
+    assert_eq!(outcome.logs[0].message, "echoing live");
+    assert!(live.lock().unwrap().is_empty(), "{live:?}");
 
     // Replacing it asks it for its state (ABI 1.2), which a plugin of an older minor does
     // not have: it answers none, and the next generation starts as before.

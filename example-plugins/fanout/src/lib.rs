@@ -5,6 +5,11 @@
 //! * `measure` takes `{"item": "bb"}` and answers `{"item": "bb", "length": 2}`.
 //! * `report` runs every minute on its own (`Callbacks::every`, a schedule the plugin
 //!   declares) and logs how many items this version measured.
+//! * `staged` takes `{"stages": ["fetch", "store"], "wait_for": "/path/to/file"}`: a long
+//!   task in stages, logging a line as each ends. Before each stage after the first it waits
+//!   until the file `wait_for` exists (or the call is cancelled), so a caller decides when
+//!   it goes on. Its lines show on the task's events stream as they are written
+//!   (`GET /v1/tasks/{id}/events`), not only when it ends.
 //!
 //! ```sh
 //! host submit fanout execute --input '{"items":["a","bb","ccc"]}'
@@ -32,6 +37,14 @@ pub struct Batch {
 #[derive(Deserialize, Serialize)]
 pub struct Item {
     item: String,
+}
+
+/// Input of `staged`.
+#[derive(Deserialize)]
+pub struct Stages {
+    stages: Vec<String>,
+    /// The file whose existence lets the stages after the first go on.
+    wait_for: std::path::PathBuf,
 }
 
 /// Output of `measure`.
@@ -63,6 +76,7 @@ impl Plugin for Fanout {
         callbacks
             .add("measure", Fanout::measure)
             .add("report", Fanout::report)
+            .add("staged", Fanout::staged)
             .every("report", Duration::from_secs(60));
     }
 }
@@ -74,6 +88,23 @@ impl Fanout {
             length: input.item.chars().count(),
             item: input.item,
         })
+    }
+
+    fn staged(&self, ctx: &Context<'_>, input: Stages) -> Result<serde_json::Value, PluginError> {
+        for (n, stage) in input.stages.iter().enumerate() {
+            if n > 0 {
+                while !input.wait_for.exists() {
+                    ctx.check_cancelled()?;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            ctx.info(format_args!(
+                "stage {} of {}: {stage} done",
+                n + 1,
+                input.stages.len()
+            ));
+        }
+        Ok(serde_json::json!({ "stages": input.stages.len() }))
     }
 
     fn report(&self, ctx: &Context<'_>, _input: serde_json::Value) -> Result<u64, PluginError> {
@@ -100,5 +131,28 @@ mod tests {
         assert_eq!(follow_ups, [json!({"item": "a"}), json!({"item": "bb"})]);
         let measured = plugin.call("measure", json!({"item": "bb"}));
         assert_eq!(measured.result.unwrap(), json!({"item": "bb", "length": 2}));
+    }
+
+    #[test]
+    fn staged_logs_each_stage_as_it_ends_and_waits_for_its_file_after_the_first() {
+        let plugin = Harness::<Fanout>::new("fanout", json!({})).unwrap();
+        let dir = std::env::temp_dir().join(format!("fanout-staged-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let go_on = dir.join("go-on");
+        let _ = std::fs::remove_file(&go_on);
+        let input = json!({"stages": ["fetch", "store"], "wait_for": go_on});
+        // The first line arrives as it is written, before the call waits: let it go on.
+        let outcome = plugin.call_live("staged", input, |record| {
+            if record.message.starts_with("stage 1 of 2") {
+                std::fs::write(&go_on, b"").unwrap();
+            }
+        });
+        assert_eq!(outcome.result.unwrap(), json!({"stages": 2}));
+        let lines: Vec<_> = outcome.logs.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(
+            lines,
+            ["stage 1 of 2: fetch done", "stage 2 of 2: store done"]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

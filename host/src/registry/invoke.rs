@@ -18,12 +18,14 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::runtime::generation::Generation;
 use crate::types::call::{CallError, CallErrorKind, CallOutcome};
 use crate::types::clock::Stopwatch;
+use crate::types::live_log::LogSink;
 use crate::types::settings::Isolation;
 
 use super::{lock, Host};
 
 /// A call to make through [`Host::invoke`]: which plugin and callback, the JSON input, and
-/// optionally a timeout other than the plugin's `timeout_ms` and a cancellation flag.
+/// optionally a timeout other than the plugin's `timeout_ms`, a cancellation flag, and a
+/// [`LogSink`] for the call's log records as the plugin writes them.
 ///
 /// ```no_run
 /// use host::{CallRequest, Host, HostOptions};
@@ -51,6 +53,9 @@ pub struct CallRequest {
     /// Set it to tell the plugin to cancel (`ctx.is_cancelled()`); the host sets it too
     /// when the deadline passes.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Where the call's log records go while it runs, each as the plugin writes it (plugins
+    /// of ABI 1.5 and later, in process or isolated); they still come with the outcome.
+    pub live_logs: Option<LogSink>,
 }
 
 impl CallRequest {
@@ -66,6 +71,7 @@ impl CallRequest {
             input: input.into(),
             timeout: None,
             cancel: None,
+            live_logs: None,
         }
     }
 
@@ -80,6 +86,25 @@ impl CallRequest {
     #[must_use]
     pub fn cancel(mut self, cancel: Arc<AtomicBool>) -> CallRequest {
         self.cancel = Some(cancel);
+        self
+    }
+
+    /// `sink` gets the call's log records while it runs, each as the plugin writes it (see
+    /// [`LogSink`]).
+    ///
+    /// ```no_run
+    /// use host::{CallRequest, Host, HostOptions, LogSink};
+    ///
+    /// let host = Host::new(HostOptions::default())?;
+    /// host.load_file("plugins/libhello.so".as_ref())?;
+    /// let request = CallRequest::new("hello", "greet", r#"{"name":"Ada"}"#)
+    ///     .live_logs(LogSink::new(|record| eprintln!("hello says: {}", record.message)));
+    /// let outcome = host.invoke(request)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn live_logs(mut self, sink: LogSink) -> CallRequest {
+        self.live_logs = Some(sink);
         self
     }
 }
@@ -220,9 +245,10 @@ impl Host {
             input,
             timeout,
             cancel,
+            live_logs,
         } = request;
         let result = self
-            .serve_call(&plugin, &callback, input, timeout, cancel)
+            .serve_call(&plugin, &callback, input, timeout, (cancel, live_logs))
             .await;
         self.inner
             .counters
@@ -236,7 +262,7 @@ impl Host {
         callback: &str,
         input: Box<str>,
         timeout: Option<Duration>,
-        cancel: Option<Arc<AtomicBool>>,
+        (cancel, live_logs): (Option<Arc<AtomicBool>>, Option<LogSink>),
     ) -> Result<CallOutcome, CallError> {
         let (plugin, callback) = (plugin.to_owned(), callback.to_owned());
         let generation = self
@@ -296,8 +322,13 @@ impl Host {
                 )
                 .entered();
                 let watch = Stopwatch::start();
-                let mut outcome =
-                    generation.run(&callback, &input, &state.cancelled, Some(deadline));
+                let mut outcome = generation.run(
+                    &callback,
+                    &input,
+                    &state.cancelled,
+                    Some(deadline),
+                    live_logs.as_ref(),
+                );
                 if let Ok(outcome) = &mut outcome {
                     if outcome.elapsed_us == 0 {
                         outcome.elapsed_us = watch.elapsed_us();
@@ -410,7 +441,7 @@ impl Host {
         let current = self.inner.table.load(plugin);
         match current.as_ref().and_then(|guard| guard.as_ref()) {
             Some(generation) => {
-                let result = generation.call(callback, input, cancelled, deadline);
+                let result = generation.call(callback, input, cancelled, deadline, None);
                 self.after_call(generation, &result);
                 result
             }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use abi_stable::std_types::{RErr, ROk, RSlice, RStr, RVec};
-use plugin_api::abi::{FfiCallContext, FfiOutcome, HandlerBox};
+use plugin_api::abi::{FfiCallContext, FfiLogRecord, FfiLogSink, FfiOutcome, HandlerBox};
 use plugin_api::{ErrorKind, FollowUp, Level, LogRecord, PluginError};
 
 use crate::files::digest::Digest;
@@ -29,6 +29,7 @@ use crate::runtime::rollout::{Probation, Trip};
 use crate::runtime::stop::{Stopped, STOP};
 use crate::types::call::{Budget, CallError, CallErrorKind, CallOutcome, Name};
 use crate::types::counter::Counter;
+use crate::types::live_log::{LiveLog, LogSink};
 use crate::types::settings::{Isolation, PluginSettings};
 
 /// One loaded and initialised version of a plugin.
@@ -52,6 +53,8 @@ pub(crate) struct Generation {
     epoch: AtomicU64,
     /// Closed while it hands its state over to the next version (see `handover`).
     gate: Gate,
+    /// Its plugin sends log records live (plugin ABI 1.5, `Handler::call_live`).
+    live_logs: bool,
 }
 
 /// The callback name a worker process takes for a `save_state` request; `#` begins no
@@ -190,7 +193,9 @@ impl Generation {
         settings: PluginSettings,
         budget: Budget,
     ) -> Generation {
+        let live_logs = backend_metadata(&backend).abi_minor() >= LIVE_LOGS_MINOR;
         Generation {
+            live_logs,
             number,
             backend,
             source: source.to_owned(),
@@ -274,7 +279,7 @@ impl Generation {
             Backend::InProcess { .. } => self.save_state_local(&cancelled, Some(deadline)),
             Backend::Worker(supervised) => {
                 let (outcome, _) = supervised
-                    .call(SAVE_STATE, "null", &cancelled, deadline)
+                    .call(SAVE_STATE, "null", &cancelled, deadline, None)
                     .map_err(|err| err.message)?;
                 outcome
             }
@@ -384,10 +389,7 @@ impl Generation {
     }
 
     pub(crate) fn metadata(&self) -> &Metadata {
-        match &self.backend {
-            Backend::InProcess { library, .. } => library.metadata(),
-            Backend::Worker(supervised) => supervised.metadata(),
-        }
+        backend_metadata(&self.backend)
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -516,20 +518,23 @@ impl Generation {
     }
 
     /// Calls `callback` (or the entry point, for `execute`) with JSON `input`, unless the
-    /// plugin already runs as many calls as it may.
+    /// plugin already runs as many calls as it may. Its log records also go to `live` as the
+    /// plugin writes them, if given and the plugin can (plugin ABI 1.5).
     pub(crate) fn call(
         &self,
         callback: &str,
         input: &str,
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
+        live: Option<&LogSink>,
     ) -> Result<CallOutcome, CallError> {
         let _slot = self.enter()?;
-        self.run(callback, input, cancelled, deadline)
+        self.run(callback, input, cancelled, deadline, live)
     }
 
     /// Runs one call, whatever the concurrency limit (the caller took care of it), and sends
-    /// its log records to the host's log. An isolated call always has a deadline: the one
+    /// its log records to the host's log (and to `live` as they are written, if given and
+    /// the plugin can: plugin ABI 1.5). An isolated call always has a deadline: the one
     /// given, or `timeout_ms` from now.
     pub(crate) fn run(
         &self,
@@ -537,14 +542,17 @@ impl Generation {
         input: &str,
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
+        live: Option<&LogSink>,
     ) -> Result<CallOutcome, CallError> {
         if let Some(next) = self.begin(deadline)? {
-            return next.call(callback, input, cancelled, deadline);
+            return next.call(callback, input, cancelled, deadline, live);
         }
+        let live = live.filter(|_| self.live_logs);
         let (outcome, worker_pid) = match &self.backend {
-            Backend::InProcess { .. } => {
-                (self.run_counted(callback, input, cancelled, deadline), None)
-            }
+            Backend::InProcess { .. } => (
+                self.run_counted(callback, input, cancelled, deadline, live),
+                None,
+            ),
             Backend::Worker(supervised) => {
                 // In process, the plugin answers that it has no such callback.
                 let result = if callback.starts_with('#') {
@@ -554,7 +562,9 @@ impl Generation {
                     ))
                 } else {
                     let deadline = deadline.unwrap_or_else(|| SystemTime::now() + self.timeout());
-                    supervised.call(callback, input, cancelled, deadline)
+                    let live =
+                        live.map(|sink| LiveLog::new(sink.clone(), self.budget.max_log_bytes));
+                    supervised.call(callback, input, cancelled, deadline, live)
                 };
                 self.tally.finished.increment();
                 let (outcome, pid) = result?;
@@ -580,7 +590,7 @@ impl Generation {
     }
 
     /// Runs one call in this process; nothing is logged (a worker process sends the records
-    /// to its host with the outcome).
+    /// to its host with the outcome, and to `live` as they are written if the plugin can).
     ///
     /// # Panics
     ///
@@ -591,27 +601,40 @@ impl Generation {
         input: &str,
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
+        live: Option<&LogSink>,
     ) -> CallOutcome {
         self.tally.started.increment();
-        self.run_counted(callback, input, cancelled, deadline)
+        let live = live.filter(|_| self.live_logs);
+        self.run_counted(callback, input, cancelled, deadline, live)
     }
 
-    /// [`Generation::run_local`], for a call already counted as started.
+    /// [`Generation::run_local`], for a call already counted as started; `live` only for a
+    /// plugin that sends records live.
     fn run_counted(
         &self,
         callback: &str,
         input: &str,
         cancelled: &AtomicBool,
         deadline: Option<SystemTime>,
+        live: Option<&LogSink>,
     ) -> CallOutcome {
         let Backend::InProcess { handler, .. } = &self.backend else {
             unreachable!("run_local on an isolated generation");
         };
         let ctx = call_context(cancelled, deadline);
-        let ffi = if callback == "execute" {
-            handler.execute(RStr::from(input), &ctx)
-        } else {
-            handler.callback(RStr::from(callback), RStr::from(input), &ctx)
+        let ffi = match live {
+            Some(sink) => {
+                let live = LiveLog::new(sink.clone(), self.budget.max_log_bytes);
+                let write = |record: &FfiLogRecord| live.send_ffi(record);
+                handler.call_live(
+                    RStr::from(callback),
+                    RStr::from(input),
+                    &ctx,
+                    FfiLogSink::new(&write),
+                )
+            }
+            None if callback == "execute" => handler.execute(RStr::from(input), &ctx),
+            None => handler.callback(RStr::from(callback), RStr::from(input), &ctx),
         };
         let outcome = self.owned(callback, &ffi);
         drop(ffi);
@@ -718,6 +741,16 @@ pub struct TypedOutcome {
     pub logs: Vec<LogRecord>,
     /// Calls the plugin asked to be made next.
     pub follow_ups: Vec<FollowUp>,
+}
+
+/// The first plugin ABI minor whose plugins send log records live (`Handler::call_live`).
+const LIVE_LOGS_MINOR: u32 = 5;
+
+fn backend_metadata(backend: &Backend) -> &Metadata {
+    match backend {
+        Backend::InProcess { library, .. } => library.metadata(),
+        Backend::Worker(supervised) => supervised.metadata(),
+    }
 }
 
 fn call_context(cancelled: &AtomicBool, deadline: Option<SystemTime>) -> FfiCallContext<'_> {

@@ -114,6 +114,14 @@ impl Declarations {
 }
 
 impl Metadata {
+    /// The minor of the plugin ABI it speaks (0 when unknown).
+    pub(crate) fn abi_minor(&self) -> u32 {
+        self.abi_version
+            .split_once('.')
+            .and_then(|(_, minor)| minor.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// What is known of a plugin that was never opened: its name.
     pub(crate) fn named(name: &str) -> Metadata {
         Metadata {

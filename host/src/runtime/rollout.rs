@@ -129,7 +129,7 @@ pub(crate) fn self_test(generation: Generation, path: &Path) -> Result<Generatio
     };
     let cancelled = AtomicBool::new(false);
     let deadline = SystemTime::now() + generation.timeout();
-    match generation.run(SELF_TEST, "null", &cancelled, Some(deadline)) {
+    match generation.run(SELF_TEST, "null", &cancelled, Some(deadline), None) {
         Ok(outcome) => match outcome.result() {
             Ok(_) => Ok(generation),
             Err(err) => Err(refused(format!("{err} [{}]", err.kind()))),

@@ -21,7 +21,7 @@ use plugin_api::{ErrorKind, FollowUp, Level, LogRecord, PluginError};
 pub const MAX_ERROR_MESSAGE: usize = 16 * 1024;
 /// What a log record costs against the budget besides its message: its level and time as
 /// JSON.
-const RECORD_OVERHEAD: usize = 48;
+pub(crate) const RECORD_OVERHEAD: usize = 48;
 
 /// The outcome of a call that reached a plugin: its result or its error, with the records it
 /// logged and the follow-up calls it asked for.

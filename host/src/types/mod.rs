@@ -5,6 +5,7 @@ pub mod call;
 pub(crate) mod clock;
 pub(crate) mod counter;
 pub(crate) mod durations;
+pub(crate) mod live_log;
 pub mod sandbox;
 pub mod settings;
 pub(crate) mod small;

@@ -85,6 +85,11 @@ pub(crate) enum ToWorker {
         /// comes meanwhile).
         #[serde(default)]
         alone: bool,
+        /// The caller wants the call's log records as the plugin writes them: the worker
+        /// sends each as a [`FromWorker::Log`] frame before the answer, within
+        /// `max_log_bytes_per_call`.
+        #[serde(default)]
+        live: bool,
     },
     /// The caller of call `id` gave up: tell the plugin to cancel it.
     Cancel { id: u64 },
@@ -113,6 +118,8 @@ pub(crate) enum FromWorker {
         /// What `init` logged, if it ran.
         logs: Vec<LogRecord>,
     },
+    /// Call `id`, still running, logged `record` (sent only for a call asked `live`).
+    Log { id: u64, record: LogRecord },
     /// Call `id` is done.
     Done {
         id: u64,

@@ -35,6 +35,7 @@ use super::sandbox::Applied;
 use super::spawn::{self, SpawnSpec, Spawned};
 use crate::runtime::loader::{LoadError, LoadErrorKind, Metadata};
 use crate::types::call::{CallError, CallErrorKind, CallOutcome};
+use crate::types::live_log::LiveLog;
 use watch::eventfd;
 
 /// How long a reader waits on the channel before looking at its own call again (for a
@@ -119,6 +120,8 @@ struct State {
 
 struct Pending {
     answer: Option<Result<CallOutcome, CallError>>,
+    /// Where its log records go as the worker forwards them, if its caller wants them.
+    live: Option<Arc<LiveLog>>,
 }
 
 struct Overdue {
@@ -233,7 +236,7 @@ impl Worker {
                 }
                 Err(err)
             }
-            Ok(Some(FromWorker::Done { .. })) => {
+            Ok(Some(FromWorker::Done { .. } | FromWorker::Log { .. })) => {
                 worker.kill();
                 Err(refused(
                     LoadErrorKind::Host,
@@ -296,14 +299,18 @@ impl Worker {
 
     /// Runs a call on the worker and waits for its answer until `deadline`. Past it, the
     /// plugin is told to cancel, the caller gets a `timeout` error, and the worker is killed
-    /// if the call is still running `kill_after_ms` later.
+    /// if the call is still running `kill_after_ms` later. With `live`, the worker forwards
+    /// the call's log records as the plugin writes them, and whichever caller reads the
+    /// channel hands them to `live`, in order.
     pub(crate) fn call(
         &self,
         callback: &str,
         input: &str,
         cancelled: &AtomicBool,
         deadline: SystemTime,
+        live: Option<LiveLog>,
     ) -> Result<CallOutcome, CallError> {
+        let wants_live = live.is_some();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let input = RawValue::from_string(input.to_owned()).map_err(|err| {
             CallError::new(
@@ -316,7 +323,13 @@ impl Worker {
             if let Some(exit) = &state.exit {
                 return Err(self.crashed(&describe(&Some(exit.clone())), callback));
             }
-            state.pending.insert(id, Pending { answer: None });
+            state.pending.insert(
+                id,
+                Pending {
+                    answer: None,
+                    live: live.map(Arc::new),
+                },
+            );
             state.pending.len() == 1
         };
         let frame = ToWorker::Call {
@@ -325,6 +338,7 @@ impl Worker {
             input,
             deadline_unix_ms: crate::types::call::deadline_unix_ms(deadline),
             alone,
+            live: wants_live,
         };
         if self.send(&frame, !alone).is_err() {
             // The process is going; its exit says why.
@@ -364,6 +378,21 @@ impl Worker {
                     reader.next::<FromWorker>(until)
                 };
                 drop(reader);
+                // A record is handed on while this thread still holds the reading turn, so
+                // that a call's records reach its sink in order, and outside the state lock.
+                let frame = match frame {
+                    Ok(Some(FromWorker::Log { id: of, record })) => {
+                        let live = lock(&self.state)
+                            .pending
+                            .get(&of)
+                            .and_then(|p| p.live.clone());
+                        if let Some(live) = live {
+                            live.send(&record);
+                        }
+                        Ok(None)
+                    }
+                    frame => frame,
+                };
                 state = lock(&self.state);
                 state.reading = false;
                 match frame {

@@ -31,6 +31,7 @@ use crate::files::plugin_file::KeptCopy;
 use crate::runtime::handover::PreviousState;
 use crate::runtime::loader::{LoadError, LoadErrorKind, Metadata};
 use crate::types::call::{Budget, CallError, CallErrorKind, CallOutcome};
+use crate::types::live_log::LiveLog;
 use crate::types::settings::PluginSettings;
 
 /// What an isolated generation is made of.
@@ -145,16 +146,18 @@ impl Supervised {
         &self.shared.spec.copy
     }
 
-    /// Runs a call on the worker, starting one first if the last one died.
+    /// Runs a call on the worker, starting one first if the last one died; its log records
+    /// go to `live` as the worker forwards them, if given.
     pub(crate) fn call(
         &self,
         callback: &str,
         input: &str,
         cancelled: &AtomicBool,
         deadline: SystemTime,
+        live: Option<LiveLog>,
     ) -> Result<(CallOutcome, u32), CallError> {
         let worker = self.worker(deadline)?;
-        let outcome = worker.call(callback, input, cancelled, deadline)?;
+        let outcome = worker.call(callback, input, cancelled, deadline, live)?;
         Ok((outcome, worker.pid()))
     }
 
@@ -168,7 +171,7 @@ impl Supervised {
         deadline: SystemTime,
     ) -> Option<Result<CallOutcome, CallError>> {
         let worker = self.shared.current().ok().flatten()?;
-        Some(worker.call(callback, input, cancelled, deadline))
+        Some(worker.call(callback, input, cancelled, deadline, None))
     }
 
     /// The worker serving now, or a new one.

@@ -42,6 +42,7 @@ use crate::runtime::loader::{Library, LoadError, LoadErrorKind};
 use crate::runtime::stop::STOP;
 use crate::types::call::{Budget, CallError, CallErrorKind, CallOutcome};
 use crate::types::clock::Stopwatch;
+use crate::types::live_log::LogSink;
 use crate::types::settings::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Calls one worker runs at once when the plugin sets no `max_concurrent_calls`.
@@ -195,6 +196,17 @@ struct Serving {
     limit: usize,
 }
 
+/// A call as the host sent it.
+#[derive(Clone, Copy)]
+struct CallFrame<'a> {
+    id: u64,
+    callback: &'a str,
+    input: &'a str,
+    deadline_unix_ms: u64,
+    /// The host wants its log records as they are written.
+    live: bool,
+}
+
 struct Pool {
     /// A thread is reading the channel.
     leader: bool,
@@ -235,15 +247,23 @@ impl Serving {
                     input,
                     deadline_unix_ms,
                     alone,
+                    live,
                 })) => {
+                    let call = CallFrame {
+                        id,
+                        callback: &callback,
+                        input: input.get(),
+                        deadline_unix_ms,
+                        live,
+                    };
                     if alone {
                         // The doorbell brings a reader if anything comes meanwhile.
                         lock(&self.pool).leader = false;
                         reading = false;
-                        self.run(id, &callback, input.get(), deadline_unix_ms);
+                        self.run(&call);
                     } else if self.hand_on_reading() {
                         reading = false;
-                        self.run(id, &callback, input.get(), deadline_unix_ms);
+                        self.run(&call);
                     } else {
                         self.answer(id, Err(self.busy()));
                     }
@@ -326,7 +346,14 @@ impl Serving {
         )
     }
 
-    fn run(&self, id: u64, callback: &str, input: &str, deadline_unix_ms: u64) {
+    fn run(self: &Arc<Serving>, call: &CallFrame<'_>) {
+        let CallFrame {
+            id,
+            callback,
+            input,
+            deadline_unix_ms,
+            live,
+        } = *call;
         let Some(generation) = lock(&self.generation).clone() else {
             return self.answer(
                 id,
@@ -349,13 +376,33 @@ impl Serving {
             let timeout_ms = input.trim().parse().unwrap_or(5_000);
             generation.stop_local(timeout_ms)
         } else {
-            generation.run_local(callback, input, &cancelled, deadline)
+            // Each record the plugin writes goes to the host at once, in a frame of its own;
+            // the generation's budget stops them past `max_log_bytes_per_call`.
+            let sink = live.then(|| {
+                let serving = self.clone();
+                LogSink::new(move |record| serving.forward(id, record))
+            });
+            generation.run_local(callback, input, &cancelled, deadline, sink.as_ref())
         };
         outcome.elapsed_us = watch.elapsed_us();
         self.running.fetch_sub(1, Ordering::Relaxed);
         lock(&self.cancels).remove(&id);
         drop(generation);
         self.answer(id, Ok(outcome));
+    }
+
+    /// Sends the host a record call `id` logged. A record that cannot be encoded or sent is
+    /// dropped: the call's answer reports a broken channel.
+    fn forward(&self, id: u64, record: &plugin_api::LogRecord) {
+        let frame = FromWorker::Log {
+            id,
+            record: record.clone(),
+        };
+        if let Ok(frame) = encode(&frame) {
+            if frame_len(&frame) <= self.limit {
+                let _ = write_encoded(&lock(&self.writer), &frame);
+            }
+        }
     }
 
     fn answer(&self, id: u64, result: Result<CallOutcome, CallError>) {

@@ -1,5 +1,6 @@
-//! `POST /v1/plugins/{plugin}/{callback}?timeout_ms=N`: calls a plugin, the body being the
-//! input, through the one call path ([`Host::invoke_async`](crate::Host::invoke_async)).
+//! `POST /v1/plugins/{plugin}/{callback}?timeout_ms=N` (or
+//! `/v1/plugins/{plugin}/callbacks/{callback}`, for callbacks named `history`, `rollback` or
+//! `restart`): calls a plugin, the body being the input, through the one call path ([`Host::invoke_async`](crate::Host::invoke_async)).
 //! 200 with the outcome (a plugin's own error too, in `outcome.error`, but an unknown
 //! callback, which is a 404 as an unknown plugin is); the host's errors
 //! with their status codes (see [`ApiError`]).

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::events::{resume_after, Feed, TaskEvent};
+use super::events::{self, resume_after, Feed, TaskEvent};
 use super::limits::read_json;
 use super::routes_plugins::blocking;
 use super::server::AppState;
@@ -213,13 +213,16 @@ pub(super) async fn events(
     })?;
     // A task that does not exist is a 404, not an empty stream.
     let probe = tasks.clone();
-    let Some(record) = blocking(move || probe.get(id)).await? else {
+    let Some((record, live)) = blocking(move || events::read(&probe, id, None)).await? else {
         return Err(ApiError::not_found(format!("no task {id}")));
     };
     let feed = state.feeds.watch(id);
     // Up to date before the stream reads it (a task retried since its feed ended is
-    // active again).
-    feed.update(&record);
+    // active again). A feed whose poller runs is, and a read that may be older than the
+    // poller's would take it back.
+    if !feed.is_polling() {
+        feed.update(live.as_ref(), &record);
+    }
     let newest = feed.subscribe(&tasks);
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let after = resume_after(last, &feed);

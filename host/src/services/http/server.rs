@@ -172,6 +172,11 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
             post(routes_plugins::restart),
         )
         .route("/v1/plugins/{plugin}/{callback}", post(routes_calls::call))
+        // The same call, for callbacks named like the routes above (`history` ...).
+        .route(
+            "/v1/plugins/{plugin}/callbacks/{callback}",
+            post(routes_calls::call),
+        )
         .route("/v1/fleet", get(routes_plugins::fleet))
         .route(
             "/v1/tasks",

@@ -22,10 +22,16 @@ impl Inner {
             .get(&task.id)
             .cloned()
             .unwrap_or_default();
+        // What the plugin logs is kept for the events stream as it comes, until the
+        // attempt's outcome (with its logs) is written: the guard lives to the end of `run`.
+        let (_live, sink) = self
+            .live
+            .begin(task.id, task.attempts, self.settings.max_result_bytes);
         // The host's one call path: the plugin's `timeout_ms` is enforced, and a timeout is a
         // failed attempt like any other.
         let request = CallRequest::new(&*task.plugin, &*task.callback, &*task.input)
-            .cancel(cancelled.clone());
+            .cancel(cancelled.clone())
+            .live_logs(sink);
         let result = self.host.invoke(request);
         let now = now_ms();
         let asked = lock(&self.state).cancel_asked.contains(&task.id);

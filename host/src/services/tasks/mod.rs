@@ -34,6 +34,7 @@ mod dispatcher;
 mod follow_ups;
 mod input_key;
 mod list_statement;
+mod live;
 mod observe;
 mod orphans;
 mod postgres;
@@ -50,6 +51,7 @@ pub mod task;
 mod timetable;
 mod zoned_cron;
 
+pub use live::LiveLogs;
 pub use observe::{RunTimes, RUN_TIME_BUCKETS_MS};
 pub use postgres::PgStore;
 pub use probe::DispatcherProbe;

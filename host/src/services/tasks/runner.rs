@@ -43,6 +43,8 @@ pub(super) struct Inner {
     pub(super) store_failing: AtomicBool,
     /// The watchdog's question to the dispatcher, answered once a round (`probe`).
     pub(super) ping: super::probe::PingSlot,
+    /// The log lines of the attempts running, as their plugins write them (`live`).
+    pub(super) live: Arc<super::live::LiveLines>,
 }
 
 /// The runner's bookkeeping, behind one lock that no plugin code runs under.

@@ -79,6 +79,7 @@ impl Tasks {
             run_clock: Default::default(),
             store_failing: std::sync::atomic::AtomicBool::new(false),
             ping: Mutex::new(None),
+            live: Arc::default(),
         });
         // A shared store's notifications (another host queued a task) wake the dispatcher.
         let weak = Arc::downgrade(&inner);

@@ -154,7 +154,7 @@ fn a_bad_frame_from_a_worker_ends_it_as_crashed_naming_why() {
     let start = Instant::now();
     let deadline = SystemTime::now() + Duration::from_secs(5);
     let err = worker
-        .call("greet", "null", &AtomicBool::new(false), deadline)
+        .call("greet", "null", &AtomicBool::new(false), deadline, None)
         .unwrap_err();
     assert_eq!(err.kind, CallErrorKind::Crashed, "{err}");
     assert!(err.message.contains("its worker sent a bad frame"), "{err}");
