@@ -151,11 +151,13 @@ impl TaskStore for PgStore {
         Ok(())
     }
 
-    /// At start: only the tasks whose lease expired are taken back, never a live host's.
-    /// A database down at start is not an error here: the host starts, and takes them
-    /// back when it answers.
+    /// At start: the tasks whose lease expired are taken back, never a live host's; and
+    /// those of this host's own id, its previous run's (the id is kept in the state
+    /// directory, whose lock this process holds: that run is gone), at once. A database
+    /// down at start is not an error here: the host starts, and takes them back when it
+    /// answers (its own once their lease expired).
     fn recover(&self, now_unix_ms: u64) -> Result<Recovered, StoreError> {
-        match self.db.block_on(self.take_back(now_unix_ms)) {
+        match self.db.block_on(self.take_back(now_unix_ms, true)) {
             Ok(recovered) => Ok(recovered),
             Err(PgError::Unreachable(_)) => Ok(Recovered::default()),
             Err(err) => Err(self.error(err)),
