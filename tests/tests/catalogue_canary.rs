@@ -215,8 +215,9 @@ fn a_canary_whose_probation_trips_a_rollback_fails_the_rollout() {
 }
 
 /// A canary restarted on probation comes back under the id kept in its state directory, so
-/// the rollout goes on waiting for it and completes. (Before the id was kept, it came back
-/// under a new one, the old one went quiet, and the rollout failed: "canary ... is gone".)
+/// the rollout goes on waiting for it and completes once it served a whole probation
+/// again. (Before the id was kept, it came back under a new one, the old one went quiet,
+/// and the rollout failed: "canary ... is gone".)
 #[test]
 fn a_canary_restarted_on_probation_keeps_its_id_and_completes_the_rollout() {
     let database = fresh_database();
@@ -248,6 +249,7 @@ fn a_canary_restarted_on_probation_keeps_its_id_and_completes_the_rollout() {
     });
     assert_eq!(published(&hosts[0].server)[0]["rollout"], "canary");
     let before = hosts[at].id();
+    let restarted = std::time::Instant::now();
     hosts[at].restart(libc::SIGKILL);
     wait("the rollout to be decided", || {
         published(&hosts[0].server)[0]["rollout"] != "canary"
@@ -255,6 +257,13 @@ fn a_canary_restarted_on_probation_keeps_its_id_and_completes_the_rollout() {
     let listed = published(&hosts[1].server);
     assert_eq!(listed[0]["rollout"], "everywhere", "{listed}");
     assert_eq!(hosts[at].id(), before, "the restarted canary took a new id");
+    // It loaded 0.2.0 at start, where a load has no probation of its own (nothing to roll
+    // back to): it passed only after serving it a whole probation again.
+    assert!(
+        restarted.elapsed() >= std::time::Duration::from_secs(10),
+        "the restarted canary passed {:?} after its restart, within its probation",
+        restarted.elapsed()
+    );
     wait("every host to serve 0.2.0", || {
         hosts
             .iter()
