@@ -65,6 +65,34 @@ fn a_canary_whose_self_test_fails_stops_the_rollout_and_the_others_never_load_it
         )) && stdout.contains("self_test failed"),
         "{stdout}"
     );
+    // The same in `--json`, still an array of hosts with "alive": each host says what it
+    // made of the plugin, and carries its rollout and why it stopped.
+    let fleet = e2e::host(&["fleet", "--json", "--database", &database]);
+    let (stdout, stderr) = text(&fleet);
+    assert!(fleet.status.success(), "{stderr}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed.len(), 3, "{stdout}");
+    for row in &listed {
+        assert_eq!(row["alive"], true, "{stdout}");
+        let plugin = &row["published"][0];
+        assert_eq!(plugin["name"], "hello", "{stdout}");
+        assert_eq!(plugin["sha256"], sha256_hex(bad).as_str(), "{stdout}");
+        assert_eq!(plugin["rollout"], "failed", "{stdout}");
+        assert_eq!(plugin["rollout_reason"], reason, "{stdout}");
+        let canary = row["id"] == canaries[0].as_str();
+        assert_eq!(plugin["canary"], canary, "{stdout}");
+        if canary {
+            assert_eq!(plugin["state"], "failed", "{stdout}");
+            assert!(
+                plugin["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("the greeting table is empty")),
+                "{stdout}"
+            );
+        } else {
+            assert_eq!(plugin["state"], serde_json::Value::Null, "{stdout}");
+        }
+    }
 }
 
 #[test]

@@ -587,4 +587,8 @@ fn the_http_api_lists_the_fleet() {
     for id in &ids {
         assert!(listed.contains(&id.as_str()), "{id} missing: {hosts}");
     }
+    // Each host also says what it made of the catalogue's plugins: none published here.
+    for host in hosts.as_array().unwrap() {
+        assert_eq!(host["published"], serde_json::json!([]), "{hosts}");
+    }
 }

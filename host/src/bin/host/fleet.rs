@@ -115,7 +115,9 @@ pub fn join(
 }
 
 /// `host fleet`: the hosts of the fleet's database, alive (a heartbeat within `lease_ms`)
-/// or gone (rows of hosts gone for a day are deleted).
+/// or gone (rows of hosts gone for a day are deleted), and the catalogue's rollouts: after
+/// the table, a line per rollout that has not reached every host; with `--json`, in each
+/// host's object (`"published"`).
 pub fn list(args: FleetArgs) -> Result<ExitCode> {
     let config = match crate::cli::config_path(args.config.clone()) {
         Some(path) => {
@@ -146,9 +148,17 @@ pub fn list(args: FleetArgs) -> Result<ExitCode> {
     let hosts = database
         .block_on(database.fleet(config.tasks.lease_ms))
         .map_err(|err| Failure::new(OTHER, err.to_string()))?;
+    // The catalogue's plugins and rollouts (a database of an older schema has no
+    // catalogue: nothing to say).
+    let published = database
+        .block_on(host::catalogue::list_published(&database))
+        .unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &hosts)?;
+        // Still an array of hosts, each as before, with what it made of each published
+        // plugin and that plugin's rollout (and why it stopped) added.
+        let members = host::catalogue::members(hosts, &published);
+        serde_json::to_writer_pretty(&mut out, &members)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -174,11 +184,7 @@ pub fn list(args: FleetArgs) -> Result<ExitCode> {
         ]);
     }
     write_rows(&mut out, &rows)?;
-    // The catalogue's rollouts that have not reached every host, and why (a database of
-    // an older schema has no catalogue: nothing to say).
-    let published = database
-        .block_on(host::catalogue::list_published(&database))
-        .unwrap_or_default();
+    // The catalogue's rollouts that have not reached every host, and why.
     for plugin in published.iter().filter(|p| p.rollout != "everywhere") {
         let state = match (&plugin.reason, plugin.rollout.as_str()) {
             (Some(reason), _) => format!("rollout failed: {reason}"),
