@@ -252,6 +252,19 @@ fn a_host_paused_past_its_lease_cannot_overwrite_the_host_that_took_over() {
     second.hosts[0].wait_until(WAIT, "the task to succeed", |_| {
         count(&url, &format!("id = {id} AND status = 'success'")) == 1
     });
+    // Refused for good: said once (by the runner, from the store's typed error), and not
+    // tried again as a failed write.
+    let log = first.hosts[0].log();
+    assert_eq!(
+        log.matches(&format!("task {id}: host {paused} lost its lease on it"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("cannot record how task {id} ended")),
+        "{log}"
+    );
     let task: Value =
         serde_json::from_str(&second.hosts[0].cli(&["task", &id.to_string(), "--json"])).unwrap();
     let task = &task["task"];
