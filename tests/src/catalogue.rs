@@ -72,16 +72,34 @@ pub fn passing_self_test() -> &'static Path {
     BUILT.get_or_init(|| hello_v2("Yo", "Ok(())"))
 }
 
-/// One host of the fleet: its plugins directory and its `host serve`.
+/// One host of the fleet: its plugins directory, its state directory (where it keeps its
+/// id) and its `host serve`.
 pub struct Member {
     pub dir: tempfile::TempDir,
+    pub state: tempfile::TempDir,
     pub server: Server,
+    /// The database it was started on (none: a host outside any fleet).
+    pub database: Option<String>,
 }
 
 impl Member {
-    /// Whether `host_id` (`hostname-pid-random`) is this host's.
+    /// Whether `host_id` is this host's (as its catalogue agent logged it).
     pub fn is(&self, host_id: &str) -> bool {
-        host_id.contains(&format!("-{}-", self.server.pid()))
+        self.id() == host_id
+    }
+
+    /// This host's id in the fleet, as its catalogue agent logged it.
+    pub fn id(&self) -> String {
+        let log = self.server.log();
+        let at = log
+            .find("catalogue: this host is ")
+            .unwrap_or_else(|| panic!("the host's id is not logged: {log}"))
+            + "catalogue: this host is ".len();
+        log[at..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The SHA-256 of the hello it serves, if it serves one.
@@ -97,16 +115,42 @@ impl Member {
             .call("hello", "greet", ADA)
             .map(|v| v["message"].as_str().unwrap_or_default().to_owned())
     }
+
+    /// Ends the host with `signal`, waits for it, and starts it again on the same plugins
+    /// and state directories; waits until its catalogue agent reached the database.
+    pub fn restart(&mut self, signal: libc::c_int) {
+        self.server.signal(signal);
+        self.server.wait();
+        self.server = serve(self.dir.path(), self.state.path(), self.database.as_deref());
+    }
 }
 
 /// Starts a host on `database` (or none) with `config` as its host.toml, and waits until
 /// its catalogue agent reached the database.
 pub fn member(database: Option<&str>, config: &str) -> Member {
     let dir = plugins_dir();
-    let conf = dir.path().join("host.toml");
-    fs::write(&conf, config).expect("write host.toml");
-    let args = ["--config", conf.to_str().expect("UTF-8")];
-    let server = Server::start_configured(dir.path(), &args, |command| {
+    let state = tempfile::tempdir().expect("temp dir");
+    fs::write(dir.path().join("host.toml"), config).expect("write host.toml");
+    let server = serve(dir.path(), state.path(), database);
+    Member {
+        dir,
+        state,
+        server,
+        database: database.map(str::to_owned),
+    }
+}
+
+/// `host serve` of `plugins` (with its host.toml) and `state` (as `--state-dir`), on
+/// `database` or none.
+fn serve(plugins: &Path, state: &Path, database: Option<&str>) -> Server {
+    let conf = plugins.join("host.toml");
+    let args = [
+        "--config",
+        conf.to_str().expect("UTF-8"),
+        "--state-dir",
+        state.to_str().expect("UTF-8"),
+    ];
+    let server = Server::start_configured(plugins, &args, |command| {
         command.env_remove("HOST_DATABASE_URL");
         if let Some(url) = database {
             command.env("HOST_DATABASE_URL", url);
@@ -118,7 +162,7 @@ pub fn member(database: Option<&str>, config: &str) -> Member {
                 .contains("catalogue: connected to the fleet database")
         });
     }
-    Member { dir, server }
+    server
 }
 
 pub const FLEET_CONFIG: &str =

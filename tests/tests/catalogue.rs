@@ -189,7 +189,12 @@ fn an_unreachable_database_is_logged_once_and_the_plugins_the_host_has_keep_serv
         1,
         "{log}"
     );
-    let host = Member { dir, server };
+    let host = Member {
+        dir,
+        state: tempfile::tempdir().expect("temp dir"),
+        server,
+        database: Some(url.clone()),
+    };
     assert_eq!(host.greet().as_deref(), Ok("Hello, Ada!"));
     assert!(host.dir.path().join("hello.catalogue.so").exists());
 }

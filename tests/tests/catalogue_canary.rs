@@ -1,7 +1,8 @@
 //! Canary rollouts of the plugin catalogue (issue 18, item 7), three real hosts on one fresh
 //! database each time: a canary whose self-test fails, one whose probation trips a rollback
 //! and one killed on probation fail the rollout (the others never load it); a good one
-//! reaches every host after probation.
+//! reaches every host after probation, and so does one whose canary is restarted on
+//! probation (it keeps its id).
 
 use std::fs;
 
@@ -24,14 +25,7 @@ fn a_canary_whose_self_test_fails_stops_the_rollout_and_the_others_never_load_it
     let canaries: Vec<String> = serde_json::from_value(listed[0]["canaries"].clone()).unwrap();
     assert_eq!(canaries.len(), 1, "{listed}");
     // The lowest id among the hosts alive.
-    let ids: Vec<String> = hosts
-        .iter()
-        .map(|h| {
-            let log = h.server.log();
-            let at = log.find("this host is ").expect("the host's id is logged") + 13;
-            log[at..].split_whitespace().next().unwrap().to_owned()
-        })
-        .collect();
+    let ids: Vec<String> = hosts.iter().map(Member::id).collect();
     assert_eq!(canaries[0], ids.iter().min().unwrap().clone(), "{ids:?}");
 
     wait("the rollout to fail", || {
@@ -71,6 +65,34 @@ fn a_canary_whose_self_test_fails_stops_the_rollout_and_the_others_never_load_it
         )) && stdout.contains("self_test failed"),
         "{stdout}"
     );
+    // The same in `--json`, still an array of hosts with "alive": each host says what it
+    // made of the plugin, and carries its rollout and why it stopped.
+    let fleet = e2e::host(&["fleet", "--json", "--database", &database]);
+    let (stdout, stderr) = text(&fleet);
+    assert!(fleet.status.success(), "{stderr}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed.len(), 3, "{stdout}");
+    for row in &listed {
+        assert_eq!(row["alive"], true, "{stdout}");
+        let plugin = &row["published"][0];
+        assert_eq!(plugin["name"], "hello", "{stdout}");
+        assert_eq!(plugin["sha256"], sha256_hex(bad).as_str(), "{stdout}");
+        assert_eq!(plugin["rollout"], "failed", "{stdout}");
+        assert_eq!(plugin["rollout_reason"], reason, "{stdout}");
+        let canary = row["id"] == canaries[0].as_str();
+        assert_eq!(plugin["canary"], canary, "{stdout}");
+        if canary {
+            assert_eq!(plugin["state"], "failed", "{stdout}");
+            assert!(
+                plugin["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("the greeting table is empty")),
+                "{stdout}"
+            );
+        } else {
+            assert_eq!(plugin["state"], serde_json::Value::Null, "{stdout}");
+        }
+    }
 }
 
 #[test]
@@ -218,4 +240,74 @@ fn a_canary_whose_probation_trips_a_rollback_fails_the_rollout() {
     wait("the canary's file to be 0.1.0 again", || {
         fs::read(&file).ok() == fs::read(v1).ok()
     });
+}
+
+/// A canary restarted on probation comes back under the id kept in its state directory, so
+/// the rollout goes on waiting for it and completes once it served a whole probation
+/// again. (Before the id was kept, it came back under a new one, the old one went quiet,
+/// and the rollout failed: "canary ... is gone".)
+#[test]
+fn a_canary_restarted_on_probation_keeps_its_id_and_completes_the_rollout() {
+    let database = fresh_database();
+    // A host is gone 6 s after its last heartbeat; the probation (10 s) outlasts that.
+    let config = "[tasks]\nlease_ms = 6000\n\n[catalogue]\npoll_ms = 200\n\n\
+                  [plugins.hello]\nprobation_ms = 10000\n";
+    let mut hosts: Vec<Member> = (0..3).map(|_| member(Some(&database), config)).collect();
+    wait("three hosts alive in the hosts table", || {
+        psql(&database, "SELECT count(*) FROM hosts") == "3"
+    });
+    let v1 = &built().hello;
+    let v2 = passing_self_test();
+    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(v2));
+    publish(&hosts[0].server, v1, &[]);
+    wait("every host to serve 0.1.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
+    });
+    publish(&hosts[0].server, v2, &["--canary", "1"]);
+    let canaries: Vec<String> =
+        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
+    let at = hosts
+        .iter()
+        .position(|h| h.is(&canaries[0]))
+        .expect("the canary is one of the three");
+    wait("the canary to serve 0.2.0 on probation", || {
+        hosts[at].serving_sha256().as_deref() == Some(sha2.as_str())
+    });
+    assert_eq!(published(&hosts[0].server)[0]["rollout"], "canary");
+    let before = hosts[at].id();
+    let restarted = std::time::Instant::now();
+    hosts[at].restart(libc::SIGKILL);
+    wait("the rollout to be decided", || {
+        published(&hosts[0].server)[0]["rollout"] != "canary"
+    });
+    let listed = published(&hosts[1].server);
+    assert_eq!(listed[0]["rollout"], "everywhere", "{listed}");
+    assert_eq!(hosts[at].id(), before, "the restarted canary took a new id");
+    // It loaded 0.2.0 at start, where a load has no probation of its own (nothing to roll
+    // back to): it passed only after serving it a whole probation again.
+    assert!(
+        restarted.elapsed() >= std::time::Duration::from_secs(10),
+        "the restarted canary passed {:?} after its restart, within its probation",
+        restarted.elapsed()
+    );
+    wait("every host to serve 0.2.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha2.as_str()))
+    });
+    // One row per host: the restart left no dead row behind, and the canary's row is its
+    // new process's.
+    let fleet = e2e::host(&["fleet", "--json", "--database", &database]);
+    let (stdout, stderr) = text(&fleet);
+    assert!(fleet.status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == before.as_str())
+        .unwrap_or_else(|| panic!("{before} missing: {stdout}"));
+    assert_eq!(row["pid"], hosts[at].server.pid(), "{stdout}");
+    assert_eq!(row["alive"], true, "{stdout}");
 }

@@ -1,6 +1,7 @@
 //! A fleet of hosts on one PostgreSQL database (the server `.ci/test` starts): each test
 //! has a database of its own and real `host serve` processes.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -251,6 +252,19 @@ fn a_host_paused_past_its_lease_cannot_overwrite_the_host_that_took_over() {
     second.hosts[0].wait_until(WAIT, "the task to succeed", |_| {
         count(&url, &format!("id = {id} AND status = 'success'")) == 1
     });
+    // Refused for good: said once (by the runner, from the store's typed error), and not
+    // tried again as a failed write.
+    let log = first.hosts[0].log();
+    assert_eq!(
+        log.matches(&format!("task {id}: host {paused} lost its lease on it"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("cannot record how task {id} ended")),
+        "{log}"
+    );
     let task: Value =
         serde_json::from_str(&second.hosts[0].cli(&["task", &id.to_string(), "--json"])).unwrap();
     let task = &task["task"];
@@ -262,6 +276,102 @@ fn a_host_paused_past_its_lease_cannot_overwrite_the_host_that_took_over() {
         )),
         "{task}"
     );
+}
+
+/// A host keeps its id across restarts (kept in its state directory): `host fleet --json`
+/// lists it once, under its new pid; the task it ran when it was killed is taken back as it
+/// starts again, without waiting out the (two-minute) lease; and a copy of its state
+/// directory started beside it is refused in one line.
+#[test]
+fn a_restarted_host_keeps_its_id_and_takes_back_its_own_tasks_at_once() {
+    let _server = shared();
+    let url = fresh_database();
+    let plugins = plugins_dir();
+    install(tasker(), plugins.path(), "libtasker.so");
+    let dirs = tempfile::tempdir().unwrap();
+    let (state, clone) = (dirs.path().join("state"), dirs.path().join("clone"));
+    let toml = dirs.path().join("host.toml");
+    std::fs::write(
+        &toml,
+        format!("[tasks]\ndatabase = \"{url}\"\nlease_ms = 120000\n"),
+    )
+    .unwrap();
+    let start = |state: &std::path::Path| {
+        Server::spawn(
+            None,
+            plugins.path(),
+            &[
+                "--config",
+                toml.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ],
+            |_| {},
+        )
+    };
+    let answers = |server: &Server| {
+        server.wait_until(WAIT, "the host to answer", |s| {
+            s.client().and_then(|mut c| c.ping().ok()).is_some()
+        });
+    };
+    let mut first = start(&state);
+    answers(&first);
+    let id = host_id_of(&url, &first);
+    let task = submit(&first, "tasker", "slow", r#"{"ms":3000}"#);
+    first.wait_until(WAIT, "the task running", |_| {
+        count(&url, &format!("id = {task} AND status = 'running'")) == 1
+    });
+    first.signal(libc::SIGKILL);
+    first.wait();
+
+    let second = start(&state);
+    answers(&second);
+    second.wait_until(WAIT, "the task to succeed on the restarted host", |_| {
+        count(&url, &format!("id = {task} AND status = 'success'")) == 1
+    });
+    assert_eq!(host_id_of(&url, &second), id);
+    let log = second.log();
+    assert!(
+        log.contains(&format!("fleet: host {id} restarted")),
+        "{log}"
+    );
+    let logs = psql(&url, &format!("SELECT logs FROM tasks WHERE id = {task}"));
+    assert!(
+        logs.contains(&format!(
+            "taken back by host {id}: host {id} restarted during attempt 1"
+        )),
+        "{logs}"
+    );
+    let listed = host(&["fleet", "--json", "--database", &url]);
+    let (stdout, stderr) = text(&listed);
+    assert!(listed.status.success(), "{stderr}");
+    let hosts: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(hosts.len(), 1, "{stdout}");
+    assert_eq!(hosts[0]["id"], Value::from(id.clone()), "{stdout}");
+    assert_eq!(hosts[0]["pid"], second.pid(), "{stdout}");
+    assert_eq!(hosts[0]["alive"], true, "{stdout}");
+
+    // A copy of the state directory, beside the host it was copied from.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&clone)
+        .unwrap();
+    std::fs::copy(state.join("host-id"), clone.join("host-id")).unwrap();
+    let mut copy = start(&clone);
+    let status = copy
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the copy exits");
+    assert!(!status.success());
+    let log = copy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("host id {id} is in use by a running host")))
+        .unwrap_or_else(|| panic!("not refused: {log}"));
+    assert!(
+        line.contains(&format!("pid {}", second.pid())) && line.contains("remove its host-id"),
+        "{line}"
+    );
+    assert_eq!(psql(&url, "SELECT count(*) FROM hosts"), "1");
 }
 
 #[test]
@@ -489,5 +599,9 @@ fn the_http_api_lists_the_fleet() {
         .collect();
     for id in &ids {
         assert!(listed.contains(&id.as_str()), "{id} missing: {hosts}");
+    }
+    // Each host also says what it made of the catalogue's plugins: none published here.
+    for host in hosts.as_array().unwrap() {
+        assert_eq!(host["published"], serde_json::json!([]), "{hosts}");
     }
 }

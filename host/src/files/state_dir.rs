@@ -1,5 +1,5 @@
 //! The state directory: where a host keeps what outlives it (the task database,
-//! `tasks.db`), owned by one running host at a time.
+//! `tasks.db`; its id in a fleet, `host-id`), owned by one running host at a time.
 //!
 //! Two hosts sharing one task database would each take the other's running tasks for ones
 //! left by a crash, queue them again, and run them twice. So a host takes the directory's
@@ -17,6 +17,8 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::files::owner_lock::{LockError, OwnerLock};
+
+pub use crate::files::host_id::{random_hex, HostIdError, StoredHostId, HOST_ID_FILE};
 
 /// The name of the lock file in a state directory.
 pub const LOCK_FILE: &str = "host.lock";
@@ -106,6 +108,15 @@ impl StateDir {
     /// The task database in it.
     pub fn tasks_db(&self) -> PathBuf {
         self.path.join("tasks.db")
+    }
+
+    /// This host's id in a fleet, kept in the directory (`host-id`) so that it survives
+    /// restarts: read back, or made with `fresh` (once) and written atomically, mode 0600.
+    pub fn host_id(
+        &self,
+        fresh: impl FnOnce() -> io::Result<String>,
+    ) -> Result<StoredHostId, HostIdError> {
+        crate::files::host_id::load_or_create(&self.path, fresh)
     }
 }
 

@@ -163,7 +163,9 @@ pub struct FleetArgs {
     /// host.toml: its `[tasks] database` and `lease_ms` [env: HOST_CONFIG].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print JSON (one object per host, with `"alive": true|false`) instead of a table.
+    /// Print JSON (an array of one object per host, with `"alive": true|false`, and
+    /// `"published"`: each plugin of the catalogue, its rollout and why it stopped, and
+    /// what this host made of it) instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -27,7 +27,7 @@ use host::config::{HostConfig, LogFormat};
 use host::control::{default_socket_path, ControlServer, ControlSocket, HostInfo};
 use host::http::{HttpServer, TokenSource, Tokens, TOKEN_ENV};
 use host::isolation::IsolationOptions;
-use host::postgres::HostRow;
+use host::postgres::database_url;
 use host::state_dir::{default_state_dir, StateDir};
 use host::systemd::{Activated, Notifier, RuntimeProbe, Watchdog, WatchdogOptions};
 use host::tasks::{PgStore, SqliteStore, Tasks};
@@ -99,7 +99,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
 
     // Before anything is loaded or opened: this host's state directory, and its socket. A
     // host that is refused either has touched nothing of the one that holds them.
-    let state = if config.tasks.enabled {
+    // A host in a fleet keeps its id there, tasks or not.
+    let in_fleet = database_url(config.tasks.database.as_deref()).is_ok_and(|url| url.is_some());
+    let state = if config.tasks.enabled || in_fleet {
         let state_dir = args
             .state_dir
             .or_else(|| config.state_dir.as_ref().map(|d| config_dir.join(d)))
@@ -181,7 +183,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         pid: std::process::id(),
         plugins_dir: dir.clone(),
     };
-    let fleet = crate::fleet::join(&host, &config.tasks)?;
+    let fleet = crate::fleet::join(&host, &config.tasks, state.as_ref())?;
     let tasks = start_tasks(&host, &config, state.as_ref(), fleet.as_ref());
     let server = ControlServer::serve(listener, host.clone(), info, limits, tasks.clone())
         .with_context(|| format!("control socket {}", socket.display()))?;
@@ -422,7 +424,7 @@ fn start_tasks(
     }
     let db = state.tasks_db();
     // One host owns the file: it is the host of every task that ran.
-    let id = HostRow::this_process(env!("CARGO_PKG_VERSION"), 0).hostname;
+    let id = host::postgres::hostname();
     let started = SqliteStore::open(&db)
         .map(|store| store.with_host_id(&id))
         .map_err(|err| err.to_string())

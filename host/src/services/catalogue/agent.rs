@@ -190,13 +190,22 @@ async fn pass(
         .unwrap_or_default();
     let now_ms = crate::runtime::reaper::unix_ms(std::time::SystemTime::now());
     for (name, entry) in local.iter_mut() {
-        let published = wanted
+        let Some(plugin) = wanted
             .iter()
-            .any(|w| &w.name == name && w.sha256 == entry.sha256);
-        if !published {
+            .find(|w| &w.name == name && w.sha256 == entry.sha256)
+        else {
             continue;
-        }
-        let report = local::state_of(&files, &local::file_for(dir, name), &entry.sha256, now_ms);
+        };
+        // A canary passes once it served the version a whole probation, whenever it
+        // loaded it (a canary restarted on probation loads it at start, without one).
+        let min_served_ms =
+            if plugin.rollout == "canary" && plugin.canaries.contains(&inner.host_id) {
+                inner.host.with_settings(name, |s| s.probation_ms)
+            } else {
+                0
+            };
+        let file = local::file_for(dir, name);
+        let report = local::state_of(&files, &file, &entry.sha256, now_ms, min_served_ms);
         if entry.reported.as_ref() != Some(&report) {
             store::report(&mut client, &inner.host_id, name, &report).await?;
             if report.state == "failed" {

@@ -66,8 +66,17 @@ pub(crate) fn remove(dir: &Path, name: &str) -> std::io::Result<()> {
 
 /// What the host made of the file at `path`, published with `sha256`: served past its
 /// probation (`passed`), served on probation (`serving`), refused or rolled back
-/// (`failed`, with the host's reason), or not yet loaded (`loading`).
-pub(crate) fn state_of(files: &[FileStatus], path: &Path, sha256: &str, now_ms: u64) -> Report {
+/// (`failed`, with the host's reason), or not yet loaded (`loading`). With `min_served_ms`
+/// (a canary's probation), the version must also have served that long: a version loaded
+/// at start has no probation of its own (nothing to roll back to), and a canary restarted
+/// on probation must not pass at once.
+pub(crate) fn state_of(
+    files: &[FileStatus],
+    path: &Path,
+    sha256: &str,
+    now_ms: u64,
+    min_served_ms: u64,
+) -> Report {
     let report = |state: &'static str, reason: Option<String>, generation: Option<u64>| Report {
         sha256: sha256.to_owned(),
         state,
@@ -81,7 +90,8 @@ pub(crate) fn state_of(files: &[FileStatus], path: &Path, sha256: &str, now_ms: 
         Some(serving) if serving.sha256.as_deref() == Some(sha256) => {
             let on_probation = serving
                 .probation_until_unix_ms
-                .is_some_and(|until| until > now_ms);
+                .is_some_and(|until| until > now_ms)
+                || serving.loaded_at_unix_ms.saturating_add(min_served_ms) > now_ms;
             let state = if on_probation { "serving" } else { "passed" };
             report(state, None, Some(serving.generation))
         }
@@ -117,7 +127,7 @@ mod tests {
     #[test]
     fn the_state_reported_follows_what_the_host_serves() {
         let path = Path::new("/p/hello.catalogue.so");
-        let state = |files: &[FileStatus]| state_of(files, path, "aa", 1_000);
+        let state = |files: &[FileStatus]| state_of(files, path, "aa", 1_000, 0);
         assert_eq!(state(&[]).state, "loading");
         assert_eq!(
             state(&[file(Some("aa"), Some(2_000), None)]).state,
@@ -134,6 +144,11 @@ mod tests {
             "failed"
         );
         assert_eq!(state(&[file(Some("bb"), None, None)]).state, "loading");
+        // A canary's version loaded at start (no probation of its own, loaded at 1 ms):
+        // serving until it served the canary's probation.
+        let canary = |now| state_of(&[file(Some("aa"), None, None)], path, "aa", now, 500).state;
+        assert_eq!(canary(400), "serving");
+        assert_eq!(canary(501), "passed");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod agent;
 mod check;
 mod error;
+mod fleet;
 mod local;
 mod rollout;
 mod service;
@@ -13,6 +14,7 @@ mod store;
 
 pub use check::{check_file, Checked};
 pub use error::CatalogueError;
+pub use fleet::{list_fleet, members, FleetMember, PublishedHere};
 pub use service::{list_published, Catalogue};
 pub use settings::CatalogueSettings;
 pub use store::{HostReport, PublishedPlugin};

@@ -94,7 +94,8 @@ pub(super) async fn restart(
     Ok(Json(json!({ "message": message })))
 }
 
-/// The fleet's hosts, alive or gone, as `host fleet --json` lists them; 400
+/// The fleet's hosts, alive or gone, with the catalogue's rollouts, as `host fleet --json`
+/// lists them; 400
 /// `not_configured` where this host has no fleet database.
 pub(super) async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let Some((database, lease_ms)) = state.fleet.get().cloned() else {
@@ -108,7 +109,7 @@ pub(super) async fn fleet(State(state): State<Arc<AppState>>) -> Result<Json<Val
     let listed = database
         .handle()
         .clone()
-        .spawn(async move { database.fleet(lease_ms).await })
+        .spawn(async move { crate::services::catalogue::list_fleet(&database, lease_ms).await })
         .await;
     match listed {
         Ok(Ok(hosts)) => Ok(Json(json!(hosts))),

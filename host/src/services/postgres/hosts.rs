@@ -14,7 +14,8 @@ pub const GONE_ROWS_KEPT_MS: i64 = 86_400_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HostRow {
-    /// Unique in the fleet: `HOSTNAME-PID-RANDOM`.
+    /// Unique in the fleet: `HOSTNAME-RANDOM`, kept in the state directory (`host-id`)
+    /// and the same at every start; `HOSTNAME-PID-RANDOM` for a host without one.
     pub id: String,
     pub hostname: String,
     pub pid: u32,
@@ -23,7 +24,19 @@ pub struct HostRow {
 }
 
 impl HostRow {
-    /// This process's row, with a new id.
+    /// This process's row, under `id` (the one kept in the state directory).
+    pub fn new(id: String, version: &str, started_unix_ms: u64) -> HostRow {
+        HostRow {
+            id,
+            hostname: hostname(),
+            pid: std::process::id(),
+            version: version.to_owned(),
+            started_unix_ms,
+        }
+    }
+
+    /// This process's row, with a new id (a host without a state directory to keep one
+    /// in: it is a new host at each start).
     pub fn this_process(version: &str, started_unix_ms: u64) -> HostRow {
         let hostname = hostname();
         let pid = std::process::id();
@@ -34,6 +47,26 @@ impl HostRow {
             version: version.to_owned(),
             started_unix_ms,
         }
+    }
+
+    /// A new id to keep in a state directory: `HOSTNAME-RANDOM` (12 hex digits from the
+    /// kernel), the hostname cut to 64 bytes of letters, digits, `.`, `_` and `-`.
+    pub fn fresh_id() -> std::io::Result<String> {
+        let name: String = hostname()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        Ok(format!(
+            "{name}-{}",
+            crate::files::state_dir::random_hex(6)?
+        ))
     }
 }
 
@@ -73,7 +106,8 @@ pub struct FleetHost {
 }
 
 impl Database {
-    /// Writes this host's row (inserted, or brought back after it was deleted), its
+    /// Writes this host's row (inserted, taken over from its previous run under the same
+    /// id, or brought back after it was deleted), its
     /// heartbeat now, extends the leases of the tasks it runs to `lease_ms` from now, and
     /// deletes the rows of hosts gone for a day, in one round trip. Returns how many leases it extended.
     pub async fn heartbeat(
@@ -94,7 +128,9 @@ impl Database {
                      INSERT INTO hosts (id, hostname, pid, version, started, heartbeat, plugins)
                      VALUES ($1, $2, $3, $4, $5, fleet_now_ms(), $6::text::jsonb)
                      ON CONFLICT (id) DO UPDATE
-                         SET heartbeat = excluded.heartbeat, plugins = excluded.plugins
+                         SET hostname = excluded.hostname, pid = excluded.pid,
+                             version = excluded.version, started = excluded.started,
+                             heartbeat = excluded.heartbeat, plugins = excluded.plugins
                      RETURNING 1
                  ), l AS (
                      UPDATE tasks SET lease_until = fleet_now_ms() + $7
@@ -168,7 +204,7 @@ impl Database {
 }
 
 /// This machine's name (`uname -n`), or `localhost`.
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: `buf` is writable for its whole length, which gethostname is told.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use plugin_api::{ErrorKind, Level, LogRecord};
 
+use super::recording::NotRecorded;
 use super::retry::RetryDelay;
 use super::runner::{lock, now_ms, Inner};
 use super::task::{Finish, Inserted, TaskRecord, TaskStatus};
@@ -13,8 +14,9 @@ use crate::registry::CallRequest;
 use crate::types::call::{CallError, CallErrorKind, CallOutcome};
 
 impl Inner {
-    /// Runs one attempt of `task` and records how it ended; whether the task did (it is
-    /// not to be retried).
+    /// Runs one attempt of `task` and records how it ended; whether the task ended here (it
+    /// is not to be retried, and this host did not lose its lease on it before its end was
+    /// written: a task another host took over is that host's to end).
     pub(super) fn run(&self, task: TaskRecord) -> bool {
         let _span = tracing::info_span!("task", id = task.id, plugin = %task.plugin).entered();
         let cancelled = lock(&self.state)
@@ -41,7 +43,7 @@ impl Inner {
                 "plugin {} is not served now: the task waits for it",
                 task.plugin
             );
-            self.record(task.id, "its release", |store| store.release(task.id));
+            let _ = self.record(task.id, "its release", |store| store.release(task.id));
             return false;
         }
         let verdict = verdict(&result, asked);
@@ -104,10 +106,14 @@ impl Inner {
                 }
                 // The outcome and the follow-ups together: a host stopped in between
                 // would run the task again and queue its follow-ups twice.
-                let inserted = self.record(task.id, "its success", |store| {
+                let inserted = match self.record(task.id, "its success", |store| {
                     store.finish(task.id, &finish, &inserts)
-                });
-                for (insert, inserted) in inserts.iter().zip(inserted.unwrap_or_default()) {
+                }) {
+                    Ok(inserted) => inserted,
+                    Err(NotRecorded::LeaseLost) => return false,
+                    Err(NotRecorded::GivenUp) => Vec::new(),
+                };
+                for (insert, inserted) in inserts.iter().zip(inserted) {
                     if let Inserted::Queued(_) = inserted {
                         self.count(&insert.plugin, 1);
                     }
@@ -132,7 +138,8 @@ impl Inner {
                     finish.error.as_deref().unwrap_or_default()
                 );
                 let due = now.saturating_add(delay.ms);
-                self.record(task.id, "its retry", |store| {
+                // Retried here or taken over elsewhere: not ended either way.
+                let _ = self.record(task.id, "its retry", |store| {
                     store.retry_later(task.id, due, &finish)
                 });
             }
@@ -144,9 +151,12 @@ impl Inner {
                         finish.error.as_deref().unwrap_or_default()
                     );
                 }
-                self.record(task.id, "its end", |store| {
+                let recorded = self.record(task.id, "its end", |store| {
                     store.finish(task.id, &finish, &[])
                 });
+                if recorded == Err(NotRecorded::LeaseLost) {
+                    return false;
+                }
             }
         }
         !retried

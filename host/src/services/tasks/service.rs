@@ -211,7 +211,7 @@ impl Tasks {
         let requeued = inner
             .store
             .requeue(id, now_ms())
-            .map_err(|err| CallError::new(CallErrorKind::InvalidRequest, err.0))?;
+            .map_err(|err| CallError::new(CallErrorKind::InvalidRequest, err.to_string()))?;
         match requeued {
             None => Err(no_task(id)),
             Some(status) if status.is_active() => Err(CallError::new(

@@ -13,8 +13,28 @@ use super::task::{Finish, Insert, Inserted, TaskFilter, TaskId, TaskRecord, Task
 
 /// Why the store could not do what was asked: one line, naming the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store failed or refused; trying again may succeed.
+    #[error("{0}")]
+    Failed(String),
+    /// A write of an attempt (its outcome, retry or release) was refused because this host
+    /// no longer holds the task's claim: its lease expired and another host took the task
+    /// over (a store a fleet shares). Final: what the other host writes stands, and trying
+    /// again cannot succeed. The task did not end here.
+    #[error(
+        "task {task}: host {host} lost its lease on it (another host took it over): {write} \
+         refused"
+    )]
+    LeaseLost {
+        /// The task.
+        task: TaskId,
+        /// This host's id in the fleet.
+        host: String,
+        /// The write refused: `its outcome`, `its retry`, `its release`.
+        write: &'static str,
+    },
+}
 
 /// What [`TaskStore::recover`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,7 +69,9 @@ pub trait TaskStore: Send + Sync + Debug {
 
     /// Records how a running task's attempt ended, for good, and inserts the follow-ups its
     /// call asked for (as [`TaskStore::insert`] does, answering in their order), in one
-    /// transaction: either both are recorded or neither.
+    /// transaction: either both are recorded or neither. A shared store refuses it with
+    /// [`StoreError::LeaseLost`] once another host took the task over (the same for
+    /// [`release`](TaskStore::release) and [`retry_later`](TaskStore::retry_later)).
     fn finish(
         &self,
         id: TaskId,
@@ -121,7 +143,7 @@ pub trait TaskStore: Send + Sync + Debug {
     /// Whether the task exists. A store that cannot keep notes says so.
     fn note(&self, id: TaskId, record: &LogRecord) -> Result<bool, StoreError> {
         let _ = (id, record);
-        Err(StoreError("this task store keeps no notes".into()))
+        Err(StoreError::Failed("this task store keeps no notes".into()))
     }
 
     /// Task `id`'s notes, oldest first.

@@ -34,13 +34,24 @@ const CLAIM: &str = concat!(
 const PIN_PLAN: &str = "BEGIN; SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
 
 /// Tasks whose lease expired (their host died, froze or lost the database) go back to the
-/// queue, or fail with their attempts spent; each one's logs name the lost host. Bounded:
-/// the next look takes the rest.
+/// queue, or fail with their attempts spent; each one's logs name the lost host. At start
+/// (`$3`), the tasks this host's id holds go back too, lease or not: they are its previous
+/// run's, which is gone (the state directory's lock, held by this process, proves it), so
+/// there is no need to wait out their lease. Their claim tokens are cleared like the
+/// others', so a write of the old run would be refused all the same. Bounded: the next
+/// look takes the rest.
 const TAKE_BACK: &str = "WITH lost AS (
          SELECT id FROM tasks
-         WHERE status = 'running' AND lease_until < fleet_now_ms()
+         WHERE status = 'running'
+           AND (lease_until < fleet_now_ms() OR ($3::boolean AND host_id = $2::text))
          ORDER BY lease_until LIMIT 1000
          FOR UPDATE SKIP LOCKED
+     ), what AS (
+         SELECT t.id, CASE WHEN t.host_id = $2::text
+             THEN 'host ' || t.host_id || ' restarted during attempt ' || t.attempts
+             ELSE 'host ' || coalesce(t.host_id, '?') || ' lost its lease during attempt '
+                  || t.attempts END AS said
+         FROM tasks t JOIN lost ON t.id = lost.id
      )
      UPDATE tasks t SET
          interrupted = t.interrupted + 1,
@@ -49,16 +60,14 @@ const TAKE_BACK: &str = "WITH lost AS (
          error = CASE WHEN t.attempts >= t.max_attempts
              THEN 'the host stopped during this attempt ' || (t.interrupted + 1) || ' times'
                   || ' (last: host ' || coalesce(t.host_id, '?') || ')'
-             ELSE 'host ' || coalesce(t.host_id, '?') || ' lost its lease during attempt '
-                  || t.attempts END,
+             ELSE what.said END,
          logs = (t.logs::jsonb || jsonb_build_array(jsonb_build_object(
              'level', 'warn',
-             'message', 'taken back by host ' || $2::text || ': host ' || coalesce(t.host_id, '?')
-                 || ' lost its lease during attempt ' || t.attempts,
+             'message', 'taken back by host ' || $2::text || ': ' || what.said,
              'unix_ms', $1::bigint)))::text,
          lease_until = NULL, claim_token = NULL
-     FROM lost WHERE t.id = lost.id
-     RETURNING t.status";
+     FROM what WHERE t.id = what.id
+     RETURNING t.status, t.host_id = $2::text";
 
 impl PgStore {
     pub(super) async fn claim_async(
@@ -69,7 +78,7 @@ impl PgStore {
     ) -> Result<Vec<TaskRecord>, PgError> {
         let what = "claim tasks";
         if self.takeover_due(now) {
-            let taken = self.take_back(now).await?;
+            let taken = self.take_back(now, false).await?;
             if taken.queued + taken.failed > 0 {
                 tracing::warn!(
                     "took back {} tasks whose host lost its lease: {} queued again, {} \
@@ -120,21 +129,34 @@ impl PgStore {
         Ok(tasks)
     }
 
-    /// Takes back the tasks whose lease expired (whoever's; never a live lease).
-    pub(super) async fn take_back(&self, now: u64) -> Result<Recovered, PgError> {
+    /// Takes back the tasks whose lease expired (whoever's; never a live lease), and with
+    /// `restarted` (at start only) those this host's id holds, its previous run's.
+    pub(super) async fn take_back(&self, now: u64, restarted: bool) -> Result<Recovered, PgError> {
         let what = "take back tasks whose lease expired";
         let client = self.db.client(what).await?;
         let statement = client.prepare_cached(TAKE_BACK).await.map_err(pg(what))?;
         let rows = client
-            .query(&statement, &[&big(now), &self.host_id])
+            .query(&statement, &[&big(now), &self.host_id, &restarted])
             .await
             .map_err(pg(what))?;
         let mut recovered = Recovered::default();
+        let mut own = 0u64;
         for row in rows {
             match row.get::<_, &str>(0) {
                 "failed" => recovered.failed += 1,
                 _ => recovered.queued += 1,
             }
+            if row.get::<_, Option<bool>>(1) == Some(true) {
+                own += 1;
+            }
+        }
+        if own > 0 {
+            tracing::warn!(
+                "took back at once {own} tasks this host ({}) was running before it restarted \
+                 (its previous run is gone: this host holds its state directory's lock), \
+                 without waiting for their lease",
+                self.host_id
+            );
         }
         Ok(recovered)
     }

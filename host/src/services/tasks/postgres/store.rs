@@ -90,12 +90,21 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         self.db
             .block_on(future)
-            .map_err(|err| StoreError(format!("tasks database {}: {err}", self.db.url())))
+            .map_err(|err| StoreError::Failed(format!("tasks database {}: {err}", self.db.url())))
     }
 
     /// `err` as a [`StoreError`] naming the database.
     pub(super) fn error(&self, err: PgError) -> StoreError {
-        StoreError(format!("tasks database {}: {err}", self.db.url()))
+        StoreError::Failed(format!("tasks database {}: {err}", self.db.url()))
+    }
+
+    /// The write `write` of task `id`'s attempt was refused: this host lost its lease.
+    pub(super) fn lease_lost(&self, id: TaskId, write: &'static str) -> StoreError {
+        StoreError::LeaseLost {
+            task: id,
+            host: self.host_id.clone(),
+            write,
+        }
     }
 
     pub(super) fn token(&self, id: TaskId) -> Option<i64> {
@@ -141,12 +150,4 @@ impl PgStore {
 /// A statement's error as a [`PgError`], naming `what`.
 pub(super) fn pg(what: &str) -> impl Fn(tokio_postgres::Error) -> PgError + '_ {
     move |err| PgError::from_pg(what, &err)
-}
-
-/// A lease lost: the write of an attempt was refused.
-pub(super) fn lease_lost(id: TaskId, what: &str, host_id: &str) {
-    tracing::warn!(
-        "task {id}: host {host_id} lost its lease on it (another host took it over): \
-         {what} refused"
-    );
 }

@@ -10,7 +10,7 @@ use super::claim::{FAIL_QUEUED, NEXT_DUE, QUEUED_PLUGINS};
 use super::finisher::Finishing;
 use super::insert::{insert_all, notify};
 use super::row::big;
-use super::store::{lease_lost, pg, PgStore};
+use super::store::{pg, PgStore};
 use crate::services::postgres::PgError;
 
 impl TaskStore for PgStore {
@@ -73,13 +73,13 @@ impl TaskStore for PgStore {
         follow_ups: &[Insert],
     ) -> Result<Vec<Inserted>, StoreError> {
         if finish.status.is_active() {
-            return Err(StoreError(format!(
+            return Err(StoreError::Failed(format!(
                 "finish task {id}: {} is not a final status",
                 finish.status
             )));
         }
         let Some(token) = self.token(id) else {
-            return Err(StoreError(format!(
+            return Err(StoreError::Failed(format!(
                 "finish task {id}: this host holds no claim on it"
             )));
         };
@@ -92,7 +92,7 @@ impl TaskStore for PgStore {
                 reply,
             };
             if self.finisher.blocking_send(finishing).is_err() {
-                return Err(StoreError(format!(
+                return Err(StoreError::Failed(format!(
                     "finish task {id}: the finisher stopped"
                 )));
             }
@@ -101,7 +101,7 @@ impl TaskStore for PgStore {
                 Ok(Ok(false)) => None,
                 Ok(Err(err)) => return Err(self.error(err)),
                 Err(_) => {
-                    return Err(StoreError(format!(
+                    return Err(StoreError::Failed(format!(
                         "finish task {id}: the finisher stopped"
                     )))
                 }
@@ -110,14 +110,8 @@ impl TaskStore for PgStore {
             self.block(self.finish_with(id, token, finish, follow_ups))?
         };
         self.forget(id);
-        match written {
-            Some(inserted) => Ok(inserted),
-            None => {
-                // Fenced: what the host that took it over writes stands.
-                lease_lost(id, "its outcome", &self.host_id);
-                Ok(Vec::new())
-            }
-        }
+        // Fenced: what the host that took it over writes stands.
+        written.ok_or_else(|| self.lease_lost(id, "its outcome"))
     }
 
     fn release(&self, id: TaskId) -> Result<(), StoreError> {
@@ -126,10 +120,11 @@ impl TaskStore for PgStore {
         };
         let kept = self.block(self.release_with(id, token))?;
         self.forget(id);
-        if !kept {
-            lease_lost(id, "its release", &self.host_id);
+        if kept {
+            Ok(())
+        } else {
+            Err(self.lease_lost(id, "its release"))
         }
-        Ok(())
     }
 
     fn retry_later(
@@ -139,23 +134,26 @@ impl TaskStore for PgStore {
         failed: &Finish,
     ) -> Result<(), StoreError> {
         let Some(token) = self.token(id) else {
-            return Err(StoreError(format!(
+            return Err(StoreError::Failed(format!(
                 "retry task {id}: this host holds no claim on it"
             )));
         };
         let kept = self.block(self.retry_with(id, token, not_before_unix_ms, failed))?;
         self.forget(id);
-        if !kept {
-            lease_lost(id, "its retry", &self.host_id);
+        if kept {
+            Ok(())
+        } else {
+            Err(self.lease_lost(id, "its retry"))
         }
-        Ok(())
     }
 
-    /// At start: only the tasks whose lease expired are taken back, never a live host's.
-    /// A database down at start is not an error here: the host starts, and takes them
-    /// back when it answers.
+    /// At start: the tasks whose lease expired are taken back, never a live host's; and
+    /// those of this host's own id, its previous run's (the id is kept in the state
+    /// directory, whose lock this process holds: that run is gone), at once. A database
+    /// down at start is not an error here: the host starts, and takes them back when it
+    /// answers (its own once their lease expired).
     fn recover(&self, now_unix_ms: u64) -> Result<Recovered, StoreError> {
-        match self.db.block_on(self.take_back(now_unix_ms)) {
+        match self.db.block_on(self.take_back(now_unix_ms, true)) {
             Ok(recovered) => Ok(recovered),
             Err(PgError::Unreachable(_)) => Ok(Recovered::default()),
             Err(err) => Err(self.error(err)),

@@ -146,7 +146,7 @@ impl SqliteStore {
                 fail.describe()
             ),
         };
-        StoreError(one_line(&text))
+        StoreError::Failed(one_line(&text))
     }
 }
 

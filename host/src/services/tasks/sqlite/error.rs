@@ -83,5 +83,5 @@ pub(super) fn one_line(text: &str) -> String {
 }
 
 pub(super) fn open_error(name: &str, what: &str) -> StoreError {
-    StoreError(one_line(&format!("task database {name}: {what}")))
+    StoreError::Failed(one_line(&format!("task database {name}: {what}")))
 }

@@ -430,23 +430,29 @@ fn finish_and_retry_later_need_a_running_task() {
         .finish(id, &ended(TaskStatus::Success, 2_000), &[])
         .unwrap_err();
     assert_eq!(
-        err.0,
+        err.to_string(),
         format!("task database (in memory): cannot finish task {id}: it is queued, not running")
     );
     let err = store
         .retry_later(id, 3_000, &ended(TaskStatus::Failed, 2_000))
         .unwrap_err();
-    assert!(err.0.contains("it is queued, not running"), "{err}");
+    assert!(
+        err.to_string().contains("it is queued, not running"),
+        "{err}"
+    );
     let err = store
         .finish(id + 1, &ended(TaskStatus::Success, 2_000), &[])
         .unwrap_err();
-    assert!(err.0.ends_with("no such task"), "{err}");
+    assert!(err.to_string().ends_with("no such task"), "{err}");
 
     assert_eq!(claim_ids(&store, 1_000, 1, &[]), vec![id]);
     let err = store
         .finish(id, &ended(TaskStatus::Queued, 2_000), &[])
         .unwrap_err();
-    assert!(err.0.contains("queued is not a final status"), "{err}");
+    assert!(
+        err.to_string().contains("queued is not a final status"),
+        "{err}"
+    );
     assert_eq!(get(&store, id).status, TaskStatus::Running);
     store
         .finish(id, &ended(TaskStatus::Bad, 2_000), &[])
@@ -454,7 +460,7 @@ fn finish_and_retry_later_need_a_running_task() {
     let err = store
         .finish(id, &ended(TaskStatus::Success, 2_000), &[])
         .unwrap_err();
-    assert!(err.0.contains("it is bad, not running"), "{err}");
+    assert!(err.to_string().contains("it is bad, not running"), "{err}");
     assert_eq!(get(&store, id).status, TaskStatus::Bad);
 }
 
@@ -566,7 +572,7 @@ fn requeue_fails_while_another_task_with_its_key_is_active() {
     let active = queue(&store, task("p", "k"));
     let err = store.requeue(old, 2_000).unwrap_err();
     assert_eq!(
-        err.0,
+        err.to_string(),
         format!(
             "task database (in memory): task {old} cannot be queued again: \
              task {active} with key k is active"
@@ -847,8 +853,8 @@ fn a_file_of_random_bytes_is_a_one_line_error_naming_it() {
         path.display()
     )
     .replace('\n', " ");
-    assert_eq!(err.0, expected);
-    assert!(!err.0.contains('\n'));
+    assert_eq!(err.to_string(), expected);
+    assert!(!err.to_string().contains('\n'));
 }
 
 #[test]
@@ -872,12 +878,12 @@ fn a_corrupt_database_is_a_one_line_error_naming_it() {
 
     let err = SqliteStore::open(&path).unwrap_err();
     assert!(
-        err.0
+        err.to_string()
             .starts_with(&format!("task database {}: ", path.display())),
         "{err}"
     );
-    assert!(err.0.contains("is it corrupt?"), "{err}");
-    assert!(!err.0.contains('\n'), "{err}");
+    assert!(err.to_string().contains("is it corrupt?"), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
 }
 
 #[test]
@@ -890,7 +896,7 @@ fn a_database_of_a_newer_host_is_refused() {
         .unwrap();
     let err = SqliteStore::open(&path).unwrap_err();
     assert_eq!(
-        err.0,
+        err.to_string(),
         format!(
             "task database {}: its schema version is 7, this host knows {SCHEMA_VERSION} at \
              most (was it written by a newer host?)",
@@ -909,7 +915,7 @@ fn a_database_of_something_else_is_refused() {
         .unwrap();
     let err = SqliteStore::open(&path).unwrap_err();
     assert_eq!(
-        err.0,
+        err.to_string(),
         format!(
             "task database {}: cannot create its schema version 1: \
              table tasks already exists",
@@ -940,7 +946,7 @@ fn a_database_locked_by_another_process_is_an_error_not_a_hang() {
     let opening = path.clone();
     let err = without_hanging(move || SqliteStore::open(&opening)).unwrap_err();
     assert_eq!(
-        err.0,
+        err.to_string(),
         format!(
             "task database {}: database is locked (another host uses it?)",
             path.display()
@@ -961,7 +967,7 @@ fn a_write_lock_held_elsewhere_is_an_error_not_a_hang() {
     let writer = Arc::clone(&store);
     let err = without_hanging(move || writer.insert(&[task("p", "k2")])).unwrap_err();
     assert_eq!(
-        err.0,
+        err.to_string(),
         format!(
             "task database {}: cannot insert tasks: database is locked \
              (another host uses it?)",
@@ -1080,7 +1086,10 @@ fn the_outcome_and_the_follow_ups_are_written_together_or_not_at_all() {
             std::slice::from_ref(&child),
         )
         .unwrap_err();
-    assert!(err.0.contains("it is queued, not running"), "{err}");
+    assert!(
+        err.to_string().contains("it is queued, not running"),
+        "{err}"
+    );
     assert_eq!(store.children(parent).unwrap(), Vec::new());
     assert_eq!(claim_ids(&store, 1_000, 1, &[]), vec![parent]);
     // A write that fails within the transaction (a full disk, say) undoes both.
@@ -1098,7 +1107,10 @@ fn the_outcome_and_the_follow_ups_are_written_together_or_not_at_all() {
             std::slice::from_ref(&child),
         )
         .unwrap_err();
-    assert!(err.0.contains("database or disk is full"), "{err}");
+    assert!(
+        err.to_string().contains("database or disk is full"),
+        "{err}"
+    );
     assert_eq!(store.children(parent).unwrap(), Vec::new());
     assert_eq!(get(&store, parent).status, TaskStatus::Running);
     store.lock().execute_batch("DROP TRIGGER full").unwrap();
@@ -1143,7 +1155,10 @@ fn claim_takes_only_the_plugins_given_and_release_gives_a_task_back_uncounted() 
         vec!["x".to_owned(), "y".to_owned()]
     );
     let err = store.release(y).unwrap_err();
-    assert!(err.0.contains("it is queued, not running"), "{err}");
+    assert!(
+        err.to_string().contains("it is queued, not running"),
+        "{err}"
+    );
 
     // Fails the queued tasks of one plugin due by a time.
     let mut later = task("x", "3");
