@@ -5,6 +5,7 @@
 //! probation (it keeps its id).
 
 use std::fs;
+use std::path::Path;
 
 use e2e::catalogue::{
     failing_self_test, fleet, member, panicking_greet, passing_self_test, publish, published,
@@ -12,6 +13,50 @@ use e2e::catalogue::{
 };
 use e2e::postgres::{fresh_database, psql};
 use e2e::{built, text};
+
+/// Three hosts with `config` on `database`, serving hello 0.1.0 from the catalogue; then
+/// `next` published with `--canary 1`, once the canary serves it on probation.
+struct CanaryRollout {
+    hosts: Vec<Member>,
+    /// Which of `hosts` is the canary, and its id.
+    canary: usize,
+    canary_id: String,
+    /// The SHA-256 of 0.1.0 and of `next`.
+    sha1: String,
+    sha2: String,
+}
+
+fn canary_rollout(database: &str, config: &str, next: &Path) -> CanaryRollout {
+    let hosts: Vec<Member> = (0..3).map(|_| member(Some(database), config)).collect();
+    wait("three hosts alive in the hosts table", || {
+        psql(database, "SELECT count(*) FROM hosts") == "3"
+    });
+    let v1 = &built().hello;
+    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(next));
+    publish(&hosts[0].server, v1, &[]);
+    wait("every host to serve 0.1.0", || {
+        hosts
+            .iter()
+            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
+    });
+    publish(&hosts[0].server, next, &["--canary", "1"]);
+    let canaries: Vec<String> =
+        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
+    let canary = hosts
+        .iter()
+        .position(|h| h.is(&canaries[0]))
+        .expect("the canary is one of the three");
+    wait("the canary to serve the new version on probation", || {
+        hosts[canary].serving_sha256().as_deref() == Some(sha2.as_str())
+    });
+    CanaryRollout {
+        hosts,
+        canary,
+        canary_id: canaries[0].clone(),
+        sha1,
+        sha2,
+    }
+}
 
 #[test]
 fn a_canary_whose_self_test_fails_stops_the_rollout_and_the_others_never_load_it() {
@@ -143,30 +188,14 @@ fn a_canary_that_dies_before_it_passed_fails_the_rollout_and_the_others_never_lo
     // canary cannot pass before it is killed.
     let config = "[tasks]\nlease_ms = 2000\n\n[catalogue]\npoll_ms = 200\n\n\
                   [plugins.hello]\nprobation_ms = 600000\n";
-    let mut hosts: Vec<Member> = (0..3).map(|_| member(Some(&database), config)).collect();
-    wait("three hosts alive in the hosts table", || {
-        psql(&database, "SELECT count(*) FROM hosts") == "3"
-    });
-    let v1 = &built().hello;
-    let v2 = passing_self_test();
-    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(v2));
-    publish(&hosts[0].server, v1, &[]);
-    wait("every host to serve 0.1.0", || {
-        hosts
-            .iter()
-            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
-    });
-    publish(&hosts[0].server, v2, &["--canary", "1"]);
-    let canaries: Vec<String> =
-        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
-    let at = hosts
-        .iter()
-        .position(|h| h.is(&canaries[0]))
-        .expect("the canary is one of the three");
-    let mut canary = hosts.remove(at);
-    wait("the canary to serve 0.2.0 on probation", || {
-        canary.serving_sha256().as_deref() == Some(sha2.as_str())
-    });
+    let CanaryRollout {
+        mut hosts,
+        canary,
+        canary_id,
+        sha1,
+        ..
+    } = canary_rollout(&database, config, passing_self_test());
+    let mut canary = hosts.remove(canary);
     canary.server.signal(libc::SIGKILL);
     canary.server.wait();
     wait("the rollout to fail", || {
@@ -179,8 +208,8 @@ fn a_canary_that_dies_before_it_passed_fails_the_rollout_and_the_others_never_lo
     assert_eq!(
         reason,
         format!(
-            "canary {} is gone (no heartbeat within 2000 ms) before it passed probation",
-            canaries[0]
+            "canary {canary_id} is gone (no heartbeat within 2000 ms) before it passed \
+             probation"
         )
     );
     for host in &hosts {
@@ -192,29 +221,14 @@ fn a_canary_that_dies_before_it_passed_fails_the_rollout_and_the_others_never_lo
 fn a_canary_whose_probation_trips_a_rollback_fails_the_rollout() {
     let database = fresh_database();
     let config = "[catalogue]\npoll_ms = 200\n\n[plugins.hello]\nprobation_ms = 600000\n";
-    let hosts: Vec<Member> = (0..3).map(|_| member(Some(&database), config)).collect();
-    wait("three hosts alive in the hosts table", || {
-        psql(&database, "SELECT count(*) FROM hosts") == "3"
-    });
-    let v1 = &built().hello;
-    let bad = panicking_greet();
-    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(bad));
-    publish(&hosts[0].server, v1, &[]);
-    wait("every host to serve 0.1.0", || {
-        hosts
-            .iter()
-            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
-    });
-    publish(&hosts[0].server, bad, &["--canary", "1"]);
-    let canaries: Vec<String> =
-        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
-    let canary = hosts
-        .iter()
-        .find(|h| h.is(&canaries[0]))
-        .expect("the canary is one of the three");
-    wait("the canary to serve 0.2.0 on probation", || {
-        canary.serving_sha256().as_deref() == Some(sha2.as_str())
-    });
+    let CanaryRollout {
+        hosts,
+        canary,
+        canary_id,
+        sha1,
+        ..
+    } = canary_rollout(&database, config, panicking_greet());
+    let canary = &hosts[canary];
     // Three panics within the probation roll it back (rollback_after = 3).
     wait("the canary to roll back", || {
         let _ = canary.greet();
@@ -228,7 +242,7 @@ fn a_canary_whose_probation_trips_a_rollback_fails_the_rollout() {
         .unwrap()
         .to_owned();
     assert!(
-        reason.starts_with(&format!("canary {}: ", canaries[0])) && reason.contains("rolled back"),
+        reason.starts_with(&format!("canary {canary_id}: ")) && reason.contains("rolled back"),
         "{reason}"
     );
     for host in &hosts {
@@ -238,7 +252,7 @@ fn a_canary_whose_probation_trips_a_rollback_fails_the_rollout() {
     // the failed file afresh.
     let file = canary.dir.path().join("hello.catalogue.so");
     wait("the canary's file to be 0.1.0 again", || {
-        fs::read(&file).ok() == fs::read(v1).ok()
+        fs::read(&file).ok() == fs::read(&built().hello).ok()
     });
 }
 
@@ -252,29 +266,12 @@ fn a_canary_restarted_on_probation_keeps_its_id_and_completes_the_rollout() {
     // A host is gone 6 s after its last heartbeat; the probation (10 s) outlasts that.
     let config = "[tasks]\nlease_ms = 6000\n\n[catalogue]\npoll_ms = 200\n\n\
                   [plugins.hello]\nprobation_ms = 10000\n";
-    let mut hosts: Vec<Member> = (0..3).map(|_| member(Some(&database), config)).collect();
-    wait("three hosts alive in the hosts table", || {
-        psql(&database, "SELECT count(*) FROM hosts") == "3"
-    });
-    let v1 = &built().hello;
-    let v2 = passing_self_test();
-    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(v2));
-    publish(&hosts[0].server, v1, &[]);
-    wait("every host to serve 0.1.0", || {
-        hosts
-            .iter()
-            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
-    });
-    publish(&hosts[0].server, v2, &["--canary", "1"]);
-    let canaries: Vec<String> =
-        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
-    let at = hosts
-        .iter()
-        .position(|h| h.is(&canaries[0]))
-        .expect("the canary is one of the three");
-    wait("the canary to serve 0.2.0 on probation", || {
-        hosts[at].serving_sha256().as_deref() == Some(sha2.as_str())
-    });
+    let CanaryRollout {
+        mut hosts,
+        canary: at,
+        sha2,
+        ..
+    } = canary_rollout(&database, config, passing_self_test());
     assert_eq!(published(&hosts[0].server)[0]["rollout"], "canary");
     let before = hosts[at].id();
     let restarted = std::time::Instant::now();
