@@ -26,6 +26,8 @@ pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
     ("ptrace", libc::SYS_ptrace),
     ("process_vm_readv", libc::SYS_process_vm_readv),
     ("process_vm_writev", libc::SYS_process_vm_writev),
+    // Takes a descriptor of another process of this user: the host's among them.
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
     ("mount", libc::SYS_mount),
     ("umount2", libc::SYS_umount2),
     ("pivot_root", libc::SYS_pivot_root),
