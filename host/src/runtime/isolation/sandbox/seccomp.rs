@@ -8,9 +8,11 @@
 //!   sends SIGSYS, whose handler (`sigsys`) writes `seccomp: denied system call NAME (NR)`
 //!   on stderr and lets the worker die of it, so the host reports it `crashed`, naming the
 //!   call;
-//! * sockets of families `net` does not allow, and io_uring (whose operations open
-//!   sockets and files without the system calls this filter sees), fail with `EACCES`:
-//!   the plugin's ordinary `Permission denied`.
+//! * sockets `net` does not allow, and io_uring (whose operations open sockets and files
+//!   without the system calls this filter sees), fail with `EACCES`: the plugin's ordinary
+//!   `Permission denied`. With `net = "loopback"`, that is every socket but TCP and UDP
+//!   over IPv4 and IPv6 (SCTP, say, connects through `setsockopt`, where no check of the
+//!   address given to `connect` would see it).
 
 use std::collections::BTreeMap;
 
@@ -101,15 +103,33 @@ pub(crate) fn filters(net: NetAccess) -> Result<(BpfProgram, BpfProgram), String
             refused.insert(libc::SYS_socket, Vec::new());
         }
         NetAccess::Loopback => {
-            let not = |family: libc::c_int| {
-                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, family as u64)
+            let not = |arg: u8, value: libc::c_int| {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value as u64)
+                    .map_err(fail)
             };
-            let rule = SeccompRule::new(vec![
-                not(libc::AF_INET).map_err(fail)?,
-                not(libc::AF_INET6).map_err(fail)?,
-            ])
-            .map_err(fail)?;
-            refused.insert(libc::SYS_socket, vec![rule]);
+            // Refused when any rule matches: a family other than IPv4 and IPv6, a type
+            // other than stream and datagram (its low four bits; the rest are flags), a
+            // protocol other than the default, TCP and UDP.
+            let mut rules = vec![
+                SeccompRule::new(vec![not(0, libc::AF_INET)?, not(0, libc::AF_INET6)?])
+                    .map_err(fail)?,
+                SeccompRule::new(vec![
+                    not(2, 0)?,
+                    not(2, libc::IPPROTO_TCP)?,
+                    not(2, libc::IPPROTO_UDP)?,
+                ])
+                .map_err(fail)?,
+            ];
+            for kind in 0..16 {
+                if kind == libc::SOCK_STREAM as u64 || kind == libc::SOCK_DGRAM as u64 {
+                    continue;
+                }
+                let masked = SeccompCmpOp::MaskedEq(0xf);
+                let condition = SeccompCondition::new(1, SeccompCmpArgLen::Dword, masked, kind)
+                    .map_err(fail)?;
+                rules.push(SeccompRule::new(vec![condition]).map_err(fail)?);
+            }
+            refused.insert(libc::SYS_socket, rules);
         }
         NetAccess::Any => {}
     }
