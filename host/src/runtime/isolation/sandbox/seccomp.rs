@@ -11,8 +11,11 @@
 //! * sockets `net` does not allow, and io_uring (whose operations open sockets and files
 //!   without the system calls this filter sees), fail with `EACCES`: the plugin's ordinary
 //!   `Permission denied`. With `net = "loopback"`, that is every socket but TCP and UDP
-//!   over IPv4 and IPv6 (SCTP, say, connects through `setsockopt`, where no check of the
-//!   address given to `connect` would see it).
+//!   over IPv4 and IPv6 (SCTP, say, connects through `setsockopt`, which the host's check
+//!   of addresses, `notify` and `gate`, does not see).
+//!
+//! A third filter, with `net = "loopback"` only, sends the calls that name an address to
+//! the host: see `notify`.
 
 use std::collections::BTreeMap;
 
