@@ -399,6 +399,51 @@ fn net_loopback_binds_loopback_addresses_only() {
     );
 }
 
+#[test]
+fn net_loopback_holds_ipv6_and_ipv4_mapped_addresses_and_the_programs_it_runs_to_loopback() {
+    const BASH: &str = "/usr/bin/bash";
+    let places = Places::new();
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let outside = outside_ip();
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[BASH])), true);
+
+    let six = TcpListener::bind("[::1]:0").unwrap();
+    let local6 = six.local_addr().unwrap();
+    assert_eq!(
+        connect_to(&server, local6).unwrap(),
+        json!({ "connected": local6.to_string() })
+    );
+    assert!(accepts(&six));
+    // An IPv6 socket to IPv4 addresses, written IPv4-mapped.
+    let mapped = |ip: std::net::Ipv4Addr| SocketAddr::from((ip.to_ipv6_mapped(), port));
+    let local_mapped = mapped(std::net::Ipv4Addr::LOCALHOST);
+    assert_eq!(
+        connect_to(&server, local_mapped).unwrap(),
+        json!({ "connected": local_mapped.to_string() })
+    );
+    assert!(accepts(&listener));
+    if let IpAddr::V4(outside) = outside {
+        refused(
+            connect_to(&server, mapped(outside)),
+            "connecting IPv4-mapped to the outside address",
+        );
+        assert!(!accepts(&listener));
+    }
+
+    // A program it runs (bash opening /dev/tcp/HOST/PORT: socket and connect) inherits the
+    // filter, and the host decides its calls on its own sockets.
+    let bash = |ip: IpAddr| {
+        let line = format!("exec 3<>/dev/tcp/{ip}/{port}");
+        let input = json!({ "program": BASH, "args": ["-c", line] });
+        server.call("probe", "run", &input.to_string()).unwrap()
+    };
+    assert_eq!(bash(IpAddr::from([127, 0, 0, 1])), json!({ "status": 0 }));
+    assert!(accepts(&listener));
+    assert_eq!(bash(outside), json!({ "status": 1 }));
+    assert!(!accepts(&listener), "the program connected outside");
+}
+
 /// How many threads of process `pid` serve a worker's `net = "loopback"` calls.
 fn gate_threads(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/task"))
