@@ -444,6 +444,42 @@ fn net_loopback_holds_ipv6_and_ipv4_mapped_addresses_and_the_programs_it_runs_to
     assert!(!accepts(&listener), "the program connected outside");
 }
 
+#[test]
+fn net_loopback_refuses_ip_source_routes_which_net_any_sets() {
+    let places = Places::new();
+    // IPv4 loose source route through 192.0.2.2 (type 131, length 7, pointer 4, the
+    // address, then end of options); an IPv6 segment routing header (type 4) through
+    // 2001:db8::1.
+    let lsrr = json!({ "level": 0, "name": 4, "value": [131, 7, 4, 192, 0, 2, 2, 0] });
+    let mut srh = vec![0u8, 2, 4, 0, 0, 0, 0, 0];
+    srh.extend(
+        "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    let rthdr = json!({ "ipv6": true, "level": 41, "name": 57, "value": srh });
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[])), true);
+    for (option, what) in [(&lsrr, "IP_OPTIONS"), (&rthdr, "IPV6_RTHDR")] {
+        let err = refused(
+            server.call("probe", "sockopt", &option.to_string()),
+            &format!("setting {what} with net = loopback"),
+        );
+        assert!(err.starts_with("cannot set option "), "{err}");
+    }
+    // Other options are the kernel's to answer.
+    let broadcast = json!({ "level": 1, "name": 6, "value": [1, 0, 0, 0] });
+    server
+        .call("probe", "sockopt", &broadcast.to_string())
+        .unwrap();
+    drop(server);
+    let (_dir, server) = serve(&isolated(&places.sandbox("any", &[])), true);
+    assert_eq!(
+        server.call("probe", "sockopt", &lsrr.to_string()).unwrap(),
+        json!({ "set": 4 })
+    );
+}
+
 /// How many threads of process `pid` serve a worker's `net = "loopback"` calls.
 fn gate_threads(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/task"))

@@ -10,6 +10,8 @@
 //!   socket it does not bind first (the kernel picks its port), its length.
 //! * `bind` `{"addr": "127.0.0.1:0"}`: binds a TCP listener there and closes it, the
 //!   address it got.
+//! * `sockopt` `{"ipv6": false, "level": 0, "name": 4, "value": [131, 7, 4, 127, 0, 0, 1, 0]}`:
+//!   sets a socket option on a new UDP socket (IPv6 with `ipv6`), and closes it.
 //! * `signal` `{"pid": 4242}`: sends signal 0 (no signal, only the permission check).
 //! * `run` `{"program": "/usr/bin/true", "args": []}`: runs a program, its exit status.
 //! * `ptrace` `{}`: asks the kernel to trace a process that does not exist. Unsandboxed
@@ -57,6 +59,17 @@ pub struct AddrInput {
     addr: String,
 }
 
+/// Input of `sockopt`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SockoptInput {
+    #[serde(default)]
+    ipv6: bool,
+    level: i32,
+    name: i32,
+    value: Vec<u8>,
+}
+
 /// Input of `signal`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +98,7 @@ impl Plugin for Probe {
         Ok(json!({
             "plugin": "probe",
             "about": "Tries what a sandbox allows: read, write, connect, send, bind, run, ptrace.",
-            "callbacks": ["read", "write", "connect", "udp_send", "bind", "signal", "run", "ptrace"],
+            "callbacks": ["read", "write", "connect", "udp_send", "bind", "sockopt", "signal", "run", "ptrace"],
         }))
     }
 
@@ -96,6 +109,7 @@ impl Plugin for Probe {
             .add("connect", Probe::connect)
             .add("udp_send", Probe::udp_send)
             .add("bind", Probe::bind)
+            .add("sockopt", Probe::sockopt)
             .add("run", Probe::run)
             .add("signal", Probe::signal)
             .add("ptrace", Probe::ptrace);
@@ -221,6 +235,36 @@ impl Probe {
             .local_addr()
             .map_err(|e| failed(format!("cannot bind {addr}"), e))?;
         Ok(json!({ "bound": bound.to_string() }))
+    }
+
+    fn sockopt(&self, _ctx: &Context<'_>, input: SockoptInput) -> Result<Value, PluginError> {
+        let family = if input.ipv6 {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        };
+        let what = format!("cannot set option {} of level {}", input.name, input.level);
+        // SAFETY: socket takes plain integers and returns a new descriptor or -1.
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(failed(what, std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: the value is valid for its length, for the call.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                input.level,
+                input.name,
+                input.value.as_ptr().cast(),
+                input.value.len() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(failed(what, std::io::Error::last_os_error()));
+        }
+        Ok(json!({ "set": input.name }))
     }
 
     fn signal(&self, _ctx: &Context<'_>, input: SignalInput) -> Result<Value, PluginError> {

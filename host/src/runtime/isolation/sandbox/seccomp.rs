@@ -12,7 +12,9 @@
 //!   without the system calls this filter sees), fail with `EACCES`: the plugin's ordinary
 //!   `Permission denied`. With `net = "loopback"`, that is every socket but TCP and UDP
 //!   over IPv4 and IPv6 (SCTP, say, connects through `setsockopt`, which the host's check
-//!   of addresses, `notify` and `gate`, does not see).
+//!   of addresses, `notify` and `gate`, does not see), and IP source routes (IPv4
+//!   options, IPv6 routing headers) fail too: a packet with one goes to its first hop,
+//!   not to the address the host checked.
 //!
 //! A third filter, with `net = "loopback"` only, sends the calls that name an address to
 //! the host: see `notify`.
@@ -133,6 +135,22 @@ pub(crate) fn filters(net: NetAccess) -> Result<(BpfProgram, BpfProgram), String
                 rules.push(SeccompRule::new(vec![condition]).map_err(fail)?);
             }
             refused.insert(libc::SYS_socket, rules);
+            // Source routes: a socket with one sends to its first hop, whatever address
+            // `connect` or `sendto` (which the host checks) names.
+            let eq = |arg: u8, value: libc::c_int| {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value as u64)
+                    .map_err(fail)
+            };
+            let mut routes = Vec::new();
+            for (level, name) in [
+                (libc::IPPROTO_IP, libc::IP_OPTIONS),
+                (libc::IPPROTO_IPV6, libc::IPV6_RTHDR),
+                (libc::IPPROTO_IPV6, libc::IPV6_2292RTHDR),
+                (libc::IPPROTO_IPV6, libc::IPV6_2292PKTOPTIONS),
+            ] {
+                routes.push(SeccompRule::new(vec![eq(1, level)?, eq(2, name)?]).map_err(fail)?);
+            }
+            refused.insert(libc::SYS_setsockopt, routes);
         }
         NetAccess::Any => {}
     }
