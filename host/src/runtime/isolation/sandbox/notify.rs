@@ -125,16 +125,28 @@ pub(crate) fn install() -> Result<OwnedFd, String> {
         len: filter.len() as u16,
         filter: filter.as_ptr().cast_mut(),
     };
-    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER) reads the program `program` points to, which
-    // `filter` holds for the call; the kernel copies it. It returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &program as *const libc::sock_fprog,
-        )
+    let install = |flags: libc::c_ulong| {
+        // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER) reads the program `program` points to,
+        // which `filter` holds for the call; the kernel copies it. It returns a new
+        // descriptor or -1.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &program as *const libc::sock_fprog,
+            )
+        }
     };
+    // Once the host has taken a call, only a fatal signal interrupts the wait for its
+    // answer (Linux 5.19): a call the host made is not also answered EINTR to the worker.
+    // Older kernels refuse the flag; the filter is the same without it.
+    let mut fd = install(
+        libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    );
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        fd = install(libc::SECCOMP_FILTER_FLAG_NEW_LISTENER);
+    }
     if fd < 0 {
         return Err(format!(
             "seccomp: installing the filter of net = \"loopback\": {}",
