@@ -4,7 +4,7 @@
 //! Every test shares one build of the probe plugin.
 
 use std::fs;
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -91,6 +91,54 @@ fn write(server: &Server, file: &Path) -> Result<serde_json::Value, String> {
 fn connect(server: &Server, listener: &TcpListener) -> Result<serde_json::Value, String> {
     let addr = listener.local_addr().unwrap().to_string();
     server.call("probe", "connect", &json!({ "addr": addr }).to_string())
+}
+
+fn connect_to(server: &Server, addr: SocketAddr) -> Result<serde_json::Value, String> {
+    let input = json!({ "addr": addr.to_string() });
+    server.call("probe", "connect", &input.to_string())
+}
+
+fn udp_send(server: &Server, addr: SocketAddr) -> Result<serde_json::Value, String> {
+    let input = json!({ "addr": addr.to_string() });
+    server.call("probe", "udp_send", &input.to_string())
+}
+
+fn bind(server: &Server, addr: &str) -> Result<serde_json::Value, String> {
+    server.call("probe", "bind", &json!({ "addr": addr }).to_string())
+}
+
+/// This machine's address on its way out, not a loopback one: the local address of a UDP
+/// socket connected (which sends nothing) to a documentation address off this machine.
+fn outside_ip() -> IpAddr {
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("192.0.2.1:9")
+        .expect("this machine has a route off it");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+/// Whether `listener` (non-blocking) has a connection waiting, within a moment.
+fn accepts(listener: &TcpListener) -> bool {
+    listener.set_nonblocking(true).unwrap();
+    for _ in 0..20 {
+        if listener.accept().is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// The datagram `socket` receives within a second, and who sent it.
+fn received(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (len, from) = socket.recv_from(&mut buf).ok()?;
+    Some((buf[..len].to_vec(), from))
 }
 
 fn connect_unix(server: &Server, socket: &Path) -> Result<serde_json::Value, String> {
@@ -261,6 +309,204 @@ fn net_loopback_connects_to_a_listener_on_the_loopback_interface() {
         "reading outside",
     );
     assert!(listed(&server).contains("net loopback"));
+}
+
+#[test]
+fn net_loopback_refuses_a_connection_to_this_machines_outside_address_which_net_any_makes() {
+    let places = Places::new();
+    // On every address: the outside one as well as loopback.
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let outside = SocketAddr::new(outside_ip(), listener.local_addr().unwrap().port());
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[])), true);
+    let err = refused(
+        connect_to(&server, outside),
+        "connecting to the outside address with net = loopback",
+    );
+    assert!(
+        err.starts_with(&format!("cannot connect to {outside}: ")),
+        "{err}"
+    );
+    assert!(!accepts(&listener), "the listener got a connection");
+    // The same listener on loopback is fine.
+    let local = SocketAddr::from(([127, 0, 0, 1], outside.port()));
+    assert_eq!(
+        connect_to(&server, local).unwrap(),
+        json!({ "connected": local.to_string() })
+    );
+    assert!(accepts(&listener));
+    drop(server);
+
+    // The refusal is the sandbox's: without it, the same plugin connects there.
+    let (_dir, server) = serve(&isolated(&places.sandbox("any", &[])), true);
+    assert_eq!(
+        connect_to(&server, outside).unwrap(),
+        json!({ "connected": outside.to_string() })
+    );
+    assert!(accepts(&listener));
+    // And sends to it, and binds every address.
+    let anywhere = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let to = SocketAddr::new(outside.ip(), anywhere.local_addr().unwrap().port());
+    assert_eq!(udp_send(&server, to).unwrap(), json!({ "sent": 5 }));
+    assert_eq!(received(&anywhere).unwrap().0, b"probe");
+    assert!(bind(&server, "0.0.0.0:0").unwrap()["bound"]
+        .as_str()
+        .is_some_and(|b| b.starts_with("0.0.0.0:")));
+}
+
+#[test]
+fn net_loopback_sends_datagrams_to_loopback_addresses_only() {
+    let places = Places::new();
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[])), true);
+    let local = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = local.local_addr().unwrap();
+    assert_eq!(udp_send(&server, to).unwrap(), json!({ "sent": 5 }));
+    let (data, from) = received(&local).expect("the datagram arrived");
+    assert_eq!(data, b"probe");
+    assert!(from.ip().is_loopback(), "{from}");
+
+    let anywhere = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let outside = SocketAddr::new(outside_ip(), anywhere.local_addr().unwrap().port());
+    let err = refused(
+        udp_send(&server, outside),
+        "sending to the outside address with net = loopback",
+    );
+    assert!(
+        err.starts_with(&format!("cannot send to {outside}: ")),
+        "{err}"
+    );
+    assert_eq!(received(&anywhere), None);
+    // The worker serves on.
+    assert_eq!(udp_send(&server, to).unwrap(), json!({ "sent": 5 }));
+    assert_eq!(received(&local).unwrap().0, b"probe");
+}
+
+#[test]
+fn net_loopback_binds_loopback_addresses_only() {
+    let places = Places::new();
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[])), true);
+    let bound = bind(&server, "127.0.0.1:0").unwrap();
+    let bound: SocketAddr = bound["bound"].as_str().unwrap().parse().unwrap();
+    assert!(bound.ip().is_loopback() && bound.port() != 0, "{bound}");
+    let err = refused(
+        bind(&server, "0.0.0.0:0"),
+        "binding every address with net = loopback",
+    );
+    assert!(err.starts_with("cannot bind 0.0.0.0:0: "), "{err}");
+    let outside = SocketAddr::new(outside_ip(), 0);
+    refused(
+        bind(&server, &outside.to_string()),
+        "binding the outside address with net = loopback",
+    );
+}
+
+#[test]
+fn net_loopback_holds_ipv6_and_ipv4_mapped_addresses_and_the_programs_it_runs_to_loopback() {
+    const BASH: &str = "/usr/bin/bash";
+    let places = Places::new();
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let outside = outside_ip();
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[BASH])), true);
+
+    let six = TcpListener::bind("[::1]:0").unwrap();
+    let local6 = six.local_addr().unwrap();
+    assert_eq!(
+        connect_to(&server, local6).unwrap(),
+        json!({ "connected": local6.to_string() })
+    );
+    assert!(accepts(&six));
+    // An IPv6 socket to IPv4 addresses, written IPv4-mapped.
+    let mapped = |ip: std::net::Ipv4Addr| SocketAddr::from((ip.to_ipv6_mapped(), port));
+    let local_mapped = mapped(std::net::Ipv4Addr::LOCALHOST);
+    assert_eq!(
+        connect_to(&server, local_mapped).unwrap(),
+        json!({ "connected": local_mapped.to_string() })
+    );
+    assert!(accepts(&listener));
+    if let IpAddr::V4(outside) = outside {
+        refused(
+            connect_to(&server, mapped(outside)),
+            "connecting IPv4-mapped to the outside address",
+        );
+        assert!(!accepts(&listener));
+    }
+
+    // A program it runs (bash opening /dev/tcp/HOST/PORT: socket and connect) inherits the
+    // filter, and the host decides its calls on its own sockets.
+    let bash = |ip: IpAddr| {
+        let line = format!("exec 3<>/dev/tcp/{ip}/{port}");
+        let input = json!({ "program": BASH, "args": ["-c", line] });
+        server.call("probe", "run", &input.to_string()).unwrap()
+    };
+    assert_eq!(bash(IpAddr::from([127, 0, 0, 1])), json!({ "status": 0 }));
+    assert!(accepts(&listener));
+    assert_eq!(bash(outside), json!({ "status": 1 }));
+    assert!(!accepts(&listener), "the program connected outside");
+}
+
+#[test]
+fn net_loopback_refuses_ip_source_routes_which_net_any_sets() {
+    let places = Places::new();
+    // IPv4 loose source route through 192.0.2.2 (type 131, length 7, pointer 4, the
+    // address, then end of options); an IPv6 segment routing header (type 4) through
+    // 2001:db8::1.
+    let lsrr = json!({ "level": 0, "name": 4, "value": [131, 7, 4, 192, 0, 2, 2, 0] });
+    let mut srh = vec![0u8, 2, 4, 0, 0, 0, 0, 0];
+    srh.extend(
+        "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    let rthdr = json!({ "ipv6": true, "level": 41, "name": 57, "value": srh });
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[])), true);
+    for (option, what) in [(&lsrr, "IP_OPTIONS"), (&rthdr, "IPV6_RTHDR")] {
+        let err = refused(
+            server.call("probe", "sockopt", &option.to_string()),
+            &format!("setting {what} with net = loopback"),
+        );
+        assert!(err.starts_with("cannot set option "), "{err}");
+    }
+    // Other options are the kernel's to answer.
+    let broadcast = json!({ "level": 1, "name": 6, "value": [1, 0, 0, 0] });
+    server
+        .call("probe", "sockopt", &broadcast.to_string())
+        .unwrap();
+    drop(server);
+    let (_dir, server) = serve(&isolated(&places.sandbox("any", &[])), true);
+    assert_eq!(
+        server.call("probe", "sockopt", &lsrr.to_string()).unwrap(),
+        json!({ "set": 4 })
+    );
+}
+
+/// How many threads of process `pid` serve a worker's `net = "loopback"` calls.
+fn gate_threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("gate-"))
+        .count()
+}
+
+#[test]
+fn each_loopback_worker_has_one_gate_thread_in_the_host_which_ends_with_it() {
+    let places = Places::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_dir, server) = serve(&isolated(&places.sandbox("loopback", &[])), true);
+    assert_eq!(gate_threads(server.pid()), 1);
+    connect(&server, &listener).unwrap();
+    // The worker dies (ptrace is fatal in a sandbox); its gate goes with it, and the next
+    // worker has its own.
+    let err = server.call("probe", "ptrace", "{}").unwrap_err();
+    assert!(err.contains("denied system call ptrace"), "{err}");
+    connect(&server, &listener).unwrap();
+    server.wait_until(WAIT, "one gate thread", |s| gate_threads(s.pid()) == 1);
+    let outside = SocketAddr::new(outside_ip(), listener.local_addr().unwrap().port());
+    refused(
+        connect_to(&server, outside),
+        "connecting outside from a new worker",
+    );
 }
 
 #[test]

@@ -35,8 +35,9 @@ pub enum NetAccess {
     /// connect (Landlock).
     #[default]
     None,
-    /// IPv4 and IPv6 sockets only (no Unix, netlink, packet ... sockets). Landlock cannot
-    /// tell addresses apart: this does NOT keep a connection on the loopback interface.
+    /// TCP and UDP over IPv4 and IPv6 only (no Unix, netlink, packet, SCTP ... sockets),
+    /// and only with loopback addresses: the host checks every `connect`, `bind`, `listen`
+    /// and addressed send of the worker (a seccomp user notification) and makes it itself.
     Loopback,
     /// Any socket the user may open.
     Any,

@@ -95,12 +95,19 @@ pub(crate) enum ToWorker {
     Cancel { id: u64 },
     /// No call is running and none will come: drop the plugin and exit.
     Shutdown,
+    /// The host holds the listener the worker announced (`FromWorker::Listener`) and serves
+    /// it: the worker closes its own and goes on loading.
+    Supervised,
 }
 
 /// A frame from a worker to the host.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum FromWorker {
+    /// Its sandbox has `net = "loopback"`: descriptor `fd` of the worker is the listener of
+    /// its notify filter, for the host to take (`pidfd_getfd`) and serve before the plugin
+    /// is opened. The worker waits for `ToWorker::Supervised`.
+    Listener { fd: i32 },
     /// The plugin is loaded and its `init` succeeded.
     Ready {
         metadata: Metadata,

@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 
 use super::channel::{frame_limit, write_frame, FrameReader, FromWorker, LoadRequest, ToWorker};
 use super::child::Pidfd;
-use super::sandbox::Applied;
+use super::sandbox::{self, Applied};
 use super::spawn::{self, SpawnSpec, Spawned};
 use crate::runtime::loader::{LoadError, LoadErrorKind, Metadata};
 use crate::types::call::{CallError, CallErrorKind, CallOutcome};
@@ -210,7 +210,21 @@ impl Worker {
             ));
         }
         let deadline = Instant::now() + init_timeout;
-        let answer = lock(&worker.reader).next::<FromWorker>(Some(deadline));
+        let mut answer = lock(&worker.reader).next::<FromWorker>(Some(deadline));
+        if let Ok(Some(FromWorker::Listener { fd })) = answer {
+            if let Err(err) = worker.supervise(fd) {
+                worker.kill();
+                return Err(refused(
+                    LoadErrorKind::Sandbox,
+                    format!(
+                        "plugin {}: its sandbox (net = \"loopback\") needs the host to check \
+                         its connections, and the host cannot: {err}",
+                        label.plugin
+                    ),
+                ));
+            }
+            answer = lock(&worker.reader).next::<FromWorker>(Some(deadline));
+        }
         match answer {
             Ok(Some(FromWorker::Ready {
                 metadata,
@@ -243,6 +257,13 @@ impl Worker {
                     "the worker process answered a call it was never sent".to_owned(),
                 ))
             }
+            Ok(Some(FromWorker::Listener { .. })) => {
+                worker.kill();
+                Err(refused(
+                    LoadErrorKind::Host,
+                    "the worker process announced a second seccomp listener".to_owned(),
+                ))
+            }
             Ok(None) => {
                 worker.kill();
                 Err(refused(
@@ -270,6 +291,17 @@ impl Worker {
                 ))
             }
         }
+    }
+
+    /// Takes descriptor `fd` of the worker, the listener of its `net = "loopback"` filter,
+    /// starts the thread that serves it (`sandbox::gate`, ending with the worker), and tells
+    /// the worker, which then closes its own. Runs before the plugin is opened: the worker
+    /// runs only the host's code yet.
+    fn supervise(&self, fd: i32) -> io::Result<()> {
+        let fd = u64::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        let listener = sandbox::take_fd(&*self.pidfd, fd)?;
+        sandbox::spawn_gate(listener, self.pid)?;
+        write_frame(&lock(&self.writer), &ToWorker::Supervised)
     }
 
     /// The sandbox it said it runs in, if it has one.

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
@@ -88,10 +88,10 @@ pub fn worker_main() -> ExitCode {
     crate::types::clock::adopt(request.tsc_per_us);
     // The sandbox, before the plugin's library is opened (its initialisers run in it), while
     // this is the process's only thread.
-    let sandbox = match &request.settings.sandbox {
-        None => None,
+    let (sandbox, listener) = match &request.settings.sandbox {
+        None => (None, None),
         Some(settings) => match sandbox::apply(settings, &request.copy) {
-            Ok(applied) => Some(applied),
+            Ok((applied, listener)) => (Some(applied), listener),
             Err(message) => {
                 let refused = FromWorker::Refused {
                     kind: LoadErrorKind::Sandbox,
@@ -104,6 +104,21 @@ pub fn worker_main() -> ExitCode {
             }
         },
     };
+    // With `net = "loopback"`, the host takes the notify filter's listener and serves it
+    // before the plugin is opened (its initialisers and `init` may connect), and the worker
+    // closes its own copy: the plugin must never answer its own calls.
+    if let Some(listener) = listener {
+        let announced = FromWorker::Listener {
+            fd: listener.as_raw_fd(),
+        };
+        if write_frame(&channel, &announced).is_err() {
+            exit_now(1);
+        }
+        match reader.next::<ToWorker>(None) {
+            Ok(Some(ToWorker::Supervised)) => drop(listener),
+            _ => exit_now(1),
+        }
+    }
     let generation = match load(&request) {
         Ok((generation, logs)) => {
             let ready = FromWorker::Ready {
@@ -274,7 +289,7 @@ impl Serving {
                     }
                 }
                 Ok(Some(ToWorker::Shutdown)) => self.shutdown(),
-                Ok(Some(ToWorker::Load(_))) | Ok(None) => {}
+                Ok(Some(ToWorker::Load(_) | ToWorker::Supervised)) | Ok(None) => {}
                 // The host is gone, or the channel is broken: nothing more can come.
                 Err(err) => {
                     if err.kind() != std::io::ErrorKind::UnexpectedEof {

@@ -1,14 +1,16 @@
 //! Applying a plugin's sandbox in its worker: first what the kernel offers against what
 //! the settings need (refused in one line naming the kernel, unless `best_effort`), then,
-//! in this order, the SIGSYS handler, `no_new_privs`, Landlock, seccomp. Runs on the
-//! worker's only thread, before the plugin is opened, so everything the plugin ever runs
-//! is under it.
+//! in this order, the SIGSYS handler, `no_new_privs`, Landlock, seccomp, and with
+//! `net = "loopback"` the notify filter, whose listener the worker hands to the host. Runs
+//! on the worker's only thread, before the plugin is opened, so everything the plugin ever
+//! runs is under it.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{landlock, seccomp, sigsys};
+use super::{landlock, notify, seccomp, sigsys};
 use crate::types::sandbox::{NetAccess, SandboxSettings};
 
 /// What a worker applied, as it tells the host.
@@ -56,8 +58,12 @@ pub(crate) fn check(
 }
 
 /// Applies `settings` to this process; `copy` is the plugin's private copy. Must run while
-/// the process has one thread.
-pub(crate) fn apply(settings: &SandboxSettings, copy: &Path) -> Result<Applied, String> {
+/// the process has one thread. Returns what was applied, and with `net = "loopback"` the
+/// notify filter's listener, for the host (see `gate`).
+pub(crate) fn apply(
+    settings: &SandboxSettings,
+    copy: &Path,
+) -> Result<(Applied, Option<OwnedFd>), String> {
     let kernel = landlock::kernel_abi();
     let missing = check(settings, kernel, &kernel_release())?;
     // Landlock restricts the calling thread (and what it starts from now on): a thread
@@ -83,15 +89,21 @@ pub(crate) fn apply(settings: &SandboxSettings, copy: &Path) -> Result<Applied, 
         parts.push(format!("landlock abi {kernel}"));
     }
     seccomp::install(settings.net)?;
+    // Last: its calls go to the host only when no other filter refuses them first.
+    let listener = match settings.net {
+        NetAccess::Loopback => Some(notify::install()?),
+        NetAccess::None | NetAccess::Any => None,
+    };
     parts.push("seccomp".to_owned());
     parts.push(format!("net {}", settings.net));
     if missing.is_some() {
         parts.push("best effort".to_owned());
     }
-    Ok(Applied {
+    let applied = Applied {
         description: parts.join(", "),
         missing,
-    })
+    };
+    Ok((applied, listener))
 }
 
 /// `uname -r`.

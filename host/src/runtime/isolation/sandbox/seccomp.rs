@@ -8,9 +8,16 @@
 //!   sends SIGSYS, whose handler (`sigsys`) writes `seccomp: denied system call NAME (NR)`
 //!   on stderr and lets the worker die of it, so the host reports it `crashed`, naming the
 //!   call;
-//! * sockets of families `net` does not allow, and io_uring (whose operations open
-//!   sockets and files without the system calls this filter sees), fail with `EACCES`:
-//!   the plugin's ordinary `Permission denied`.
+//! * sockets `net` does not allow, and io_uring (whose operations open sockets and files
+//!   without the system calls this filter sees), fail with `EACCES`: the plugin's ordinary
+//!   `Permission denied`. With `net = "loopback"`, that is every socket but TCP and UDP
+//!   over IPv4 and IPv6 (SCTP, say, connects through `setsockopt`, which the host's check
+//!   of addresses, `notify` and `gate`, does not see), and IP source routes (IPv4
+//!   options, IPv6 routing headers) fail too: a packet with one goes to its first hop,
+//!   not to the address the host checked.
+//!
+//! A third filter, with `net = "loopback"` only, sends the calls that name an address to
+//! the host: see `notify`.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +33,8 @@ pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
     ("ptrace", libc::SYS_ptrace),
     ("process_vm_readv", libc::SYS_process_vm_readv),
     ("process_vm_writev", libc::SYS_process_vm_writev),
+    // Takes a descriptor of another process of this user: the host's among them.
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
     ("mount", libc::SYS_mount),
     ("umount2", libc::SYS_umount2),
     ("pivot_root", libc::SYS_pivot_root),
@@ -99,15 +108,49 @@ pub(crate) fn filters(net: NetAccess) -> Result<(BpfProgram, BpfProgram), String
             refused.insert(libc::SYS_socket, Vec::new());
         }
         NetAccess::Loopback => {
-            let not = |family: libc::c_int| {
-                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, family as u64)
+            let not = |arg: u8, value: libc::c_int| {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value as u64)
+                    .map_err(fail)
             };
-            let rule = SeccompRule::new(vec![
-                not(libc::AF_INET).map_err(fail)?,
-                not(libc::AF_INET6).map_err(fail)?,
-            ])
-            .map_err(fail)?;
-            refused.insert(libc::SYS_socket, vec![rule]);
+            // Refused when any rule matches: a family other than IPv4 and IPv6, a type
+            // other than stream and datagram (its low four bits; the rest are flags), a
+            // protocol other than the default, TCP and UDP.
+            let mut rules = vec![
+                SeccompRule::new(vec![not(0, libc::AF_INET)?, not(0, libc::AF_INET6)?])
+                    .map_err(fail)?,
+                SeccompRule::new(vec![
+                    not(2, 0)?,
+                    not(2, libc::IPPROTO_TCP)?,
+                    not(2, libc::IPPROTO_UDP)?,
+                ])
+                .map_err(fail)?,
+            ];
+            for kind in 0..16 {
+                if kind == libc::SOCK_STREAM as u64 || kind == libc::SOCK_DGRAM as u64 {
+                    continue;
+                }
+                let masked = SeccompCmpOp::MaskedEq(0xf);
+                let condition = SeccompCondition::new(1, SeccompCmpArgLen::Dword, masked, kind)
+                    .map_err(fail)?;
+                rules.push(SeccompRule::new(vec![condition]).map_err(fail)?);
+            }
+            refused.insert(libc::SYS_socket, rules);
+            // Source routes: a socket with one sends to its first hop, whatever address
+            // `connect` or `sendto` (which the host checks) names.
+            let eq = |arg: u8, value: libc::c_int| {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value as u64)
+                    .map_err(fail)
+            };
+            let mut routes = Vec::new();
+            for (level, name) in [
+                (libc::IPPROTO_IP, libc::IP_OPTIONS),
+                (libc::IPPROTO_IPV6, libc::IPV6_RTHDR),
+                (libc::IPPROTO_IPV6, libc::IPV6_2292RTHDR),
+                (libc::IPPROTO_IPV6, libc::IPV6_2292PKTOPTIONS),
+            ] {
+                routes.push(SeccompRule::new(vec![eq(1, level)?, eq(2, name)?]).map_err(fail)?);
+            }
+            refused.insert(libc::SYS_setsockopt, routes);
         }
         NetAccess::Any => {}
     }
