@@ -11,7 +11,9 @@
 //! * `chain`: takes a number N and asks for `chain N-1` as a follow-up, down to 0 (the
 //!   sequential-chain figure of tasks);
 //! * `sleep`: takes milliseconds and sleeps that long (tasks in flight when a host is
-//!   killed).
+//!   killed);
+//! * `connect`: takes an address, opens a TCP connection to it and closes it; returns how
+//!   long the connect took, in microseconds (the sandbox's `net = "loopback"` figure).
 
 use plugin_api::{export_plugin, Callbacks, Context, InitContext, Plugin, PluginError};
 use serde::{Deserialize, Serialize};
@@ -57,6 +59,12 @@ impl Plugin for Noop {
             .add("sleep", |_: &Noop, _: &Context<'_>, ms: u64| {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 Ok(ms)
+            })
+            .add("connect", |_: &Noop, _: &Context<'_>, addr: String| {
+                let start = std::time::Instant::now();
+                std::net::TcpStream::connect(&addr)
+                    .map_err(|e| PluginError::failed(format!("cannot connect to {addr}: {e}")))?;
+                Ok(start.elapsed().as_secs_f64() * 1e6)
             })
             .add_bytes("noop_bytes", |_, _, _, _| Ok(()))
             .add_bytes("echo_bytes", |_, _, input, out| {
