@@ -171,9 +171,12 @@ pub const FLEET_CONFIG: &str =
 /// Three hosts on `database`, each with a plugins directory of its own, alive in the
 /// `hosts` table (so that any of them may be chosen as a canary).
 pub fn fleet(database: &str) -> Vec<Member> {
-    let hosts: Vec<Member> = (0..3)
-        .map(|_| member(Some(database), FLEET_CONFIG))
-        .collect();
+    fleet_with(database, FLEET_CONFIG)
+}
+
+/// Three hosts on `database` with host.toml `config`, once all three are in the hosts table.
+pub fn fleet_with(database: &str, config: &str) -> Vec<Member> {
+    let hosts: Vec<Member> = (0..3).map(|_| member(Some(database), config)).collect();
     wait("three hosts alive in the hosts table", || {
         psql(database, "SELECT count(*) FROM hosts") == "3"
     });

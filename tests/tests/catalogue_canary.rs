@@ -8,10 +8,10 @@ use std::fs;
 use std::path::Path;
 
 use e2e::catalogue::{
-    failing_self_test, fleet, member, panicking_greet, passing_self_test, publish, published,
-    sha256_hex, wait, Member,
+    failing_self_test, fleet, fleet_with, panicking_greet, passing_self_test, publish, published,
+    sha256_hex, wait, Member, FLEET_CONFIG,
 };
-use e2e::postgres::{fresh_database, psql};
+use e2e::postgres::fresh_database;
 use e2e::{built, text};
 
 /// Three hosts with `config` on `database`, serving hello 0.1.0 from the catalogue; then
@@ -27,10 +27,7 @@ struct CanaryRollout {
 }
 
 fn canary_rollout(database: &str, config: &str, next: &Path) -> CanaryRollout {
-    let hosts: Vec<Member> = (0..3).map(|_| member(Some(database), config)).collect();
-    wait("three hosts alive in the hosts table", || {
-        psql(database, "SELECT count(*) FROM hosts") == "3"
-    });
+    let hosts = fleet_with(database, config);
     let v1 = &built().hello;
     let (sha1, sha2) = (sha256_hex(v1), sha256_hex(next));
     publish(&hosts[0].server, v1, &[]);
@@ -143,30 +140,16 @@ fn a_canary_whose_self_test_fails_stops_the_rollout_and_the_others_never_load_it
 #[test]
 fn a_good_canary_rollout_reaches_every_host_after_probation() {
     let database = fresh_database();
-    let hosts = fleet(&database);
-    let v1 = &built().hello;
-    let v2 = passing_self_test();
-    let (sha1, sha2) = (sha256_hex(v1), sha256_hex(v2));
-
-    publish(&hosts[0].server, v1, &[]);
-    wait("every host to serve 0.1.0", || {
-        hosts
-            .iter()
-            .all(|h| h.serving_sha256().as_deref() == Some(sha1.as_str()))
-    });
-    publish(&hosts[0].server, v2, &["--canary", "1"]);
-    let canaries: Vec<String> =
-        serde_json::from_value(published(&hosts[0].server)[0]["canaries"].clone()).unwrap();
-    let canary = hosts
-        .iter()
-        .find(|h| h.is(&canaries[0]))
-        .expect("the canary is one of the three");
-    wait("the canary to serve 0.2.0", || {
-        canary.serving_sha256().as_deref() == Some(sha2.as_str())
-    });
+    let CanaryRollout {
+        hosts,
+        canary_id,
+        sha1,
+        sha2,
+        ..
+    } = canary_rollout(&database, FLEET_CONFIG, passing_self_test());
     // On probation there (1.5 s): the others still serve 0.1.0.
     if published(&hosts[0].server)[0]["rollout"] == "canary" {
-        for host in hosts.iter().filter(|h| !h.is(&canaries[0])) {
+        for host in hosts.iter().filter(|h| !h.is(&canary_id)) {
             assert_eq!(host.serving_sha256().as_deref(), Some(sha1.as_str()));
         }
     }
