@@ -7,6 +7,7 @@ pub mod catalogue;
 pub mod config;
 pub mod control;
 pub mod http;
+pub(crate) mod ping;
 pub mod postgres;
 pub mod systemd;
 pub mod tasks;

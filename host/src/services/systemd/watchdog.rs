@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::notify::Notifier;
+use crate::services::ping::Ping;
 
 /// How often the status line is recomputed (and sent, if it changed).
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -67,7 +68,7 @@ pub trait Probe: Send {
 pub struct RuntimeProbe {
     name: String,
     handle: tokio::runtime::Handle,
-    pending: Option<mpsc::Receiver<()>>,
+    ping: Ping,
 }
 
 impl RuntimeProbe {
@@ -76,7 +77,7 @@ impl RuntimeProbe {
         RuntimeProbe {
             name: name.into(),
             handle,
-            pending: None,
+            ping: Ping::default(),
         }
     }
 }
@@ -95,23 +96,14 @@ impl Probe for RuntimeProbe {
     }
 
     fn answers_within(&mut self, within: Duration) -> bool {
-        let answer = self.pending.take().unwrap_or_else(|| {
-            let (send, answer) = mpsc::sync_channel(1);
-            // A runtime shut down drops the task, and with it `send`: disconnected.
-            drop(self.handle.spawn(async move {
+        let handle = &self.handle;
+        self.ping.answered(within, |send| {
+            // A runtime shut down drops the task, and with it `send`: no answer.
+            drop(handle.spawn(async move {
                 let _ = send.try_send(());
             }));
-            answer
-        });
-        match answer.recv_timeout(within) {
-            Ok(()) => true,
-            Err(RecvTimeoutError::Timeout) => {
-                // Still in flight: the next check waits for the same ping.
-                self.pending = Some(answer);
-                false
-            }
-            Err(RecvTimeoutError::Disconnected) => false,
-        }
+            true
+        })
     }
 }
 

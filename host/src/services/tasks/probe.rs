@@ -3,23 +3,24 @@
 //! dispatcher answers at the top of every round; at most one is in flight, so a wedged
 //! dispatcher is never sent more, and asking never starts a thread.
 
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use super::runner::Inner;
 use super::service::Tasks;
+use crate::services::ping::Ping;
 
 /// The watchdog's question to the dispatcher (see [`Tasks::probe`]).
 pub struct DispatcherProbe {
     inner: Arc<Inner>,
-    pending: Option<mpsc::Receiver<()>>,
+    ping: Ping,
 }
 
 impl std::fmt::Debug for DispatcherProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DispatcherProbe")
-            .field("pending", &self.pending.is_some())
+            .field("pending", &self.ping.in_flight())
             .finish_non_exhaustive()
     }
 }
@@ -32,7 +33,7 @@ impl Tasks {
     pub fn probe(&self) -> DispatcherProbe {
         DispatcherProbe {
             inner: self.inner.clone(),
-            pending: None,
+            ping: Ping::default(),
         }
     }
 }
@@ -40,33 +41,20 @@ impl Tasks {
 impl DispatcherProbe {
     /// Whether the dispatcher answered within `within` (a stopped one never does).
     pub fn ping(&mut self, within: Duration) -> bool {
-        let answer = self.pending.take().unwrap_or_else(|| {
-            let (send, answer) = mpsc::sync_channel(1);
-            *self
-                .inner
-                .ping
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(send);
+        let inner = &self.inner;
+        self.ping.answered(within, |send| {
+            *inner.ping.lock().unwrap_or_else(PoisonError::into_inner) = Some(send);
             // Wakes it if it sleeps. Never waits for the state lock: a dispatcher wedged
             // while holding it must not wedge the watchdog too (it then answers at its
             // next round, within the 250 ms it sleeps at most).
-            match self.inner.state.try_lock() {
+            match inner.state.try_lock() {
                 Ok(mut state) => state.poked = true,
                 Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().poked = true,
                 Err(TryLockError::WouldBlock) => {}
             }
-            self.inner.wake.notify_all();
-            answer
-        });
-        match answer.recv_timeout(within) {
-            Ok(()) => true,
-            Err(RecvTimeoutError::Timeout) => {
-                // Still in flight: the next check waits for the same question.
-                self.pending = Some(answer);
-                false
-            }
-            Err(RecvTimeoutError::Disconnected) => false,
-        }
+            inner.wake.notify_all();
+            true
+        })
     }
 }
 

@@ -174,7 +174,7 @@ impl Watcher {
     pub fn probe(&self) -> WatcherProbe {
         WatcherProbe {
             sender: self.sender.clone(),
-            pending: None,
+            ping: crate::services::ping::Ping::default(),
         }
     }
 

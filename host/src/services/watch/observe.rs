@@ -2,10 +2,11 @@
 //! ([`WatcherProbe`], for the systemd watchdog) and reloads of host.toml ([`ConfigReload`],
 //! told to a [`ReloadObserver`]).
 
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use super::Message;
+use crate::services::ping::Ping;
 
 /// What a reload of host.toml came to, for whoever watches (`host serve` tells systemd).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,29 +29,14 @@ pub type ReloadObserver = std::sync::Arc<dyn Fn(ConfigReload) + Send + Sync>;
 #[derive(Debug)]
 pub struct WatcherProbe {
     pub(super) sender: mpsc::Sender<Message>,
-    pub(super) pending: Option<mpsc::Receiver<()>>,
+    pub(super) ping: Ping,
 }
 
 impl WatcherProbe {
     /// Whether the watcher's thread answered within `within`.
     pub fn ping(&mut self, within: Duration) -> bool {
-        let answer = match self.pending.take() {
-            Some(answer) => answer,
-            None => {
-                let (send, answer) = mpsc::sync_channel(1);
-                if self.sender.send(Message::Ping(send)).is_err() {
-                    return false;
-                }
-                answer
-            }
-        };
-        match answer.recv_timeout(within) {
-            Ok(()) => true,
-            Err(RecvTimeoutError::Timeout) => {
-                self.pending = Some(answer);
-                false
-            }
-            Err(RecvTimeoutError::Disconnected) => false,
-        }
+        let sender = &self.sender;
+        self.ping
+            .answered(within, |send| sender.send(Message::Ping(send)).is_ok())
     }
 }
