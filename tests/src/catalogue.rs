@@ -1,16 +1,17 @@
 //! Helpers for the plugin catalogue's tests (`tests/tests/catalogue*.rs`): hosts of a fleet
 //! each with a plugins directory of its own, on a database of the server `.ci/test` starts;
-//! `host publish` and `host published`; the plugin variants the canary tests publish.
+//! `host publish` and `host published`; the plugin variants the canary tests publish (from
+//! [`crate::variants`]).
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::postgres::psql;
-use crate::{plugins_dir, Server, Variant};
+pub use crate::variants::{failing_self_test, panicking_greet, passing_self_test};
+use crate::{plugins_dir, Server};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 pub const ADA: &str = r#"{"name":"Ada"}"#;
@@ -21,55 +22,6 @@ pub fn sha256_hex(path: &Path) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// hello 0.2.0 with a self-test that passes or fails.
-pub fn hello_v2(greeting: &str, self_test: &str) -> PathBuf {
-    Variant::of("example-plugins/hello")
-        .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
-        .edit(
-            "src/lib.rs",
-            "\"Hello\".to_owned()",
-            format!("{greeting:?}.to_owned()"),
-        )
-        .edit(
-            "src/lib.rs",
-            "            .add(\"panic\", Hello::panic)",
-            format!(
-                "            .add(\"panic\", Hello::panic)\n            .add(\"self_test\", |_: &Hello, _: &Context<'_>, _: serde_json::Value| -> Result<(), PluginError> {{ {self_test} }})"
-            ),
-        )
-        .build()
-}
-
-pub fn failing_self_test() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        hello_v2(
-            "Hey",
-            "Err(PluginError::failed(\"the greeting table is empty\"))",
-        )
-    })
-}
-
-/// hello 0.2.0 whose `greet` panics every time (its probation trips a rollback).
-pub fn panicking_greet() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        Variant::of("example-plugins/hello")
-            .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
-            .edit(
-                "src/lib.rs",
-                "        if input.name.trim().is_empty() {",
-                "        panic!(\"greet is broken in 0.2.0\");\n        if input.name.trim().is_empty() {",
-            )
-            .build()
-    })
-}
-
-pub fn passing_self_test() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| hello_v2("Yo", "Ok(())"))
 }
 
 /// One host of the fleet: its plugins directory, its state directory (where it keeps its

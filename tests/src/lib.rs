@@ -3,6 +3,7 @@
 
 pub mod catalogue;
 pub mod postgres;
+pub mod variants;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -3,65 +3,13 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use e2e::{built, host, install, plugins_dir, text, Server, Variant};
+use e2e::variants::{failing_self_test, panicking_greet, passing_self_test};
+use e2e::{built, host, install, plugins_dir, text, Server};
 
 const WAIT: Duration = Duration::from_secs(30);
 const ADA: &str = r#"{"name":"Ada"}"#;
-
-/// hello 0.2.0 with `edit` applied to its `greet`'s first line, and its own greeting.
-fn hello_v2(greeting: &str, greet_first_line: &str, callbacks: &str) -> std::path::PathBuf {
-    Variant::of("example-plugins/hello")
-        .edit("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"")
-        .edit(
-            "src/lib.rs",
-            "\"Hello\".to_owned()",
-            format!("{greeting:?}.to_owned()"),
-        )
-        .edit(
-            "src/lib.rs",
-            "        if input.name.trim().is_empty() {",
-            format!("{greet_first_line}\n        if input.name.trim().is_empty() {{"),
-        )
-        .edit(
-            "src/lib.rs",
-            "            .add(\"panic\", Hello::panic)",
-            format!("            .add(\"panic\", Hello::panic){callbacks}"),
-        )
-        .build()
-}
-
-/// hello 0.2.0 whose self-test fails.
-fn failing_self_test() -> &'static Path {
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        hello_v2(
-            "Hey",
-            "",
-            "\n            .add(\"self_test\", |_: &Hello, _: &Context<'_>, _: serde_json::Value| -> Result<(), PluginError> {\n                Err(PluginError::failed(\"the greeting table is empty\"))\n            })",
-        )
-    })
-}
-
-/// hello 0.2.0 whose self-test passes.
-fn passing_self_test() -> &'static Path {
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        hello_v2(
-            "Yo",
-            "",
-            "\n            .add(\"self_test\", |_: &Hello, ctx: &Context<'_>, _: serde_json::Value| -> Result<(), PluginError> {\n                ctx.info(\"self-test passed\");\n                Ok(())\n            })",
-        )
-    })
-}
-
-/// hello 0.2.0 whose `greet` panics every time.
-fn panicking_greet() -> &'static Path {
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| hello_v2("Oops", "        panic!(\"greet is broken in 0.2.0\");", ""))
-}
 
 fn greet(server: &Server) -> Result<String, String> {
     server
