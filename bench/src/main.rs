@@ -647,9 +647,14 @@ fn echo_child() {
     }
 }
 
-/// A library host whose plugins all run in worker processes (the host binary).
-fn isolated_host(args: &Args, settings: host::config::PluginSettings) -> (host::Host, PathBuf) {
-    let dir = fresh_dir("isolated");
+/// A library host whose plugins all run in worker processes (the host binary), the bench
+/// plugin loaded with `settings` from a copy in a fresh directory named for `name`.
+fn isolated_host(
+    args: &Args,
+    name: &str,
+    settings: host::config::PluginSettings,
+) -> (host::Host, PathBuf) {
+    let dir = fresh_dir(name);
     let file = dir.join("libbench_noop.so");
     std::fs::copy(&args.plugin, &file).expect("copy plugin");
     let mut options = host::HostOptions::default();
@@ -663,7 +668,7 @@ fn isolated_host(args: &Args, settings: host::config::PluginSettings) -> (host::
 
 fn isolation(args: &Args, rows: &mut Vec<Row>) {
     use std::io::{BufRead, BufReader, Write};
-    let (host, dir) = isolated_host(args, host::config::PluginSettings::default());
+    let (host, dir) = isolated_host(args, "isolated", host::config::PluginSettings::default());
     let mut child = Command::new(std::env::current_exe().expect("this binary"))
         .arg("--echo-child")
         .stdin(Stdio::piped())
@@ -766,7 +771,7 @@ fn isolation(args: &Args, rows: &mut Vec<Row>) {
         restart_window_ms: 1,
         ..host::config::PluginSettings::default()
     };
-    let (host, dir) = isolated_host(args, settings);
+    let (host, dir) = isolated_host(args, "isolated", settings);
     let rounds = if args.smoke { 10 } else { 200 };
     let mut back = Vec::with_capacity(rounds);
     for _ in 0..rounds {

@@ -7,14 +7,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::{fresh_dir, percentile, row, Args, Row};
+use super::{isolated_host, percentile, row, Args, Row};
 
 /// A library host running the bench plugin in a worker process, sandboxed with `net` or
 /// (`None`) not.
 fn host(args: &Args, net: Option<&str>) -> (host::Host, PathBuf) {
-    let dir = fresh_dir(&format!("sandbox-{}", net.unwrap_or("off")));
-    let file = dir.join("libbench_noop.so");
-    std::fs::copy(&args.plugin, &file).expect("copy plugin");
     let sandbox = net
         .map(|net| serde_json::from_value(serde_json::json!({ "net": net })).expect("a sandbox"));
     let settings = host::config::PluginSettings {
@@ -24,13 +21,7 @@ fn host(args: &Args, net: Option<&str>) -> (host::Host, PathBuf) {
         sandbox,
         ..host::config::PluginSettings::default()
     };
-    let mut options = host::HostOptions::default();
-    options.isolation.isolate_all = true;
-    options.isolation.worker_program = Some(args.host.clone());
-    options.plugins.insert("bench-noop".into(), settings);
-    let host = host::Host::new(options).expect("host");
-    host.load_file(&file).expect("an isolated load");
-    (host, dir)
+    isolated_host(args, &format!("sandbox-{}", net.unwrap_or("off")), settings)
 }
 
 /// A worker's start, in ms: a call that ends the worker, then calls until a new worker
